@@ -1,0 +1,108 @@
+"""Small I/O helpers shared by the CLIs: one-line data errors, a problem report, atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+
+class DataError(ValueError):
+    """Bad input that stops a run. The message is one line naming the file and the row or id."""
+
+
+@dataclass
+class Report:
+    """Collects one-line problems found in the input.
+
+    ``on_error="skip"`` drops the offending row (or photo) and carries on; ``"fail"`` raises on the
+    first *error*. Notes (real, expected gaps such as a missing ``detail_desc``) never fail a run.
+    """
+
+    on_error: str = "skip"
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+
+    def error(self, kind: str, message: str) -> None:
+        if self.on_error == "fail":
+            raise DataError(message)
+        self.errors.append((kind, message))
+
+    def note(self, kind: str, message: str) -> None:
+        self.notes.append((kind, message))
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(k for k, _ in self.errors)) | {f"note:{k}": n for k, n in Counter(k for k, _ in self.notes).items()}
+
+    def lines(self, limit: int = 10) -> list[str]:
+        """The first ``limit`` problems of each kind, then how many more."""
+        out, seen = [], Counter()
+        for kind, msg in self.errors + self.notes:
+            seen[kind] += 1
+            if seen[kind] <= limit:
+                out.append(msg)
+        for kind, n in seen.items():
+            if n > limit:
+                out.append(f"... and {n - limit} more of kind '{kind}'")
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = [("error", k, m) for k, m in self.errors] + [("note", k, m) for k, m in self.notes]
+        return pd.DataFrame(rows, columns=["level", "kind", "message"])
+
+
+def fingerprint(*parts) -> str:
+    """sha256 of a JSON dump of ``parts`` (paths are turned into size/mtime stats by the caller)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_stat(path: Path) -> list:
+    st = Path(path).stat()
+    return [str(path), st.st_size, int(st.st_mtime_ns)]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path):
+    """Yield a temporary sibling folder; on success it replaces ``path`` whole, on failure it vanishes.
+
+    So a run that dies half-way never leaves a mixture of old and new tables behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)

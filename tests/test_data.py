@@ -1,0 +1,243 @@
+"""Data preparation: profiles, behaviour, silver targets, splits, bad input, the CLI end to end."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from mmreason import data
+from mmreason.reasons import Purchase, build_hook, when
+
+
+def run(tmp_path, hm, *extra):
+    out = tmp_path / "out"
+    rc = data.main(["--hm-dir", str(hm), "--out", str(out), "--workers", "1", *extra])
+    return rc, out
+
+
+def tables(out):
+    return {n: pd.read_parquet(out / f"{n}.parquet") for n in ("users", "items", "interactions", "examples")}
+
+
+# ----------------------------------------------------------------------------- hooks
+
+def _p(aid, days, **kw):
+    base = dict(prod_name=f"item{aid}", product_type_name="Trousers", colour_group_name="Black",
+                graphical_appearance_name="Solid", garment_group_name="Trousers", section_name="Womens Casual")
+    return Purchase(aid, days, **(base | kw))
+
+
+ARTICLE = dict(product_type_name="Trousers", colour_group_name="Black", graphical_appearance_name="Solid",
+               garment_group_name="Trousers", section_name="Womens Casual", prod_name="New trousers")
+
+
+def test_hook_follows_the_strongest_shared_evidence():
+    h = build_hook(ARTICLE, [_p(1, 3), _p(2, 40, colour_group_name="White")])
+    assert h.kind == "type+colour" and h.fields == ("type", "colour") and h.evidence == (1,)
+    assert "black trousers" in h.text and "item1" in h.text and "3 days ago" in h.text
+    h = build_hook(ARTICLE, [_p(2, 40, colour_group_name="White"), _p(3, 50, colour_group_name="Blue")])
+    assert h.kind == "type" and h.evidence == (2, 3) and "twice" in h.text
+    h = build_hook(ARTICLE, [_p(4, 9, product_type_name="Skirt", garment_group_name="Skirts")])
+    assert h.kind == "colour" and h.fields == ("colour",) and "last week" in h.text
+    # Same evidence -> same words (wording is not random).
+    assert build_hook(ARTICLE, [_p(1, 3)]).text == build_hook(ARTICLE, [_p(1, 3)]).text
+
+
+def test_hook_without_shared_history_or_without_history_is_impersonal():
+    other = _p(5, 10, product_type_name="Hat", colour_group_name="Red", garment_group_name="Acc", section_name="Kids")
+    h = build_hook(ARTICLE, [other])
+    assert not h.personalised and h.kind == "new_section" and h.evidence == () and "Womens Casual" in h.text
+    h = build_hook(ARTICLE, [])
+    assert not h.personalised and h.kind == "cold_section" and "you bought" not in h.text.lower()
+
+
+def test_when_reads_naturally():
+    assert [when(d) for d in (1, 3, 8, 30, 90, 400)] == [
+        "yesterday", "3 days ago", "last week", "4 weeks ago", "3 months ago", "over a year ago"]
+
+
+# ----------------------------------------------------------------------------- splits
+
+def test_temporal_split_rule():
+    d = pd.to_datetime(["2019-01-01", "2019-02-01", "2019-03-01", "2019-04-01"])
+    assert data.temporal_split(list(d)) == {d[0]: "train", d[1]: "train", d[2]: "val", d[3]: "test"}
+    assert data.temporal_split(list(d[:2])) == {d[0]: "train", d[1]: "test"}
+    assert data.temporal_split(list(d[:1])) == {d[0]: "train"}
+
+
+def test_unseen_split_holds_out_whole_product_codes():
+    split = data.unseen_product_split(range(1000), seed=0, test_frac=0.1, val_frac=0.05)
+    assert sum(v == "test" for v in split.values()) == 100 and sum(v == "val" for v in split.values()) == 50
+    assert split == data.unseen_product_split(range(1000), seed=0, test_frac=0.1, val_frac=0.05)
+
+
+# ----------------------------------------------------------------------------- the CLI on a tiny fixture
+
+def test_cli_skips_and_reports_every_kind_of_bad_input(tmp_path, hm_dir, capsys):
+    rc, out = run(tmp_path, hm_dir)
+    assert rc == 0
+    err = capsys.readouterr().err
+    for expected in ["transactions.csv:14: expected 5 fields, found 4", "transactions.csv:15: unknown article_id 999999999",
+                     "transactions.csv:16: unknown customer_id", "transactions.csv:17: article_id is empty",
+                     "transactions.csv:18: not valid UTF-8", "0300000001.jpg: unreadable photo",
+                     "0600000001.jpg: missing photo", "article_id 400000001 has no detail_desc"]:
+        assert expected in err, expected
+    problems = pd.read_csv(out / "problems.csv")
+    assert problems.loc[problems.level == "error", "kind"].value_counts().to_dict() == {
+        "malformed": 1, "unknown_id": 2, "bad_value": 1, "utf8": 1, "photo": 2}
+    t = tables(out)
+    items = t["items"].set_index("article_id")
+    assert not items.loc[300000001, "has_photo"] and not items.loc[600000001, "has_photo"]
+    assert items.loc[100000001, "has_photo"] and items.loc[100000001, "photo_path"].endswith("0100000001.jpg")
+    # The duplicated (customer, article, day) row is one interaction of quantity 2.
+    inter = t["interactions"]
+    assert inter.loc[inter.article_id == 500000001, "quantity"].tolist() == [2]
+    assert len(t["examples"]) == len(inter) == 11
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["summary"]["problems"]["photo"] == 2
+
+
+def test_cli_fail_mode_stops_with_one_line_and_writes_nothing(tmp_path, hm_dir, capsys):
+    rc, out = run(tmp_path, hm_dir, "--on-error", "fail")
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: transactions.csv:14:")
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_missing_column_and_corrupt_parquet_are_clear(tmp_path, clean_hm_dir, capsys):
+    csv = clean_hm_dir / "customers.csv"
+    csv.write_text(csv.read_text().replace("club_member_status,", "club,"))
+    rc, out = run(tmp_path, clean_hm_dir)
+    assert rc == 2 and "customers.csv: missing column(s) club_member_status" in capsys.readouterr().err
+    assert not out.exists()
+    pq = clean_hm_dir / "articles.parquet"
+    pq.write_bytes(pq.read_bytes()[:100])
+    rc, _ = run(tmp_path, clean_hm_dir)
+    assert rc == 2 and "articles.parquet: unreadable parquet" in capsys.readouterr().err
+
+
+def test_failed_rebuild_keeps_previous_tables_whole(tmp_path, clean_hm_dir, monkeypatch):
+    rc, out = run(tmp_path, clean_hm_dir)
+    assert rc == 0
+    before = (out / "examples.parquet").read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", boom)  # dies after some tables are written
+    with pytest.raises(RuntimeError):
+        run(tmp_path, clean_hm_dir, "--force")
+    assert (out / "examples.parquet").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_rerun_reuses_unchanged_input_and_rebuilds_changed(tmp_path, clean_hm_dir, capsys):
+    run(tmp_path, clean_hm_dir)
+    capsys.readouterr()
+    rc, out = run(tmp_path, clean_hm_dir)
+    assert rc == 0 and "reusing" in capsys.readouterr().out
+    with open(clean_hm_dir / "transactions.csv", "a") as f:
+        f.write(f"2019-08-01,{'d' * 64},100000001,0.05,2\n")
+    run(tmp_path, clean_hm_dir)
+    assert "reusing" not in capsys.readouterr().out
+    assert len(pd.read_parquet(out / "examples.parquet")) == 12
+
+
+def test_profiles_behaviour_and_hooks_use_only_the_past(tmp_path, clean_hm_dir):
+    _, out = run(tmp_path, clean_hm_dir)
+    check_no_leakage(tables(out))
+    ex = tables(out)["examples"].set_index(["customer_id", "article_id", "t_dat"])
+    first = ex.loc[("a" * 64, 100000001, pd.Timestamp("2019-01-05"))]
+    assert first.user_profile.endswith("no earlier purchases") and first.behaviour == "no earlier purchases"
+    assert not first.personalised
+    # Same-day basket is not history: the strap top bought with the jeans is not in the jeans' profile.
+    later = ex.loc[("a" * 64, 100000002, pd.Timestamp("2019-03-01"))]
+    assert "3 earlier purchases" in later.user_profile  # jeans, top, wide trousers (2 pieces, one purchase)
+    assert later.behaviour.startswith("Wide trousers (Trousers, Black, 19 days ago)")
+    # Denim trousers before: the pattern-and-type rule outranks plain type (wide trousers are solid).
+    assert later.hook_kind == "type+pattern" and list(later.hook_evidence) == [100000001]
+    assert later.reason.endswith("Skinny jeans in stretch denim.") and later.copy_source == "detail_desc"
+    assert "trousers" in list(later.features)
+    dress = ex.loc[("c" * 64, 400000001, pd.Timestamp("2019-02-02"))]
+    assert dress.copy_source == "attributes" and dress.item_copy == "Wrap dress: dress in dark red."
+
+
+def check_no_leakage(t):
+    """No profile, behaviour or hook evidence uses a purchase from the example's day or later."""
+    inter, ex, items = t["interactions"], t["examples"], t["items"]
+    pieces = inter.groupby(["customer_id", "t_dat"]).size()
+    for r in ex.itertuples():
+        before = inter[(inter.customer_id == r.customer_id) & (inter.t_dat < r.t_dat)]
+        n = len(before)
+        assert r.n_history == n
+        if n:
+            assert f"; {n} earlier purchases;" in r.user_profile
+            days = [int(s.split(", ")[-1].split()[0]) for s in r.behaviour.split("; ")]
+            assert min(days) >= 1
+        else:
+            assert r.behaviour == "no earlier purchases"
+        assert set(r.hook_evidence) <= set(before.article_id)
+    assert pieces.sum() == len(inter)
+    # Unseen-products split: no held-out product code is ever a training example.
+    held = set(items.loc[items.split_unseen != "train", "product_code"])
+    assert not held & set(ex.loc[ex.split_unseen == "train", "product_code"])
+    assert (ex.groupby("product_code")["split_unseen"].nunique() == 1).all()
+    # Temporal split: per user, test is the last day and val the one before, train strictly earlier.
+    for _, g in ex.groupby("customer_id"):
+        days = g.groupby("split_temporal")["t_dat"]
+        if "test" in days.groups:
+            assert days.min()["test"] == g.t_dat.max()
+            assert g.loc[g.split_temporal == "train", "t_dat"].max() < g.t_dat.max()
+        if "val" in days.groups:
+            assert g.loc[g.split_temporal == "train", "t_dat"].max() < days.min()["val"] < days.min()["test"]
+
+
+@pytest.mark.slow
+def test_real_slice_of_hm(tmp_path, real_hm, capsys):
+    rc, out = run(tmp_path, real_hm, "--limit-users", "60")
+    assert rc == 0
+    t = tables(out)
+    assert len(t["users"]) == 60 and t["items"]["has_photo"].all()
+    check_no_leakage(t)
+    ex = t["examples"]
+    assert ex["reason"].str.len().min() > 20
+    # Every personalised hook cites earlier purchases that really share the claimed attributes.
+    items = t["items"].set_index("article_id")
+    cols = {"type": "product_type_name", "colour": "colour_group_name", "pattern": "graphical_appearance_name",
+            "garment_group": "garment_group_name", "section": "section_name"}
+    for r in ex[ex.personalised].itertuples():
+        for aid in r.hook_evidence:
+            for f in r.hook_fields:
+                assert items.loc[aid, cols[f]] == items.loc[r.article_id, cols[f]]
+    assert "users_with_history" in capsys.readouterr().out
+
+
+def test_amazon_adapter_drops_reviewer_names(tmp_path):
+    import gzip
+
+    src = tmp_path / "amz"
+    src.mkdir()
+    recs = [
+        {"overall": 5.0, "reviewerID": "R1", "asin": "A1", "unixReviewTime": 1441324800, "reviewerName": "Jane Doe",
+         "summary": "Great", "reviewText": "Fits well.", "style": {"Size:": " M"}},
+        {"overall": 3.0, "reviewerID": "R1", "asin": "A2", "unixReviewTime": 1451324800, "reviewerName": "Jane Doe",
+         "summary": "Okay", "reviewText": "Runs small."},
+        {"overall": 4.0, "reviewerID": "R2", "asin": "A1", "unixReviewTime": 1461324800, "reviewerName": "Bob Roe",
+         "summary": "Nice!", "reviewText": "Good colour."},
+    ]
+    lines = [json.dumps(r).encode() for r in recs] + [b"{not json", b'{"overall": 4.0, "asin": "A3"}']
+    with gzip.open(src / "AMAZON_FASHION_5.json.gz", "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out"
+    assert data.main(["--dataset", "amazon", "--amazon-dir", str(src), "--out", str(out)]) == 0
+    t = tables(out)
+    ex = t["examples"]
+    assert ex["reason"].tolist() == ["Great. Fits well.", "Okay. Runs small.", "Nice! Good colour."]
+    assert not ex["has_photo"].any()
+    assert ex.loc[1, "user_profile"] == "1 earlier reviews; mean rating 5.0"
+    for p in out.iterdir():
+        assert b"Jane" not in p.read_bytes() and b"Bob Roe" not in p.read_bytes()
+    problems = pd.read_csv(out / "problems.csv")
+    assert set(problems["kind"]) == {"malformed", "bad_value"}
