@@ -1,0 +1,84 @@
+"""Examples -> token ids, segment ids and labels -> padded (B, T) tensors.
+
+One encoded example reads
+    <|user|> user_profile <|behaviour|> behaviour <|product|> product <|reason|> reason <|endoftext|>
+The photo is not a token: the model puts its k prefix embeddings in front of all this.
+Only the reason and its EOS are scored; every other label is -100 (never 0, which is GPT-2's "!").
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from mmreason.model import SEG_BEHAVIOUR, SEG_PRODUCT, SEG_REASON, SEG_USER
+
+PHOTO, USER, BEHAVIOUR, PRODUCT, REASON = "<|photo|>", "<|user|>", "<|behaviour|>", "<|product|>", "<|reason|>"
+EOS = PAD = "<|endoftext|>"
+SPECIAL_TOKENS = [PHOTO, USER, BEHAVIOUR, PRODUCT, REASON]
+
+# (example field, marker token, segment id), in prompt order
+PROMPT_PARTS = [("user_profile", USER, SEG_USER), ("behaviour", BEHAVIOUR, SEG_BEHAVIOUR),
+                ("product", PRODUCT, SEG_PRODUCT)]
+DEFAULT_MAX_PROMPT_TOKENS = {"user_profile": 48, "behaviour": 64, "product": 48}
+
+
+def token_id(tokenizer, token: str) -> int:
+    i = tokenizer.convert_tokens_to_ids(token)
+    if i is None or (tokenizer.unk_token_id is not None and i == tokenizer.unk_token_id):
+        raise ValueError(f"tokenizer has no {token!r}; add mmreason.collate.SPECIAL_TOKENS to it")
+    return i
+
+
+def encode_example(tokenizer, example: Mapping, max_prompt_tokens: int | Mapping[str, int] = DEFAULT_MAX_PROMPT_TOKENS,
+                   max_reason_tokens: int = 64, with_reason: bool = True) -> dict:
+    """-> dict of lists input_ids, segment_ids, labels (same length), plus article_id if the example has one.
+
+    Each prompt part keeps its first max_prompt_tokens[part] tokens; the reason keeps its first
+    max_reason_tokens and always ends in EOS, so the model learns to stop.
+    """
+    if not isinstance(max_prompt_tokens, Mapping):
+        max_prompt_tokens = {field: max_prompt_tokens for field, _, _ in PROMPT_PARTS}
+    ids, segs = [], []
+    for field, marker, seg in PROMPT_PARTS:
+        text_ids = tokenizer.encode(example.get(field) or "", add_special_tokens=False)
+        text_ids = text_ids[:max_prompt_tokens[field]]
+        ids += [token_id(tokenizer, marker)] + text_ids
+        segs += [seg] * (1 + len(text_ids))
+    ids.append(token_id(tokenizer, REASON))
+    segs.append(SEG_REASON)
+    labels = [-100] * len(ids)
+    if with_reason:
+        if example.get("reason") is None:
+            raise ValueError(f"example {example.get('article_id')} has no reason; use with_reason=False to generate")
+        reason_ids = tokenizer.encode(example["reason"], add_special_tokens=False)[:max_reason_tokens]
+        reason_ids.append(token_id(tokenizer, EOS))
+        ids += reason_ids
+        segs += [SEG_REASON] * len(reason_ids)
+        labels += reason_ids
+    out = {"input_ids": ids, "segment_ids": segs, "labels": labels}
+    if example.get("article_id") is not None:
+        out["article_id"] = int(example["article_id"])
+    return out
+
+
+def collate(encoded_list: Sequence[Mapping], pad_id: int, padding_side: str = "right") -> dict:
+    """-> dict of (B, T) long tensors input_ids, segment_ids, attention_mask, labels
+    (+ article_id (B,) when every example has one). Left padding is for generation from prompts."""
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
+    T = max(len(e["input_ids"]) for e in encoded_list)
+    # pad values: segments are masked out anyway; labels -100 so padding is never scored
+    fill = {"input_ids": pad_id, "segment_ids": SEG_REASON, "attention_mask": 0, "labels": -100}
+    batch = {key: [] for key in fill}
+    for e in encoded_list:
+        n = len(e["input_ids"])
+        row = {"input_ids": e["input_ids"], "segment_ids": e["segment_ids"], "attention_mask": [1] * n,
+               "labels": e.get("labels") or [-100] * n}
+        for key, values in row.items():
+            pad = [fill[key]] * (T - n)
+            batch[key].append(list(values) + pad if padding_side == "right" else pad + list(values))
+    out = {key: torch.tensor(rows, dtype=torch.long) for key, rows in batch.items()}
+    if all("article_id" in e for e in encoded_list):
+        out["article_id"] = torch.tensor([e["article_id"] for e in encoded_list], dtype=torch.long)
+    return out

@@ -1,0 +1,204 @@
+"""The pure model: CLIP photo embedding -> mapper -> k prefix embeddings, then the tokenised
+user profile / behaviour / product prompt and the reason, all fed to GPT-2 through `inputs_embeds`.
+
+A plain nn.Module: the Lightning wrapper, the decoding loop and notebooks all use it as is.
+Sequence layout (one row):  [photo x k | <|user|> ... <|behaviour|> ... <|product|> ... <|reason|> | reason ... eos]
+Every position also gets a learned segment embedding (zero-initialised, so with no prefix this is
+exactly GPT-2; the parity test pins that).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from mmreason import paths
+
+# segment ids; collate.py writes them, the model embeds them
+SEG_PHOTO, SEG_USER, SEG_BEHAVIOUR, SEG_PRODUCT, SEG_REASON = range(5)
+
+
+@dataclass
+class ModelConfig:
+    clip_dim: int = 128             # width of the (precomputed) CLIP photo embedding
+    prefix_len: int = 4             # k: how many GPT-2 embeddings one photo becomes
+    mapper: str = "mlp"             # "mlp" | "transformer" (the two ClipCap mappers)
+    mapper_layers: int = 2          # depth of the transformer mapper
+    use_photo: bool = True          # False: text-only ablation, no photo prefix at all
+    # GPT-2 from scratch (ignored when pretrained_gpt2 is set, except vocab_size)
+    n_layer: int = 2
+    n_head: int = 2
+    n_embd: int = 64
+    n_positions: int = 256
+    vocab_size: int | None = None   # len(tokenizer); with pretrained_gpt2, None keeps the checkpoint's
+    dropout: float = 0.1
+    pretrained_gpt2: str | None = None  # hub name or local directory (save_pretrained); None = from scratch
+    train_mode: str = "full"        # "full" | "frozen" (ClipCap: only mapper/segments train) | "lora"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    n_segments: int = 5
+
+
+class MLPMapper(nn.Module):
+    """ClipCap's MLP: clip_dim -> k*C/2 -> k*C with a Tanh in between."""
+
+    def __init__(self, clip_dim: int, n_embd: int, k: int):
+        super().__init__()
+        self.k, self.n_embd = k, n_embd
+        hidden = k * n_embd // 2
+        self.net = nn.Sequential(nn.Linear(clip_dim, hidden), nn.Tanh(), nn.Linear(hidden, k * n_embd))
+
+    def forward(self, x):  # x: (B, clip_dim)
+        return self.net(x).view(x.size(0), self.k, self.n_embd)  # (B, k, C)
+
+
+class TransformerMapper(nn.Module):
+    """ClipCap's transformer mapper: the CLIP vector becomes k tokens, k learned queries are
+    appended, a small encoder mixes them and the query outputs are the prefix."""
+
+    def __init__(self, clip_dim: int, n_embd: int, k: int, n_layers: int, n_head: int):
+        super().__init__()
+        self.k, self.n_embd = k, n_embd
+        self.project = nn.Linear(clip_dim, k * n_embd)
+        self.queries = nn.Parameter(torch.randn(k, n_embd) * 0.02)
+        layer = nn.TransformerEncoderLayer(n_embd, n_head, dim_feedforward=4 * n_embd, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+
+    def forward(self, x):  # x: (B, clip_dim)
+        B = x.size(0)
+        clip_tokens = self.project(x).view(B, self.k, self.n_embd)          # (B, k, C)
+        queries = self.queries.unsqueeze(0).expand(B, -1, -1)               # (B, k, C)
+        out = self.encoder(torch.cat([clip_tokens, queries], dim=1))        # (B, 2k, C)
+        return out[:, self.k:]                                              # (B, k, C)
+
+
+def load_gpt2(config: ModelConfig) -> GPT2LMHeadModel:
+    if config.pretrained_gpt2 is None:
+        if config.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size must be set (len(tokenizer)) to build GPT-2 from scratch")
+        gcfg = GPT2Config(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                          n_positions=config.n_positions, vocab_size=config.vocab_size,
+                          resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout)
+        return GPT2LMHeadModel(gcfg)
+    paths.offline()
+    try:
+        gpt2 = GPT2LMHeadModel.from_pretrained(config.pretrained_gpt2)
+    except Exception as e:  # noqa: BLE001 - anything from the hub/IO layer; say it in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(f"could not load GPT-2 from {config.pretrained_gpt2!r} (no model hub here: "
+                           f"pass a local directory written by save_pretrained): {first}") from None
+    if config.vocab_size is not None and config.vocab_size != gpt2.config.vocab_size:
+        # our tokenizer adds <|user|> etc.; the new rows start random and must be learnt
+        gpt2.resize_token_embeddings(config.vocab_size)
+    return gpt2
+
+
+class ReasonModel(nn.Module):
+
+    @staticmethod
+    def get_default_config() -> ModelConfig:
+        return ModelConfig()
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.gpt2 = load_gpt2(config)
+        n_embd, n_head = self.gpt2.config.n_embd, self.gpt2.config.n_head
+        self.n_embd = n_embd
+        k = config.prefix_len
+        if config.mapper == "mlp":
+            self.mapper = MLPMapper(config.clip_dim, n_embd, k)
+        elif config.mapper == "transformer":
+            self.mapper = TransformerMapper(config.clip_dim, n_embd, k, config.mapper_layers, n_head)
+        else:
+            raise ValueError(f"unknown mapper {config.mapper!r}: use 'mlp' or 'transformer'")
+        # stands in for the CLIP vector of articles that have no photo; roughly unit norm like CLIP's
+        self.no_photo = nn.Parameter(torch.randn(config.clip_dim) / config.clip_dim ** 0.5)
+        self.segment = nn.Embedding(config.n_segments, n_embd)
+        nn.init.zeros_(self.segment.weight)  # zero: with no prefix the model is exactly GPT-2
+
+        if config.train_mode == "frozen":
+            self.gpt2.requires_grad_(False)
+        elif config.train_mode == "lora":
+            from peft import LoraConfig, get_peft_model
+            lcfg = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)  # GPT-2 uses Conv1D
+            self.gpt2 = get_peft_model(self.gpt2, lcfg)  # freezes everything in GPT-2 but the LoRA weights
+        elif config.train_mode != "full":
+            raise ValueError(f"unknown train_mode {config.train_mode!r}: use 'full', 'frozen' or 'lora'")
+
+    # ---- embeddings ----
+
+    @property
+    def wte(self) -> nn.Embedding:
+        return self.gpt2.get_input_embeddings()
+
+    def token_embeddings(self, ids: torch.Tensor, segment_id) -> torch.Tensor:
+        """Token + segment embeddings (B, T, C); for new tokens while decoding with the KV cache."""
+        seg = torch.as_tensor(segment_id, device=ids.device).expand_as(ids)
+        return self.wte(ids) + self.segment(seg)
+
+    def photo_prefix(self, photo_embedding: torch.Tensor, has_photo: torch.Tensor) -> torch.Tensor:
+        x = photo_embedding.to(self.no_photo.dtype)                              # (B, clip_dim)
+        if has_photo is None:
+            has_photo = torch.ones(x.size(0), dtype=torch.bool, device=x.device)
+        x = torch.where(has_photo.view(-1, 1).bool(), x, self.no_photo.expand_as(x))
+        prefix = self.mapper(x)                                                  # (B, k, C)
+        return prefix + self.segment.weight[SEG_PHOTO]
+
+    def embed_prefix(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask):
+        """-> (inputs_embeds (B, k+T, C), attention_mask (B, k+T), position_ids (B, k+T)).
+
+        With use_photo=False there is no prefix (k=0) and the photo arguments may be None.
+        Positions count only attended tokens, so left and right padding give the same numbers.
+        """
+        x = self.wte(input_ids) + self.segment(segment_ids)                      # (B, T, C)
+        if self.config.use_photo:
+            prefix = self.photo_prefix(photo_embedding, has_photo)               # (B, k, C)
+            x = torch.cat([prefix, x], dim=1)                                    # (B, k+T, C)
+            ones = attention_mask.new_ones(input_ids.size(0), self.config.prefix_len)
+            # the prefix sits before any left padding; cumsum still numbers the real tokens 0..n-1
+            attention_mask = torch.cat([ones, attention_mask], dim=1)            # (B, k+T)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)       # (B, k+T)
+        return x, attention_mask, position_ids
+
+    # ---- forward ----
+
+    def forward(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask, labels=None):
+        """-> dict(logits (B, k+T, V), loss: mean CE over label positions != -100, or None)."""
+        x, mask, pos = self.embed_prefix(photo_embedding, has_photo, input_ids, segment_ids, attention_mask)
+        logits = self.gpt2(inputs_embeds=x, attention_mask=mask, position_ids=pos).logits  # (B, k+T, V)
+        loss = None
+        if labels is not None:
+            n_prefix = logits.size(1) - labels.size(1)
+            labels = F.pad(labels, (n_prefix, 0), value=-100)                    # (B, k+T); prefix never scored
+            # position t predicts token t+1
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                   ignore_index=-100)
+        return {"logits": logits, "loss": loss}
+
+    # ---- bookkeeping ----
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def estimate_flops_per_token(self, seq_len: int | None = None) -> float:
+        """nanoGPT/PaLM estimate: 6N for the matmuls fwd+bwd plus 12*L*H*Q*T for attention.
+        Frozen weights still cost their backward through activations, so N counts every parameter."""
+        c = self.gpt2.config
+        L, H, Q = c.n_layer, c.n_head, c.n_embd // c.n_head
+        T = seq_len or c.n_positions
+        return 6 * self.num_params() + 12 * L * H * Q * T
+
+    def save_gpt2_pretrained(self, directory) -> None:
+        """Write the decoder as a plain GPT-2 directory (LoRA merged in), loadable via pretrained_gpt2."""
+        gpt2 = self.gpt2
+        if self.config.train_mode == "lora":
+            gpt2 = copy.deepcopy(gpt2).merge_and_unload()
+        gpt2.save_pretrained(directory)

@@ -1,0 +1,109 @@
+"""encode_example / collate on a tiny byte-level BPE tokenizer trained here (no hub)."""
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from mmreason.collate import (BEHAVIOUR, EOS, PRODUCT, REASON, SPECIAL_TOKENS, USER, collate,
+                              encode_example)
+from mmreason.model import SEG_BEHAVIOUR, SEG_PRODUCT, SEG_REASON, SEG_USER, ModelConfig, ReasonModel
+
+SENTENCES = [
+    "a soft cotton jumper in navy blue", "she often buys dresses, knitwear and trousers",
+    "perfect for chilly autumn walks", "relaxed fit jeans with a high waist", "he likes sporty shoes",
+]
+
+EXAMPLE = {"article_id": 108775015, "user_profile": "she often buys dresses", "behaviour": "knitwear and trousers",
+           "product": "a soft cotton jumper in navy blue", "reason": "perfect for chilly autumn walks"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[EOS] + SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(SENTENCES * 3, trainer)
+    # transformers 5 ignores vocab_file/merges_file: hand over the trained object
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
+                                   additional_special_tokens=SPECIAL_TOKENS)
+
+
+def ids_of(tokenizer, text):
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_layout_segments_and_labels(tokenizer):
+    enc = encode_example(tokenizer, EXAMPLE, max_prompt_tokens=100, max_reason_tokens=100)
+    ids, segs, labels = enc["input_ids"], enc["segment_ids"], enc["labels"]
+    assert len(ids) == len(segs) == len(labels) and enc["article_id"] == 108775015
+    tid = tokenizer.convert_tokens_to_ids
+    user, beh, prod = (ids_of(tokenizer, EXAMPLE[f]) for f in ("user_profile", "behaviour", "product"))
+    reason = ids_of(tokenizer, EXAMPLE["reason"])
+    prompt = [tid(USER)] + user + [tid(BEHAVIOUR)] + beh + [tid(PRODUCT)] + prod + [tid(REASON)]
+    assert ids == prompt + reason + [tokenizer.eos_token_id]  # EOS closes the reason
+    assert segs == ([SEG_USER] * (1 + len(user)) + [SEG_BEHAVIOUR] * (1 + len(beh))
+                    + [SEG_PRODUCT] * (1 + len(prod)) + [SEG_REASON] * (1 + len(reason) + 1))
+    assert labels == [-100] * len(prompt) + reason + [tokenizer.eos_token_id]
+    assert tokenizer.decode(ids, skip_special_tokens=True).endswith(EXAMPLE["reason"])
+
+
+def test_truncation(tokenizer):
+    limits = {"user_profile": 2, "behaviour": 1, "product": 3}
+    enc = encode_example(tokenizer, EXAMPLE, max_prompt_tokens=limits, max_reason_tokens=4)
+    segs = enc["segment_ids"]
+    assert segs.count(SEG_USER) == 1 + 2 and segs.count(SEG_BEHAVIOUR) == 1 + 1 and segs.count(SEG_PRODUCT) == 1 + 3
+    assert segs.count(SEG_REASON) == 1 + 4 + 1          # <|reason|>, 4 reason tokens, EOS
+    assert enc["input_ids"][-1] == tokenizer.eos_token_id  # EOS survives truncation
+    assert enc["labels"][-5:] == ids_of(tokenizer, EXAMPLE["reason"])[:4] + [tokenizer.eos_token_id]
+    both = encode_example(tokenizer, EXAMPLE, max_prompt_tokens=1, max_reason_tokens=4)
+    assert both["segment_ids"].count(SEG_USER) == both["segment_ids"].count(SEG_PRODUCT) == 2
+
+
+def test_prompt_only_for_generation(tokenizer):
+    example = {**EXAMPLE, "reason": None}
+    enc = encode_example(tokenizer, example, with_reason=False)
+    assert enc["input_ids"][-1] == tokenizer.convert_tokens_to_ids(REASON)
+    assert set(enc["labels"]) == {-100}
+    with pytest.raises(ValueError, match="no reason"):
+        encode_example(tokenizer, example)
+
+
+def test_missing_special_tokens_are_reported():
+    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=EOS)
+    with pytest.raises(ValueError, match="SPECIAL_TOKENS"):
+        encode_example(bare, EXAMPLE)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collate_pads_with_minus_100(tokenizer, side):
+    short = {**EXAMPLE, "article_id": 1, "user_profile": "", "reason": "nice"}
+    encoded = [encode_example(tokenizer, EXAMPLE), encode_example(tokenizer, short)]
+    n0, n1 = (len(e["input_ids"]) for e in encoded)
+    batch = collate(encoded, pad_id=tokenizer.pad_token_id, padding_side=side)
+    assert {k: v.shape for k, v in batch.items() if k != "article_id"} == {
+        k: (2, n0) for k in ("input_ids", "segment_ids", "attention_mask", "labels")}
+    assert batch["article_id"].tolist() == [108775015, 1]
+    real = slice(0, n1) if side == "right" else slice(n0 - n1, n0)
+    pad = slice(n1, n0) if side == "right" else slice(0, n0 - n1)
+    assert batch["input_ids"][1, real].tolist() == encoded[1]["input_ids"]
+    assert batch["labels"][1, real].tolist() == encoded[1]["labels"]
+    assert batch["attention_mask"][1, real].eq(1).all() and batch["attention_mask"][1, pad].eq(0).all()
+    assert batch["labels"][1, pad].eq(-100).all()             # never 0 (GPT-2's "!")
+    assert batch["input_ids"][1, pad].eq(tokenizer.pad_token_id).all()
+    assert batch["attention_mask"][0].eq(1).all()
+
+
+def test_collated_batch_trains_the_model(tokenizer):
+    encoded = [encode_example(tokenizer, EXAMPLE), encode_example(tokenizer, {**EXAMPLE, "reason": "nice"})]
+    batch = collate(encoded, pad_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    cfg = ModelConfig(clip_dim=8, prefix_len=2, vocab_size=len(tokenizer), n_layer=2, n_head=2, n_embd=32)
+    model = ReasonModel(cfg)
+    out = model(photo_embedding=torch.randn(2, 8), has_photo=torch.tensor([True, False]),
+                input_ids=batch["input_ids"], segment_ids=batch["segment_ids"],
+                attention_mask=batch["attention_mask"], labels=batch["labels"])
+    assert out["logits"].shape == (2, 2 + batch["input_ids"].size(1), len(tokenizer))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
