@@ -1,0 +1,284 @@
+"""Tidy generated reasons and reject the low-quality ones before anyone reads them.
+
+`check` lists why a reason is rejected (empty list = accepted):
+  empty          no words, or fewer than min_words
+  truncated      does not end in . ! or ? (decoding ran out of tokens)
+  repetitive     a 3-gram occurs three times (Filter(max_repeats=1): twice), a sentence is said twice,
+                 or distinct-1 < 0.5 over >= 8 tokens
+  wrong_colour   names a colour / product type / pattern of the vocabulary that contradicts the article
+  wrong_type
+  wrong_pattern
+  false_history  claims past purchases (metrics.history_claims, with CLAIM_PATTERNS) for a user who has
+                 none, or the claim names colours (or types) none of which the user ever bought
+
+When is a named value *not* a contradiction (so the filter errs towards keeping a reason)?
+  * it is compatible with the article's own value: equal, or one's words contain the other's
+    ("blue" for Light Blue, "top" for Vest top), plurals folded; colour also accepts the article's
+    perceived_colour_master_name;
+  * it is one of the article's values in another field ("transparent" is a colour and a pattern) or
+    appears in the article's own words (OWN_TEXT_FIELDS: name, copy, section... "Socks & Tights");
+  * it is in a sentence that claims history and names an earlier purchase that has it: "like the Wrap
+    dress you bought" describes that purchase, not this article. "Has it" means the value is in the
+    purchase's name (history["names"]), or, when no names are given, in the history's set for the field;
+    with history=None, values in such sentences are not held against the reason;
+  * it is too generic to mean anything (GENERIC_VALUES, below).
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+from mmreason.metrics import HISTORY_CLAIM_PATTERNS, history_claims, mentioned_values, split_sentences, tokenize
+
+CAUSES = ("empty", "truncated", "repetitive", "wrong_colour", "wrong_type", "wrong_pattern", "false_history")
+
+# field -> the article columns holding its true value(s)
+FIELDS = {
+    "colour": ("colour_group_name", "perceived_colour_master_name"),
+    "type": ("product_type_name",),
+    "pattern": ("graphical_appearance_name",),
+}
+
+# Values never held against a reason, by field (normalised as metrics.tokenize + " ".join). Why:
+GENERIC_VALUES = {
+    # placeholders, and "metal" / "mole" (perceived colours) which copy uses for trims and means little
+    "colour": {"other", "unknown", "undefined", "metal", "mole"},
+    # placeholders; hypernyms that fit many types ("top", "bag"); words that in H&M copy usually name a
+    # part or trim of another garment ("cap sleeves", "belt loops", "tie fastening", "block heels",
+    # "adjustable braces", "wedge heel") or are everyday verbs ("watch", "ring", "pumps")
+    "type": {"unknown", "other accessories", "top", "bag", "cap", "belt", "tie", "heels", "wedge", "braces",
+             "watch", "ring", "pumps", "toy", "costumes", "garment set", "accessories set"},
+    # placeholders; "solid" ("a solid choice"), "check" (the verb), "contrast" ("contrast stitching" on
+    # anything) and "treatment" are common words that say nothing about the article's appearance
+    "pattern": {"other", "unknown", "other pattern", "other structure", "solid", "check", "contrast", "treatment",
+                "mixed solid pattern"},
+}
+
+# metrics' claim phrases plus the other ways the silver hooks (reasons.build_hook) cite past purchases
+CLAIM_PATTERNS = HISTORY_CLAIM_PATTERNS + (
+    r"\byou have chosen\b", r"\byou've chosen\b", r"\byou chose\b", r"\byou keep choosing\b", r"\byou went for\b",
+    r"\byou have shopped\b", r"\bwhere you found\b", r"\byou come back to\b", r"\byour earlier\b",
+    r"\byour wardrobe\b", r"\bmost recently\b",
+)
+
+_END_RE = re.compile(r"[.!?][\"')\]]*$")
+
+
+# --------------------------------------------------------------------------- tidy-up
+def clean(text: str, drop_unfinished: bool = False) -> str:
+    """Collapse whitespace, fix spacing around punctuation, capitalise the first letter.
+
+    drop_unfinished=True also cuts an unfinished last sentence, but only after a finished one; by default
+    it stays, so that `check` can still call the reason truncated.
+    """
+    text = re.sub(r"\s+", " ", text or "").strip()
+    text = re.sub(r"\s+([.,!?;:])", r"\1", text)                 # "fabric ." -> "fabric."
+    text = re.sub(r"([.,!?;:])\1+", r"\1", text)                 # "!!" -> "!"
+    text = re.sub(r",([.!?])", r"\1", text)                      # ",." -> "."
+    text = re.sub(r"([a-z][.!?])([A-Z])", r"\1 \2", text)        # "ago.Wide" -> "ago. Wide"
+    text = re.sub(r"^[\s.,;:!?\-]+", "", text)                   # stray leading punctuation
+    if drop_unfinished and not _END_RE.search(text):
+        ends = list(re.finditer(r"[.!?][\"')\]]*(?=\s)", text))
+        if ends:
+            text = text[:ends[-1].end()]
+    if text[:1].isalpha():
+        text = text[0].upper() + text[1:]
+    return text
+
+
+# --------------------------------------------------------------------------- vocabularies
+def _norm(value) -> str:
+    return " ".join(tokenize(value)) if isinstance(value, str) else ""
+
+
+def vocab_from_items(items_df) -> dict[str, set[str]]:
+    """{"colour", "type", "pattern"} -> lowercased, normalised values found in an items/articles table."""
+    vocab = {}
+    for field, columns in FIELDS.items():
+        values = set()
+        for col in columns:
+            if col in items_df:
+                values |= {_norm(v) for v in items_df[col].dropna().unique()}
+        vocab[field] = values - {""}
+    return vocab
+
+
+def _index(values: Iterable[str], generic: Iterable[str]) -> dict[tuple[str, ...], str]:
+    """Token tuple -> normalised value, for metrics.mentioned_values; generic values left out."""
+    generic = {_norm(g) for g in generic}
+    index = {}
+    for v in values:
+        n = _norm(v)
+        if n and n not in generic:
+            index[tuple(n.split())] = n
+    return index
+
+
+def _same_word(a: str, b: str) -> bool:
+    return a == b or a + "s" == b or b + "s" == a or a + "es" == b or b + "es" == a
+
+
+def _compatible(named: str, truth: str) -> bool:
+    """Equal, or one's words all occur in the other ("blue" ~ "light blue", "top" ~ "vest top")."""
+    a, b = named.split(), truth.split()
+    return all(any(_same_word(x, y) for y in b) for x in a) or all(any(_same_word(y, x) for x in a) for y in b)
+
+
+# --------------------------------------------------------------------------- checks
+# the article's own words: a value they use is not a contradiction ("Socks & Tights" section, "tie belt")
+OWN_TEXT_FIELDS = ("prod_name", "detail_desc", "section_name", "garment_group_name", "department_name")
+
+
+def _own_text(article: Mapping) -> str:
+    """The article's own name, copy and labels as " tok tok | tok ... ", for phrase look-ups on word boundaries."""
+    parts = [" ".join(tokenize(article[k])) for k in OWN_TEXT_FIELDS if isinstance(article.get(k), str)]
+    return " " + " | ".join(parts) + " "
+
+
+def _repetitive(tokens: list[str], n: int, max_repeats: int) -> bool:
+    """An n-gram more than max_repeats times, or distinct-1 < 0.5 over >= 8 tokens."""
+    grams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    if grams and max(grams.values()) > max_repeats:
+        return True
+    return len(tokens) >= 8 and len(set(tokens)) / len(tokens) < 0.5
+
+
+def _repeated_sentence(sentences: list[str]) -> bool:
+    long = [s for s in sentences if len(s.split()) >= 3]
+    return len(set(long)) < len(long)
+
+
+class _Bought:
+    """What the user's earlier purchases back up, per field: a value in the history's set for the field,
+    or words of an earlier purchase's name ("names", optional: hooks cite them, e.g. "the Denim TRS").
+    A field whose set is empty or missing is unknown, and then backs everything."""
+
+    def __init__(self, history: Mapping):
+        self.n = history.get("n") or 0
+        self.sets = {f: {_norm(v) for v in history.get(key) or ()} - {""}
+                     for f, key in (("colour", "colours"), ("type", "types"), ("pattern", "patterns"))}
+        names = [" ".join(tokenize(n)) for n in history.get("names") or () if isinstance(n, str)]
+        self.names = " " + " | ".join(names) + " "
+
+    def backs(self, field: str, value: str) -> bool:
+        return not self.sets[field] or value in self.sets[field] or f" {value} " in self.names
+
+    def names_it(self, field: str, value: str) -> bool:
+        """Could value describe an earlier purchase named in a claim? With names given, only if a name
+        has it: "white" in "you bought white trousers" describes this article if no white thing was named."""
+        return f" {value} " in self.names if self.names.strip() else self.backs(field, value)
+
+
+class Filter:
+    """Checks reasons against an attribute vocabulary; `select` keeps the best candidate that passes.
+
+    Repetition: max_repeats=1 rejects any 3-gram said twice; the default 2 is because 5.2% of the H&M
+    silver reasons repeat a 3-gram in H&M's own copy ("at the back" twice), while 0.1% repeat one thrice.
+    """
+
+    def __init__(self, vocab: Mapping[str, Iterable[str]], min_words: int = 3,
+                 generic: Mapping[str, Iterable[str]] = GENERIC_VALUES, repeat_ngram: int = 3, max_repeats: int = 2,
+                 claim_patterns: Sequence[str] = CLAIM_PATTERNS, drop_unfinished: bool = False):
+        self.min_words, self.drop_unfinished = min_words, drop_unfinished
+        self.repeat_ngram, self.max_repeats, self.claim_patterns = repeat_ngram, max_repeats, tuple(claim_patterns)
+        self.index = {field: _index(vocab.get(field, ()), generic.get(field, ())) for field in FIELDS}
+
+    def check(self, reason: str, article: Mapping, history: Mapping | None) -> list[str]:
+        """Rejection causes, in CAUSES order; [] = accepted.
+
+        history: the user's purchases before this one, {"n": how many, "colours", "types", "patterns":
+        sets of their values, optionally "names": their prod_names}; None when unknown (then claims are
+        not checked).
+        """
+        tokens = tokenize(reason or "")
+        if len(tokens) < self.min_words:
+            return ["empty"]
+        causes = []
+        sentences = [" ".join(tokenize(s)) for s in split_sentences(reason)]
+        if not _END_RE.search(reason.strip()):
+            causes.append("truncated")
+        if _repetitive(tokens, self.repeat_ngram, self.max_repeats) or _repeated_sentence(sentences):
+            causes.append("repetitive")
+
+        claims = set(history_claims(reason, self.claim_patterns))  # tokenised, space-joined sentences
+        bought = _Bought(history) if history is not None else None
+        truths = {f: {_norm(article.get(c)) for c in cols} - {""} for f, cols in FIELDS.items()}
+        all_truths = set().union(*truths.values())
+        own_text = _own_text(article)
+        named_in_claims = {f: set() for f in FIELDS}
+        for field in FIELDS:
+            wrong = False
+            for s in sentences:
+                in_claim = s in claims
+                for value in mentioned_values(s.split(), self.index[field]):
+                    if in_claim:
+                        named_in_claims[field].add(value)
+                    excused = (not truths[field]                  # the article's value is unknown
+                               or any(_compatible(value, t) for t in truths[field])
+                               or value in all_truths
+                               or f" {value} " in own_text
+                               or (in_claim and (bought is None or bought.names_it(field, value))))
+                    wrong |= not excused
+            if wrong:
+                causes.append(f"wrong_{field}")
+
+        if claims and bought is not None:
+            # claims name the new article too, so one backed value per field is enough; patterns are left
+            # out: they are read off names ("Lace", "Denim") more often than off the pattern field
+            unbacked = any(named_in_claims[f] and not any(bought.backs(f, v) for v in named_in_claims[f])
+                           for f in ("colour", "type"))
+            if not bought.n or unbacked:
+                causes.append("false_history")
+        return causes
+
+    def select(self, candidates: Sequence[str], article: Mapping,
+               history: Mapping | None) -> tuple[str | None, list[tuple[str, list[str]]]]:
+        """(chosen, rejected): the first (best-ranked) cleaned candidate that passes, and every cleaned
+        candidate rejected before it with its causes. chosen is None when no candidate passes; then
+        rejected holds all of them, and rejected[0][0] is the best-ranked text to fall back on."""
+        rejected = []
+        for text in candidates:
+            text = clean(text, drop_unfinished=self.drop_unfinished)
+            causes = self.check(text, article, history)
+            if not causes:
+                return text, rejected
+            rejected.append((text, causes))
+        return None, rejected
+
+
+def check(reason: str, article: Mapping, history: Mapping | None,
+          vocab: Mapping[str, Iterable[str]] | None = None) -> list[str]:
+    """Filter(vocab).check(...) in one call; without vocab only the article's own values are known, so
+    nothing can contradict them and no wrong_* cause is raised. Build one Filter for many reasons."""
+    return Filter(vocab or {}).check(reason, article, history)
+
+
+def rejection_report(results: Iterable[tuple[str | None, list[tuple[str, list[str]]]]]) -> dict:
+    """Counts over Filter.select results: candidates checked and rejected, by cause, and how often the
+    top-ranked candidate failed or no candidate passed."""
+    by_cause = Counter()
+    n_examples = checked = rejected = first_failed = none_passed = 0
+    for chosen, rej in results:
+        n_examples += 1
+        checked += len(rej) + (chosen is not None)
+        rejected += len(rej)
+        first_failed += bool(rej)
+        none_passed += chosen is None
+        for _, causes in rej:
+            by_cause.update(causes)
+
+    def rate(a, b):
+        return a / b if b else float("nan")
+
+    return {
+        "examples": n_examples,
+        "candidates_checked": checked,
+        "rejected": rejected,
+        "rejection_rate": rate(rejected, checked),
+        "first_choice_rejected_rate": rate(first_failed, n_examples),
+        "no_candidate_passed": none_passed,
+        "no_candidate_passed_rate": rate(none_passed, n_examples),
+        "by_cause": {c: by_cause[c] for c in CAUSES},
+        "by_cause_rate": {c: rate(by_cause[c], checked) for c in CAUSES},
+    }

@@ -1,0 +1,151 @@
+"""Post-processing and rejection of low-quality reasons: each cause fires on a crafted reason, not on a good one."""
+import math
+
+import pandas as pd
+import pytest
+
+from conftest import ARTICLES
+from mmreason.filters import CAUSES, GENERIC_VALUES, Filter, check, clean, rejection_report, vocab_from_items
+
+COLS = ["article_id", "product_code", "prod_name", "product_type_name", "product_group_name",
+        "graphical_appearance_name", "colour_group_name", "section_name", "garment_group_name", "detail_desc"]
+ITEMS = pd.DataFrame(ARTICLES, columns=COLS).assign(
+    perceived_colour_master_name=lambda d: d["colour_group_name"].str.split().str[-1])
+ARTICLE = ITEMS.set_index("article_id").loc[500000001].to_dict()  # Wide trousers, Black, Solid
+HISTORY = {"n": 3, "colours": {"Black", "Light Blue"}, "types": {"Trousers", "Vest top"},
+           "patterns": {"Denim", "Solid"}}
+NO_HISTORY = {"n": 0, "colours": set(), "types": set(), "patterns": set()}
+GOOD = "Matches your taste for black trousers: you bought the Skinny jeans 3 days ago. Wide trousers in woven fabric."
+
+
+@pytest.fixture(scope="module")
+def filt():
+    return Filter(vocab_from_items(ITEMS))
+
+
+def test_vocab_from_items():
+    vocab = vocab_from_items(ITEMS)
+    assert set(vocab) == {"colour", "type", "pattern"}
+    assert {"black", "light blue", "blue", "dark red", "red"} <= vocab["colour"]  # group + perceived master
+    assert {"trousers", "vest top", "t-shirt", "bikini top"} <= vocab["type"]
+    assert {"denim", "all over pattern", "stripe"} <= vocab["pattern"]
+    assert all(v == v.lower() for values in vocab.values() for v in values)
+
+
+def test_good_reason_passes(filt):
+    assert filt.check(GOOD, ARTICLE, HISTORY) == []
+    assert filt.check(GOOD, ARTICLE, None) == []  # unknown history: nothing to hold against it
+    assert check(GOOD, ARTICLE, HISTORY) == []     # no vocab: nothing can contradict
+
+
+def test_wrong_colour(filt):
+    white = GOOD.replace("black", "white")
+    assert "wrong_colour" in filt.check(white, ARTICLE, HISTORY)
+    assert "wrong_colour" in filt.check("Wide trousers in a soft dark red.", ARTICLE, None)
+    # perceived colour, partial colour names and generic words are fine
+    blue_jeans = {**ITEMS.set_index("article_id").loc[100000002].to_dict()}  # Light Blue, perceived Blue
+    assert filt.check("Skinny jeans in blue stretch denim.", blue_jeans, None) == []
+    assert filt.check("Skinny jeans in light blue. Other colours too.", blue_jeans, None) == []
+
+
+def test_wrong_type_and_pattern(filt):
+    assert filt.check("A relaxed t-shirt in woven fabric.", ARTICLE, None) == ["wrong_type"]
+    assert filt.check("Wide trousers with a stripe print.", ARTICLE, None) == ["wrong_pattern"]
+    assert filt.check("A solid pick: wide trousers in woven fabric.", ARTICLE, None) == []  # "solid" is generic
+    strap_top = ITEMS.set_index("article_id").loc[200000001].to_dict()                  # Vest top
+    assert filt.check("A black top with narrow shoulder straps.", strap_top, None) == []  # hypernym
+
+
+def test_values_the_article_explains_pass(filt):
+    dress = ITEMS.set_index("article_id").loc[400000001].to_dict()  # Wrap dress, Dark Red, All over pattern
+    reason = "A wrap dress to wear over a sweater, in dark red."
+    assert filt.check(reason, dress, None) == ["wrong_type"]
+    assert filt.check(reason, {**dress, "detail_desc": "Wrap dress to wear over a sweater."}, None) == []
+    assert filt.check(reason, {**dress, "section_name": "Sweater & Dresses"}, None) == []
+    assert filt.check("A wrap dress, in dark red.", {**dress, "colour_group_name": None,
+                                                     "perceived_colour_master_name": None}, None) == []
+
+
+def test_values_naming_an_earlier_purchase_pass(filt):
+    history = {"n": 2, "colours": {"Black", "Grey"}, "types": {"Sweater"}, "patterns": {"Melange"},
+               "names": {"Knit sweater"}}
+    hook = "In black, like the Knit sweater you bought 2 weeks ago. Wide trousers in woven fabric."
+    assert filt.check(hook, ARTICLE, history) == []         # "sweater" is the earlier purchase, not this article
+    assert filt.check(hook, ARTICLE, None) == []            # unknown history: claim sentences are given the benefit
+    # without names, the bought types stand in for them
+    assert filt.check(hook, ARTICLE, {**history, "names": set()}) == []
+    assert filt.check(hook.replace("Knit sweater", "Wrap dress"), ARTICLE, history) == ["wrong_type", "false_history"]
+    # a colour the user did buy still contradicts the article when no earlier purchase is named with it
+    assert "wrong_colour" in filt.check(GOOD.replace("black", "grey"), ARTICLE, {**history, "types": {"Trousers"}})
+    assert "wrong_type" in filt.check("This t-shirt goes with everything.", ARTICLE, history)
+
+
+def test_false_history(filt):
+    assert filt.check(GOOD, ARTICLE, NO_HISTORY) == ["false_history"]
+    assert "false_history" in filt.check(GOOD.replace("black", "white"), ARTICLE, HISTORY)  # never bought white
+    assert filt.check("You have bought bikini top styles before. Wide trousers in woven fabric.", ARTICLE,
+                      HISTORY) == ["wrong_type", "false_history"]
+    # the silver hooks' other phrasings are claims too (metrics.HISTORY_CLAIM_PATTERNS misses them)
+    assert filt.check("Black is a regular in your wardrobe: you have chosen it twice. Wide trousers in woven fabric.",
+                      ARTICLE, NO_HISTORY) == ["false_history"]
+    # no claim at all: a cold-start user is fine
+    assert filt.check("A pick from Womens Tailoring to start with. Wide trousers in woven fabric.",
+                      ARTICLE, NO_HISTORY) == []
+
+
+def test_repetitive(filt):
+    loop = "Wide trousers in black. Wide trousers in black. Wide trousers in black."
+    assert filt.check(loop, ARTICLE, None) == ["repetitive"]
+    twice = "Wide trousers in black. Wide trousers in black."  # one sentence said twice
+    assert filt.check(twice, ARTICLE, None) == ["repetitive"]
+    assert filt.check("Black black black black trousers trousers trousers trousers.", ARTICLE, None) == ["repetitive"]
+    # H&M's own copy often says "at the back" twice: allowed by default, rejected with max_repeats=1
+    copy = "Wide trousers with a zip at the back and a pleat at the back of the waist."
+    assert filt.check(copy, ARTICLE, None) == []
+    assert Filter(vocab_from_items(ITEMS), max_repeats=1).check(copy, ARTICLE, None) == ["repetitive"]
+
+
+def test_truncated_and_empty(filt):
+    assert filt.check("Matches your taste for black trousers: you bought the Skinny", ARTICLE, HISTORY) == ["truncated"]
+    assert filt.check("Wide trousers.", ARTICLE, None) == ["empty"]
+    assert filt.check("  ", ARTICLE, None) == ["empty"]
+    assert filt.check("Wide trousers in woven fabric!", ARTICLE, None) == []
+
+
+def test_clean():
+    assert clean("  wide trousers  in woven fabric .") == "Wide trousers in woven fabric."
+    assert clean("you bought it 3 days ago.Wide trousers , in black !!") == "You bought it 3 days ago. Wide trousers, in black!"
+    assert clean(", great fit.") == "Great fit."
+    cut = "you bought it 3 days ago. Wide trousers in"
+    assert clean(cut) == "You bought it 3 days ago. Wide trousers in"          # kept: check() sees the truncation
+    assert clean(cut, drop_unfinished=True) == "You bought it 3 days ago."
+    assert clean("wide trousers in", drop_unfinished=True) == "Wide trousers in"  # nothing finished to keep
+    assert clean("") == ""
+
+
+def test_select_falls_back_to_next_candidate(filt):
+    bad_colour, cut = GOOD.replace("black", "white"), "Wide trousers in woven"
+    chosen, rejected = filt.select([bad_colour, cut, "wide trousers in woven fabric .", GOOD], ARTICLE, HISTORY)
+    assert chosen == "Wide trousers in woven fabric."  # cleaned
+    assert [t for t, _ in rejected] == [bad_colour, cut]
+    assert rejected[0][1] == ["wrong_colour", "false_history"] and rejected[1][1] == ["truncated"]
+    chosen, rejected = filt.select([cut, "no"], ARTICLE, HISTORY)
+    assert chosen is None and [c for _, c in rejected] == [["truncated"], ["empty"]]
+
+
+def test_rejection_report(filt):
+    results = [filt.select([GOOD], ARTICLE, HISTORY),                                    # 1 checked, 0 rejected
+               filt.select(["Wide trousers in", GOOD], ARTICLE, HISTORY),                # 2 checked, 1 rejected
+               filt.select(["Wide", "You bought black trousers."], ARTICLE, NO_HISTORY)]  # 2 checked, 2 rejected
+    report = rejection_report(results)
+    assert report["examples"] == 3 and report["candidates_checked"] == 5 and report["rejected"] == 3
+    assert report["rejection_rate"] == pytest.approx(3 / 5)
+    assert report["first_choice_rejected_rate"] == pytest.approx(2 / 3)
+    assert report["no_candidate_passed"] == 1 and report["no_candidate_passed_rate"] == pytest.approx(1 / 3)
+    assert report["by_cause"] == {**dict.fromkeys(CAUSES, 0), "truncated": 1, "empty": 1, "false_history": 1}
+    assert report["by_cause_rate"]["truncated"] == pytest.approx(1 / 5)
+    assert math.isnan(rejection_report([])["rejection_rate"])
+
+
+def test_generic_values_are_lowercase_vocabulary_words():
+    assert all(v == v.lower() for values in GENERIC_VALUES.values() for v in values)

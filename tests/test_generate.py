@@ -1,0 +1,289 @@
+"""Decoding with the KV cache on a tiny random ReasonModel and a tiny BPE tokenizer trained here (no hub)."""
+from collections import Counter
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from mmreason.collate import EOS, SPECIAL_TOKENS, collate, encode_example
+from mmreason.generate import PRESETS, DecodeConfig, decode, generate_reasons, preset
+from mmreason.model import SEG_REASON, ModelConfig, ReasonModel
+
+SENTENCES = [
+    "a soft cotton jumper in navy blue", "she often buys dresses, knitwear and trousers",
+    "perfect for chilly autumn walks", "relaxed fit jeans with a high waist", "he likes sporty shoes",
+    "matches your taste for black trousers: you bought the skinny jeans 3 days ago.",
+]
+EXAMPLES = [  # prompts of clearly unequal length, so the batch is left-padded
+    {"article_id": 1, "user_profile": "she often buys dresses, knitwear and trousers",
+     "behaviour": "relaxed fit jeans with a high waist, a soft cotton jumper",
+     "product": "a soft cotton jumper in navy blue"},
+    {"article_id": 2, "user_profile": "he likes sporty shoes", "behaviour": "", "product": "jeans"},
+    {"article_id": 3, "user_profile": "", "behaviour": "perfect for chilly autumn walks", "product": "black trousers"},
+]
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[EOS] + SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(SENTENCES * 3, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
+                                   additional_special_tokens=SPECIAL_TOKENS)
+
+
+def tiny_model(tokenizer, use_photo=True, seed=0, n_positions=256):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, clip_dim=8, prefix_len=2, vocab_size=len(tokenizer),
+                      use_photo=use_photo, dropout=0.0, n_positions=n_positions)
+    model = ReasonModel(cfg).eval()
+    with torch.no_grad():  # GPT-2's init (std 0.02) is nearly uniform; wide weights keep argmax ties away
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_model(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer):
+    encoded = [encode_example(tokenizer, ex, with_reason=False) for ex in EXAMPLES]
+    out = collate(encoded, pad_id=tokenizer.pad_token_id, padding_side="left")
+    assert out["attention_mask"].eq(0).any()  # unequal lengths: some rows are padded
+    g = torch.Generator().manual_seed(1)
+    out["photo_embedding"] = torch.randn(len(EXAMPLES), 8, generator=g)
+    out["has_photo"] = torch.tensor([True, False, True])
+    return out
+
+
+def run(model, batch, eos_id, **kw):
+    return decode(model, batch, DecodeConfig(max_new_tokens=MAX_NEW, **kw), eos_id)
+
+
+def ids_of(result):
+    return [[ids for ids, _ in cands] for cands in result]
+
+
+def naive_greedy(model, batch, eos_id, steps):
+    """Greedy without the cache: the full forward over prompt + generated tokens at every step."""
+    ids, segs, mask = batch["input_ids"], batch["segment_ids"], batch["attention_mask"]
+    B = ids.size(0)
+    out, total, done = [[] for _ in range(B)], [0.0] * B, [False] * B
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(batch["photo_embedding"], batch["has_photo"], ids, segs, mask)["logits"][:, -1]
+            lp = logits.float().log_softmax(-1)
+            nxt = lp.argmax(-1)
+            for b in range(B):
+                if not done[b]:
+                    total[b] += float(lp[b, nxt[b]])
+                    done[b] = int(nxt[b]) == eos_id
+                    if not done[b]:
+                        out[b].append(int(nxt[b]))
+            if all(done):
+                break
+            ids = torch.cat([ids, nxt[:, None]], 1)
+            segs = torch.cat([segs, torch.full((B, 1), SEG_REASON)], 1)
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], 1)
+    return out, total
+
+
+def first_new_token(tokens, start=2):
+    """(position, token) of the first token at index >= start that has not occurred before it."""
+    for i in range(start, len(tokens)):
+        if tokens[i] not in tokens[:i]:
+            return i, tokens[i]
+    raise AssertionError("no fresh token in the greedy output")
+
+
+@pytest.mark.parametrize("use_photo", [True, False])
+def test_greedy_with_cache_equals_full_forward(tokenizer, batch, use_photo):
+    model = tiny_model(tokenizer, use_photo=use_photo)
+    eos = tokenizer.eos_token_id
+    cached = run(model, batch, eos, strategy="greedy", length_penalty=0.0)
+    ref_ids, ref_scores = naive_greedy(model, batch, eos, MAX_NEW)
+    assert ids_of(cached) == [[ids] for ids in ref_ids]
+    assert [c[0][1] for c in cached] == pytest.approx(ref_scores, abs=1e-4)
+    assert len({tuple(ids) for ids in ref_ids}) > 1  # the rows really differ
+
+
+def test_greedy_stops_each_row_at_eos(model, batch, tokenizer):
+    free = ids_of(run(model, batch, tokenizer.eos_token_id))
+    pos, stop = first_new_token(free[0][0])
+    stopped = run(model, batch, stop, strategy="greedy")
+    assert stopped[0][0][0] == free[0][0][:pos]  # row 0 ends just before its "EOS", which is dropped
+    ref_ids, _ = naive_greedy(model, batch, stop, MAX_NEW)
+    assert ids_of(stopped) == [[ids] for ids in ref_ids]  # other rows stop (or not) on their own
+
+
+def test_decoding_stops_when_all_rows_are_done(model, batch, tokenizer):
+    single = {k: v[:1] for k, v in batch.items()}
+    free = ids_of(run(model, single, tokenizer.eos_token_id))[0][0]
+    pos, stop = first_new_token(free)
+    calls = Counter()
+    hook = model.gpt2.register_forward_hook(lambda *a: calls.update(["forward"]))
+    try:
+        for strategy in ("greedy", "beam"):
+            calls.clear()
+            out = run(model, single, stop, strategy=strategy, num_beams=1, length_penalty=0.0)
+            assert out[0][0][0] == free[:pos]
+            assert calls["forward"] == 1 + pos  # the prompt, then one step per token before EOS
+    finally:
+        hook.remove()
+
+
+def test_beam_of_one_equals_greedy(model, batch, tokenizer):
+    eos = tokenizer.eos_token_id
+    greedy = run(model, batch, eos, strategy="greedy", length_penalty=0.0)
+    beam = run(model, batch, eos, strategy="beam", num_beams=1, length_penalty=0.0)
+    assert ids_of(beam) == ids_of(greedy)
+    assert [c[0][1] for c in beam] == pytest.approx([c[0][1] for c in greedy], abs=1e-4)
+    _, stop = first_new_token(ids_of(greedy)[0][0])  # and with rows ending at EOS
+    assert ids_of(run(model, batch, stop, strategy="beam", num_beams=1, length_penalty=0.0)) == \
+        ids_of(run(model, batch, stop, strategy="greedy", length_penalty=0.0))
+
+
+def test_beam_scores_at_least_greedy(tokenizer, batch):
+    eos = tokenizer.eos_token_id
+    for seed in range(3):
+        model = tiny_model(tokenizer, seed=seed)
+        greedy = run(model, batch, eos, strategy="greedy", length_penalty=0.0)
+        beam = run(model, batch, eos, strategy="beam", num_beams=4, num_return_sequences=4, length_penalty=0.0)
+        for g, cands in zip(greedy, beam):
+            scores = [s for _, s in cands]
+            assert len(cands) == 4 and scores == sorted(scores, reverse=True)
+            assert scores[0] >= g[0][1] - 1e-4  # not guaranteed by beam search in general, but holds here
+            assert len({tuple(ids) for ids, _ in cands}) == 4
+
+
+def test_beam_cache_matches_rescoring(model, batch, tokenizer):
+    """Each beam candidate's score equals its log-prob recomputed by a full forward: the cache was reordered right."""
+    eos = tokenizer.eos_token_id
+    beam = run(model, batch, eos, strategy="beam", num_beams=3, num_return_sequences=3, length_penalty=0.0)
+    for b, cands in enumerate(beam):
+        for ids, score in cands:
+            row = {k: v[b:b + 1] for k, v in batch.items()}
+            n = len(ids)
+            ext = {**row, "input_ids": torch.cat([row["input_ids"], torch.tensor([ids])], 1),
+                   "segment_ids": torch.cat([row["segment_ids"], torch.full((1, n), SEG_REASON)], 1),
+                   "attention_mask": torch.cat([row["attention_mask"], torch.ones(1, n, dtype=torch.long)], 1)}
+            with torch.no_grad():
+                logits = model(ext["photo_embedding"], ext["has_photo"], ext["input_ids"], ext["segment_ids"],
+                               ext["attention_mask"])["logits"][0, -n - 1:-1]
+            expected = logits.float().log_softmax(-1).gather(1, torch.tensor(ids)[:, None]).sum()
+            assert n == MAX_NEW and score == pytest.approx(float(expected), abs=1e-3)
+
+
+def test_top_k_one_and_tiny_top_p_sample_greedily(model, batch, tokenizer):
+    eos = tokenizer.eos_token_id
+    greedy = ids_of(run(model, batch, eos, strategy="greedy"))
+    for kw in ({"top_k": 1}, {"top_p": 1e-6}):
+        sampled = run(model, batch, eos, strategy="sample", temperature=2.0, seed=3, num_return_sequences=2, **kw)
+        assert ids_of(sampled) == [g * 2 for g in greedy]
+
+
+def test_same_seed_same_samples(model, batch, tokenizer):
+    eos = tokenizer.eos_token_id
+    kw = dict(strategy="sample", temperature=3.0, num_return_sequences=3)
+    a, b = run(model, batch, eos, seed=7, **kw), run(model, batch, eos, seed=7, **kw)
+    c = run(model, batch, eos, seed=8, **kw)
+    assert a == b and ids_of(a) != ids_of(c)
+    assert all(len(cands) == 3 for cands in a)
+    assert len({tuple(ids) for cands in a for ids, _ in cands}) > 3  # samples differ from each other
+
+
+def repeated_ngrams(ids, n):
+    grams = Counter(tuple(ids[i:i + n]) for i in range(len(ids) - n + 1))
+    return sum(c - 1 for c in grams.values())
+
+
+def test_no_repeat_ngram(model, batch, tokenizer):
+    eos = tokenizer.eos_token_id
+    long = dict(max_new_tokens=24)
+    free = decode(model, batch, DecodeConfig(strategy="greedy", **long), eos)
+    assert any(repeated_ngrams(ids, 2) for ids in [c[0][0] for c in free])  # the random model loops
+    for strategy in ("greedy", "beam", "diverse_beam", "sample"):
+        cfg = DecodeConfig(strategy=strategy, no_repeat_ngram_size=2, num_return_sequences=2, seed=0, **long)
+        for cands in decode(model, batch, cfg, eos):
+            for ids, _ in cands:
+                assert repeated_ngrams(ids, 2) == 0, strategy
+
+
+def test_repetition_penalty_reduces_repeats(model, batch, tokenizer):
+    eos = tokenizer.eos_token_id
+    plain = decode(model, batch, DecodeConfig(max_new_tokens=24), eos)
+    penalised = decode(model, batch, DecodeConfig(max_new_tokens=24, repetition_penalty=3.0), eos)
+    assert ids_of(plain) != ids_of(penalised)
+    repeats = lambda result: sum(repeated_ngrams(c[0][0], 1) for c in result)  # noqa: E731
+    assert repeats(penalised) < repeats(plain)
+
+
+def test_diverse_beam_returns_distinct_candidates(model, batch, tokenizer):
+    eos = tokenizer.eos_token_id
+    kw = dict(strategy="diverse_beam", num_beams=4, num_beam_groups=2, num_return_sequences=4)
+    same = run(model, batch, eos, diversity_penalty=0.0, **kw)
+    diverse = run(model, batch, eos, diversity_penalty=100.0, **kw)
+    plain = run(model, batch, eos, strategy="beam", num_beams=2, num_return_sequences=2)
+    for s, d, p in zip(same, diverse, plain):
+        assert s == p  # without the penalty both groups run the same 2-beam search; duplicates count once
+        assert len(d) == 4 and len({tuple(ids) for ids, _ in d}) == 4
+        assert [score for _, score in d] == sorted((score for _, score in d), reverse=True)
+        assert {tuple(ids) for ids, _ in p} <= {tuple(ids) for ids, _ in d}  # group 1 is plain beam search
+    # one beam per group: each group keeps its own first token, and the penalty makes those differ
+    singles = run(model, batch, eos, strategy="diverse_beam", num_beams=4, num_beam_groups=4,
+                  diversity_penalty=100.0, num_return_sequences=4)
+    assert all(len({ids[0] for ids, _ in c}) == 4 for c in singles)
+
+
+def test_beam_candidates_stop_at_eos(model, batch, tokenizer):
+    greedy = ids_of(run(model, batch, tokenizer.eos_token_id))
+    _, stop = first_new_token(greedy[0][0])
+    out = run(model, batch, stop, strategy="beam", num_beams=4, num_return_sequences=4)
+    assert all(stop not in ids for cands in out for ids, _ in cands)
+    assert any(len(ids) < MAX_NEW for cands in out for ids, _ in cands)
+
+
+def test_generation_respects_n_positions(tokenizer, batch):
+    n_positions = 40
+    model = tiny_model(tokenizer, n_positions=n_positions)
+    encoded = [encode_example(tokenizer, ex, max_prompt_tokens=6, with_reason=False) for ex in EXAMPLES]
+    short = {**batch, **collate(encoded, pad_id=tokenizer.pad_token_id, padding_side="left")}
+    lengths = (short["attention_mask"].sum(1) + 2).tolist()  # + the photo prefix
+    for strategy in ("greedy", "beam"):
+        cfg = DecodeConfig(strategy=strategy, num_beams=2, max_new_tokens=1000, length_penalty=0.0)
+        out = decode(model, short, cfg, tokenizer.eos_token_id)  # no index error past the position table
+        room = [len(c[0][0]) - (n_positions - L + 1) for c, L in zip(out, lengths)]
+        assert max(room) == 0 and min(room) >= -n_positions  # a row that never hit EOS filled its room
+    long = {**batch, **collate([encode_example(tokenizer, EXAMPLES[0], with_reason=False)],
+                               pad_id=tokenizer.pad_token_id, padding_side="left")}
+    with pytest.raises(ValueError, match="n_positions"):
+        decode(model, {**long, "photo_embedding": batch["photo_embedding"][:1], "has_photo": batch["has_photo"][:1]},
+               DecodeConfig(), tokenizer.eos_token_id)
+
+
+def test_generate_reasons_batches_keep_order(model, tokenizer):
+    photos, has_photo = torch.randn(len(EXAMPLES), 8), torch.tensor([True, True, False])
+    cfg = DecodeConfig(strategy="beam", num_beams=2, num_return_sequences=2, max_new_tokens=8)
+    one_by_one = generate_reasons(model, tokenizer, EXAMPLES, photos, has_photo, cfg, batch_size=1, progress=False)
+    batched = generate_reasons(model, tokenizer, EXAMPLES, photos, has_photo, cfg, batch_size=2, progress=False)
+    assert batched == one_by_one  # left padding and length sorting change nothing
+    assert all(len(r) == 2 and all(isinstance(t, str) for t in r) for r in batched)
+    assert not any(s in t for r in batched for t in r for s in SPECIAL_TOKENS + [EOS])
+
+
+def test_config_checks_and_presets():
+    with pytest.raises(ValueError, match="multiple"):
+        DecodeConfig(strategy="diverse_beam", num_beams=3, num_beam_groups=2)
+    with pytest.raises(ValueError, match="strategy"):
+        DecodeConfig(strategy="nucleus")
+    assert set(PRESETS) == {"greedy", "beam", "diverse_beam", "sample"}
+    assert preset("beam", num_beams=8).num_beams == 8 and PRESETS["beam"].num_beams == 4
