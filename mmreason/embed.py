@@ -1,0 +1,281 @@
+"""Photo embeddings for every article, cached in one file per CLIP, plus evidence that they mean something.
+
+    python -m mmreason.embed      # domain CLIP (trained first if missing) -> artifacts/embeddings/mmr-vit-tiny.pt
+    python -m mmreason.embed --clip-model ViT-B-32 --pretrained /path/to/open_clip_pytorch_model.bin
+
+The cache is ``{"article_id": LongTensor (N,), "embedding": FloatTensor (N, D) L2-normalised,
+"meta": {...}, "skipped": [...], "seconds": float}``. ``meta`` names the CLIP (architecture, checkpoint sha256) and the
+preprocessing (pad-to-square, resolution, mean/std) and the set of photos; ``load_embeddings``
+rebuilds the cache when any of it changed. Articles without a readable photo get no row (the
+generator uses its learned no-photo embedding for them); each unreadable file is reported in one line.
+
+Evidence, printed and saved next to the cache as ``<model-id>.eval.json``: image<->text recall@k on
+held-out products (split_unseen == "test", one article per product_code) beside chance k/N, and
+linear-probe accuracy (frozen photo embeddings, trained on split_unseen == "train" articles, tested
+on all held-out test articles) for colour and product type beside the majority-class baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmreason import paths
+from mmreason.clip import (CHECKPOINT_NAME, DEFAULT_MODEL, META_NAME, add_train_args, encode_texts, ensure_domain_clip,
+                           iter_photo_batches, load_clip, one_per_product, product_texts, recall_at_k,
+                           sha256_file, default_clip_dir, train_config_from_args, torch_bytes)
+from mmreason.io import atomic_write_bytes, atomic_write_json
+
+PROBE_TARGETS = ["colour_group_name", "product_type_name"]
+CACHE_VERSION = 1
+
+
+def domain_checkpoint(model_name: str) -> Path:
+    return default_clip_dir(model_name) / CHECKPOINT_NAME
+
+
+def model_id(model_name: str, pretrained: str | Path | None = None) -> str:
+    """File-name id of a photo encoder: the architecture, plus the weights' name for option A."""
+    if pretrained is None or Path(str(pretrained)).resolve() == domain_checkpoint(model_name).resolve():
+        return model_name
+    p = Path(str(pretrained))
+    tag = f"{p.parent.name}-{p.stem}" if p.suffix else str(pretrained)
+    return f"{model_name}__{re.sub(r'[^A-Za-z0-9._-]+', '-', tag).strip('-')}"
+
+
+def default_cache_path(mid: str) -> Path:
+    return paths.artifacts_dir() / "embeddings" / f"{mid}.pt"
+
+
+def photos_fingerprint(items: pd.DataFrame) -> str:
+    """Which photo each article has: a new, removed or moved photo makes the cache stale."""
+    h = hashlib.sha256()
+    for aid, path in zip(items["article_id"].astype("int64"), items["photo_path"].fillna("")):
+        h.update(f"{aid}\t{path}\n".encode())
+    return h.hexdigest()
+
+
+def cache_meta(model_name: str, pretrained, preprocess, items: pd.DataFrame) -> dict:
+    is_file = pretrained is not None and Path(str(pretrained)).is_file()
+    return {
+        "version": CACHE_VERSION,
+        "model": model_name,
+        "pretrained": Path(str(pretrained)).name if is_file else pretrained,  # a file is known by its hash
+        "checkpoint_sha256": sha256_file(pretrained) if is_file else None,
+        "preprocess": preprocess.as_dict(),
+        "normalised": "l2",
+        "n_items": int(len(items)),
+        "photos_sha256": photos_fingerprint(items),
+    }
+
+
+@torch.no_grad()
+def compute_embeddings(model, preprocess, items: pd.DataFrame, batch_size: int = 256, workers: int = 2):
+    """L2-normalised photo embeddings of every article with a readable photo.
+
+    Returns (article_id LongTensor (M,), embedding FloatTensor (M, D), skipped list of dicts).
+    """
+    model.eval()
+    has = items["has_photo"].astype(bool).to_numpy() & (items["photo_path"].fillna("") != "").to_numpy()
+    skipped = [{"article_id": int(a), "photo_path": "", "error": "no photo"}
+               for a in items.loc[~has, "article_id"]]
+    if skipped:
+        print(f"embed: {len(skipped)} articles have no photo (has_photo is False): no embedding", file=sys.stderr)
+    rows = items.loc[has, ["article_id", "photo_path"]].reset_index(drop=True)
+    ids, embs = [], []
+    for start, x, ok, err in iter_photo_batches(rows["photo_path"], preprocess, batch_size, workers, desc="embed photos"):
+        for j in np.flatnonzero(~ok.numpy()):
+            aid, path = int(rows.at[start + j, "article_id"]), rows.at[start + j, "photo_path"]
+            print(f"unreadable photo: {path} (article_id={aid}): {err[j]}; no embedding", file=sys.stderr)
+            skipped.append({"article_id": aid, "photo_path": path, "error": err[j]})
+        if ok.any():
+            embs.append(model.encode_image(preprocess.normalize(x[ok]), normalize=True).float())
+            ids.append(torch.as_tensor(rows["article_id"].to_numpy()[start:start + len(x)][ok.numpy()], dtype=torch.long))
+    dim = int(model.visual.output_dim) if hasattr(model.visual, "output_dim") else 0
+    article_id = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long)
+    embedding = torch.cat(embs) if embs else torch.zeros(0, dim)
+    return article_id, embedding, skipped
+
+
+def read_embeddings(path: str | Path) -> dict:
+    """The cache as saved: {"article_id", "embedding", "meta", "skipped"}."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def lookup(cache: dict, article_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings for ``article_ids`` in that order: (N, D) with zero rows where there is none, has (N,)."""
+    index = {int(a): i for i, a in enumerate(cache["article_id"].tolist())}
+    rows = torch.tensor([index.get(int(a), -1) for a in article_ids], dtype=torch.long)
+    has = rows >= 0
+    out = torch.zeros(len(rows), cache["embedding"].shape[1])
+    out[has] = cache["embedding"][rows[has]]
+    return out, has
+
+
+def stale_reason(cache: dict | None, meta: dict) -> str | None:
+    if cache is None:
+        return "no cache"
+    old = cache.get("meta", {})
+    diff = [k for k in sorted(set(old) | set(meta)) if old.get(k) != meta.get(k)]
+    return f"stale ({', '.join(diff)} changed)" if diff else None
+
+
+def load_embeddings(items: pd.DataFrame, model_name: str = DEFAULT_MODEL, pretrained: str | None = None,
+                    path: str | Path | None = None, *, batch_size: int = 256, workers: int = 2,
+                    rebuild: bool = False, clip=None) -> dict:
+    """The embedding cache for this CLIP and these items, recomputed if missing or stale.
+
+    ``pretrained`` defaults to the domain CLIP checkpoint (``artifacts/clip/<model_name>/``); it must exist
+    (``python -m mmreason.embed`` trains it). ``clip`` = (model, preprocess, tokenizer) skips reloading.
+    """
+    if pretrained is None:
+        pretrained = domain_checkpoint(model_name)
+        if not pretrained.exists():
+            raise FileNotFoundError(f"no domain CLIP at {pretrained}: run `python -m mmreason.embed` to train it")
+    path = Path(path) if path else default_cache_path(model_id(model_name, pretrained))
+    model, preprocess, _ = clip or load_clip(model_name, pretrained)
+    meta = cache_meta(model_name, pretrained, preprocess, items)
+    cache = read_embeddings(path) if path.exists() and not rebuild else None
+    why = "rebuild requested" if rebuild else stale_reason(cache, meta)
+    if why is None:
+        print(f"embed: reusing {path} ({len(cache['article_id']):,} x {cache['embedding'].shape[1]})")
+        return cache
+    print(f"embed: computing {path.name}: {why}")
+    t0 = time.time()
+    article_id, embedding, skipped = compute_embeddings(model, preprocess, items, batch_size, workers)
+    dt = time.time() - t0
+    cache = {"article_id": article_id, "embedding": embedding, "meta": meta, "skipped": skipped,
+             "seconds": round(dt, 1)}
+    atomic_write_bytes(path, torch_bytes(cache))
+    print(f"embed: {len(article_id):,} photos -> {tuple(embedding.shape)} in {dt:.0f}s "
+          f"({len(article_id) / max(dt, 1e-9):.0f} img/s), {len(skipped)} skipped; wrote {path}")
+    return cache
+
+
+# ----------------------------------------------------------------------------- evidence
+
+def linear_probe(cache: dict, items: pd.DataFrame, target: str, seed: int = 0, max_iter: int = 500) -> dict:
+    """Logistic regression on frozen photo embeddings: train products -> held-out test products."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    out = {}
+    sets = {}
+    for split in ("train", "test"):
+        df = items[items["split_unseen"] == split]
+        x, has = lookup(cache, df["article_id"])
+        sets[split] = (x[has].numpy(), df[target].to_numpy()[has.numpy()])
+    (x_tr, y_tr), (x_te, y_te) = sets["train"], sets["test"]
+    majority = pd.Series(y_tr).value_counts().index[0]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, tol=1e-3, random_state=seed))
+    t0 = time.time()
+    # one BLAS thread: lbfgs on 2 cores shared with torch threads is ~4x slower, not faster
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x_tr, y_tr)
+    out.update({
+        "accuracy": float((clf.predict(x_te) == y_te).mean()),
+        "majority_baseline": float((y_te == majority).mean()),
+        "majority_class": str(majority),
+        "n_train": int(len(y_tr)), "n_test": int(len(y_te)),
+        "n_classes_train": int(len(set(y_tr))), "test_classes_unseen_in_train": int(len(set(y_te) - set(y_tr))),
+        "lbfgs_iterations": int(clf[-1].n_iter_.max()), "seconds": round(time.time() - t0, 1),
+    })
+    out["points_above_majority"] = round(100 * (out["accuracy"] - out["majority_baseline"]), 1)
+    return out
+
+
+@torch.no_grad()
+def retrieval(model, tokenizer, cache: dict, items: pd.DataFrame, desc_words: int = 12, ks=(1, 5, 10)) -> dict:
+    """Image->text and text->image recall@k over held-out test products, one article per product_code."""
+    test = items[items["split_unseen"] == "test"]
+    _, has = lookup(cache, test["article_id"])
+    gallery = one_per_product(test[has.numpy()])
+    img, _ = lookup(cache, gallery["article_id"])
+    txt = encode_texts(model, tokenizer, product_texts(gallery, desc_words)).float()
+    sim = img @ txt.T  # (N images, N texts), the match on the diagonal
+    n = len(gallery)
+    return {"gallery": "split_unseen == 'test', one article (lowest article_id) per product_code",
+            "n": n, "image_to_text": recall_at_k(sim, ks), "text_to_image": recall_at_k(sim.T, ks),
+            "chance": {f"R@{k}": min(1.0, k / n) for k in ks}}
+
+
+def evaluate(model, tokenizer, cache: dict, items: pd.DataFrame, desc_words: int = 12) -> dict:
+    t0 = time.time()
+    out = {"retrieval": retrieval(model, tokenizer, cache, items, desc_words),
+           "linear_probe": {t: linear_probe(cache, items, t) for t in PROBE_TARGETS}}
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def format_evaluation(ev: dict) -> list[str]:
+    r = ev["retrieval"]
+    lines = [f"retrieval on {r['n']} held-out products (one article per product_code):"]
+    for name in ("image_to_text", "text_to_image"):
+        cells = [f"{k} {v:.3f} ({v / r['chance'][k]:.0f}x chance {r['chance'][k]:.3f})" for k, v in r[name].items()]
+        lines.append(f"  {name}: " + ", ".join(cells))
+    for t, p in ev["linear_probe"].items():
+        lines.append(f"linear probe {t}: accuracy {p['accuracy']:.3f} vs majority {p['majority_baseline']:.3f} "
+                     f"({p['majority_class']!r}): {p['points_above_majority']:+.1f} points "
+                     f"({p['n_train']:,} train / {p['n_test']:,} held-out test articles)")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--items", type=Path, default=paths.artifacts_dir() / "data" / "hm" / "items.parquet")
+    p.add_argument("--clip-model", default=DEFAULT_MODEL, help="open_clip architecture name (ours or built-in)")
+    p.add_argument("--pretrained", default=None,
+                   help="option A: open_clip pretrained tag or checkpoint path; default trains/uses the domain CLIP")
+    p.add_argument("--clip-dir", type=Path, default=None, help="domain CLIP folder (default artifacts/clip/<model>)")
+    p.add_argument("--out", type=Path, default=None, help="cache file (default artifacts/embeddings/<model-id>.pt)")
+    p.add_argument("--batch-size-embed", type=int, default=256)
+    p.add_argument("--rebuild", action="store_true", help="recompute the cache even if it is fresh")
+    p.add_argument("--retrain-clip", action="store_true", help="retrain the domain CLIP even if it exists")
+    p.add_argument("--no-eval", dest="eval", action="store_false")
+    add_train_args(p)
+    args = p.parse_args(argv)
+    if not args.items.exists():
+        raise SystemExit(f"missing {args.items}: run `python -m mmreason.data` first")
+    items = pd.read_parquet(args.items)
+    torch.set_num_threads(args.threads)
+
+    desc_words = args.desc_words
+    if args.pretrained is None:
+        clip_dir = args.clip_dir or default_clip_dir(args.clip_model)
+        pretrained = ensure_domain_clip(items, train_config_from_args(args, args.clip_model), clip_dir,
+                                        retrain=args.retrain_clip)
+        desc_words = json.loads((clip_dir / META_NAME).read_text())["train_config"]["desc_words"]
+    else:
+        pretrained = args.pretrained
+    mid = model_id(args.clip_model, pretrained)
+    path = args.out or default_cache_path(mid)
+    clip = load_clip(args.clip_model, pretrained)
+    cache = load_embeddings(items, args.clip_model, pretrained, path, batch_size=args.batch_size_embed,
+                            workers=args.workers, rebuild=args.rebuild, clip=clip)
+    if not args.eval:
+        return cache
+    model, _, tokenizer = clip
+    ev = {"model_id": mid, "cache": str(path), "meta": cache["meta"], **evaluate(model, tokenizer, cache, items, desc_words)}
+    eval_path = path.with_suffix(".eval.json")
+    atomic_write_json(eval_path, ev)
+    for line in format_evaluation(ev):
+        print(line)
+    print(f"embed: wrote {eval_path}")
+    return cache
+
+
+if __name__ == "__main__":
+    main()

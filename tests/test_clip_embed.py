@@ -1,0 +1,175 @@
+"""CLIP (option A loading, option B training) and the photo-embedding cache, on tiny fixtures."""
+import json
+import math
+
+import numpy as np
+import open_clip
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from mmreason import clip as C
+from mmreason import embed as E
+
+MICRO = "mmr-test-micro"  # a test-only architecture: seconds on CPU
+MICRO_CFG = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}}
+BROKEN = 103  # a training article whose JPEG is truncated
+COLOURS = {"Red": (200, 30, 30), "Blue": (30, 30, 200), "Black": (10, 10, 10)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def micro_arch(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model_configs")
+    (d / f"{MICRO}.json").write_text(json.dumps(MICRO_CFG))
+    open_clip.add_model_config(d)
+    C.register_model_configs()
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    """12 articles of 6 products (2 colour variants each), 2:3 photos; article BROKEN is a truncated JPEG."""
+    d = tmp_path_factory.mktemp("photos")
+    rows = []
+    types = ["Dress", "Trousers", "Dress", "Trousers", "Dress", "Trousers"]
+    splits = ["train", "train", "train", "train", "val", "test"]
+    for p in range(6):
+        for v, colour in enumerate(["Red", "Blue"] if p % 2 else ["Black", "Red"]):
+            aid = 100 + 2 * p + v
+            img = Image.new("RGB", (20, 30), COLOURS[colour])
+            if types[p] == "Trousers":  # a crude silhouette so shape differs too
+                img.paste((255, 255, 255), (8, 15, 12, 30))
+            path = d / f"{aid:010d}.jpg"
+            img.save(path, quality=95)
+            rows.append({"article_id": aid, "product_code": 10 + p, "prod_name": f"{types[p]} {p}",
+                         "product_type_name": types[p], "product_group_name": "Garment",
+                         "graphical_appearance_name": "Solid", "colour_group_name": colour,
+                         "garment_group_name": "Jersey", "index_group_name": "Ladieswear",
+                         "detail_desc": f"A {colour.lower()} {types[p].lower()} in soft jersey.",
+                         "photo_path": str(path), "has_photo": True, "split_unseen": splits[p]})
+    broken = d / f"{BROKEN:010d}.jpg"
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated: the header parses, decoding fails
+    df = pd.DataFrame(rows)
+    extra = df.iloc[[0]].assign(article_id=199, photo_path="", has_photo=False)  # no photo at all
+    return pd.concat([df, extra], ignore_index=True)
+
+
+def micro_checkpoint(path, seed):
+    torch.manual_seed(seed)
+    model = open_clip.create_model(MICRO)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def test_our_architectures_are_registered_with_open_clip():
+    assert C.DEFAULT_MODEL in open_clip.list_models()
+    model, preprocess, tokenizer = C.load_clip(C.DEFAULT_MODEL)
+    x = torch.zeros(2, 3, preprocess.size, preprocess.size)
+    assert model.encode_image(x).shape[1] == model.encode_text(tokenizer(["a", "b"])).shape[1]
+
+
+def test_preprocess_pads_portraits_to_a_white_square_like_open_clip():
+    pp = C.Preprocess(size=32, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
+    img = Image.new("RGB", (20, 30), (200, 30, 30))  # 2:3 portrait
+    x = pp.to_uint8(img)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
+    assert (x[:, :, :4] == 255).all() and (x[:, :, -4:] == 255).all()  # white side bars, nothing cropped
+    assert (x[:, :, 12:20] == torch.tensor([200, 30, 30]).view(3, 1, 1)).all()
+    reference = pp.open_clip_transform()(img)  # open_clip's own resize_mode="longest", fill_color=255
+    assert torch.allclose(pp.normalize(x[None])[0], reference, atol=1e-5)
+
+
+def test_broken_photo_raises_photo_error(items):
+    with pytest.raises(C.PhotoError):
+        C.read_photo(items.loc[items.article_id == BROKEN, "photo_path"].item())
+
+
+def test_option_a_loads_a_written_checkpoint(tmp_path):
+    original = micro_checkpoint(tmp_path / "weights.bin", seed=3).eval()
+    model, preprocess, tokenizer = C.load_clip(MICRO, pretrained=tmp_path / "weights.bin")
+    x, t = torch.randn(2, 3, 32, 32), tokenizer(["red dress", "blue trousers"])
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(x), original.encode_image(x))
+        assert torch.allclose(model.encode_text(t), original.encode_text(t))
+    assert preprocess.resize_mode == "longest" and preprocess.fill_color == 255 and preprocess.size == 32
+
+    with pytest.raises(C.ClipLoadError, match="could not load CLIP") as e:
+        C.load_clip(MICRO, pretrained="no-such-tag")
+    assert "\n" not in str(e.value)
+
+
+def test_domain_clip_trains_and_saves_in_open_clip_format(items, tmp_path, capsys):
+    cfg = C.ClipTrainConfig(model=MICRO, epochs=2, batch_size=4, warmup_steps=1, workers=0)
+    meta = C.train_clip(items, cfg, tmp_path / "clip")
+    assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in meta["history"])
+    assert meta["n_train"] == 7  # 8 training articles, one unreadable
+    assert f"(article_id={BROKEN})" in capsys.readouterr().err
+
+    ckpt = tmp_path / "clip" / C.CHECKPOINT_NAME
+    assert meta["sha256"] == C.sha256_file(ckpt)
+    by_name, pp, _ = C.load_clip(MICRO, pretrained=ckpt)
+    by_dir, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'clip'}")
+    assert open_clip.get_model_preprocess_cfg(by_dir)["fill_color"] == 255
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(by_name.encode_image(x), by_dir.eval().encode_image(x))
+    # same seed, same result
+    again = C.train_clip(items, cfg, tmp_path / "clip2")
+    assert again["history"][-1]["train_loss"] == pytest.approx(meta["history"][-1]["train_loss"], abs=1e-5)
+
+
+def test_embedding_cache_reports_broken_photo_and_rebuilds_when_checkpoint_changes(items, tmp_path, capsys, monkeypatch):
+    ckpt, path = tmp_path / "w.bin", tmp_path / "emb" / "micro.pt"
+    micro_checkpoint(ckpt, seed=0)
+    first = E.load_embeddings(items, MICRO, ckpt, path, batch_size=5, workers=0)
+    err = capsys.readouterr().err
+    broken_path = items.loc[items.article_id == BROKEN, "photo_path"].item()
+    assert f"unreadable photo: {broken_path} (article_id={BROKEN})" in err
+    assert "1 articles have no photo" in err
+    ids = set(first["article_id"].tolist())
+    assert ids == set(items.article_id) - {BROKEN, 199}
+    assert torch.allclose(first["embedding"].norm(dim=1), torch.ones(len(ids)), atol=1e-5)
+    assert {s["article_id"] for s in first["skipped"]} == {BROKEN, 199}
+    emb, has = E.lookup(first, [100, BROKEN, 101])
+    assert has.tolist() == [True, False, True] and (emb[1] == 0).all()
+
+    with monkeypatch.context() as m:  # fresh cache: no recomputation
+        m.setattr(E, "compute_embeddings", lambda *a, **k: pytest.fail("cache should have been reused"))
+        reused = E.load_embeddings(items, MICRO, ckpt, path, workers=0)
+    assert torch.equal(reused["embedding"], first["embedding"])
+
+    micro_checkpoint(ckpt, seed=1)  # same file name, other weights -> stale
+    capsys.readouterr()
+    rebuilt = E.load_embeddings(items, MICRO, ckpt, path, workers=0)
+    assert "stale (checkpoint_sha256 changed)" in capsys.readouterr().out
+    assert rebuilt["meta"]["checkpoint_sha256"] != first["meta"]["checkpoint_sha256"]
+    assert not torch.allclose(rebuilt["embedding"], first["embedding"])
+    assert torch.equal(E.read_embeddings(path)["embedding"], rebuilt["embedding"])
+
+    fewer = items[items.article_id != 100]  # the set of photos changed -> stale too
+    assert "photos_sha256" in E.stale_reason(rebuilt, E.cache_meta(MICRO, ckpt, C.Preprocess.from_model(
+        C.load_clip(MICRO, ckpt)[0]), fewer))
+
+
+def test_embed_cli_trains_embeds_and_evaluates(items, tmp_path, capsys):
+    items.to_parquet(tmp_path / "items.parquet")
+    argv = ["--items", str(tmp_path / "items.parquet"), "--clip-model", MICRO, "--clip-dir", str(tmp_path / "clip"),
+            "--out", str(tmp_path / "emb" / "micro.pt"), "--epochs", "1", "--batch-size", "4", "--workers", "1",
+            "--threads", "1"]
+    cache = E.main(argv)
+    out = capsys.readouterr().out
+    assert (tmp_path / "clip" / C.CHECKPOINT_NAME).exists()
+    assert cache["embedding"].shape == (11, MICRO_CFG["embed_dim"])
+    ev = json.loads((tmp_path / "emb" / "micro.eval.json").read_text())
+    r = ev["retrieval"]
+    assert r["n"] == 1 and r["chance"]["R@1"] == 1.0  # one held-out test product in the fixture
+    for target in E.PROBE_TARGETS:
+        p = ev["linear_probe"][target]
+        assert 0 <= p["accuracy"] <= 1 and 0 <= p["majority_baseline"] <= 1 and p["n_test"] == 2
+    assert "linear probe colour_group_name" in out and "image_to_text" in out
+
+    E.main(argv)  # second run: checkpoint and cache are reused
+    out = capsys.readouterr().out
+    assert "embed: reusing" in out and "epoch 1/1" not in out

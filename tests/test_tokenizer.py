@@ -1,0 +1,142 @@
+"""Tokenizer: option B (train our byte-level BPE) and option A (load a GPT-2 style directory)."""
+import json
+import random
+
+import pandas as pd
+import pytest
+
+from mmreason import tokenizer as T
+from mmreason.collate import token_id
+
+SAMPLE = f"{T.PHOTO}{T.USER} loves black denim {T.BEHAVIOUR} bought 3 jeans {T.PRODUCT} Skinny jeans {T.REASON} Fits her style.{T.EOS}"
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """~1,200 distinct pseudo-words, each seen a few times: enough merges for a >1000-token vocab."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstu") for _ in range(rng.randint(3, 9))) for _ in range(1200)]
+    texts = [" ".join(rng.choice(words) for _ in range(10)) for _ in range(600)]
+    return texts + ["Skinny jeans in black denim.", "Loves black denim and bought 3 jeans."] * 3
+
+
+@pytest.fixture(scope="module")
+def trained(corpus):
+    return T.train_tokenizer(corpus, vocab_size=1500)
+
+
+def test_trained_tokenizer_round_trip(trained, tmp_path):
+    tok = trained
+    assert 1000 < len(tok) <= 1500
+    assert tok.eos_token == tok.bos_token == tok.pad_token == T.EOS
+    for s in T.SPECIAL_TOKENS:  # every special token is one id, never split
+        assert len(tok.encode(s, add_special_tokens=False)) == 1
+        assert token_id(tok, s) == tok.convert_tokens_to_ids(s)  # what the collator asks for
+    ids = tok.encode(SAMPLE, add_special_tokens=False)
+    assert tok.decode(ids) == SAMPLE
+    assert tok.decode(tok.encode("naïve 😀 café", add_special_tokens=False)) == "naïve 😀 café"  # byte level: no unk
+
+    tok.save_pretrained(tmp_path / "tok")
+    again = T.load_tokenizer(tmp_path / "tok")
+    assert len(again) == len(tok)
+    assert again.encode(SAMPLE, add_special_tokens=False) == ids
+    assert again.convert_tokens_to_ids(T.PHOTO) == tok.convert_tokens_to_ids(T.PHOTO)
+    assert again.pad_token_id == again.eos_token_id
+
+
+def test_option_a_loads_gpt2_style_dir_and_adds_our_tokens(corpus, tmp_path):
+    """A directory like a real GPT-2 one: byte-level BPE that only knows <|endoftext|>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=1200, special_tokens=[T.EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    gpt2_names = dict(eos_token=T.EOS, bos_token=T.EOS, unk_token=T.EOS)  # as GPT-2's tokenizer_config.json
+    PreTrainedTokenizerFast(tokenizer_object=raw, **gpt2_names).save_pretrained(tmp_path / "gpt2ish")
+    n_before = raw.get_vocab_size()
+
+    tok = T.load_tokenizer(tmp_path / "gpt2ish")
+    assert len(tok) == n_before + len(T.PROMPT_TOKENS)
+    assert tok.pad_token == tok.eos_token == T.EOS
+    assert token_id(tok, T.EOS) == raw.token_to_id(T.EOS)  # eos must not look like an unk to the collator
+    for s in T.PROMPT_TOKENS:
+        (i,) = tok.encode(s, add_special_tokens=False)
+        assert i >= n_before and token_id(tok, s) == i
+    assert tok.decode(tok.encode(SAMPLE, add_special_tokens=False)) == SAMPLE
+
+
+def test_empty_or_missing_tokenizer_raises_one_clear_line(tmp_path, monkeypatch):
+    from tokenizers import Tokenizer, models
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    with pytest.raises(T.TokenizerLoadError, match="could not load a tokenizer") as e:
+        T.load_tokenizer(tmp_path / "does-not-exist")
+    assert "\n" not in str(e.value)
+
+    # an empty BPE saved to disk loads without error in transformers: the guard must catch it
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=T.EOS).save_pretrained(tmp_path / "empty")
+    with pytest.raises(T.TokenizerLoadError, match="empty or broken"):
+        T.load_tokenizer(tmp_path / "empty")
+
+    # what offline `GPT2TokenizerFast.from_pretrained("gpt2")` does: returns a near-empty tokenizer, no error
+    empty = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=T.EOS)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: empty)
+    with pytest.raises(T.TokenizerLoadError, match="'gpt2' is empty"):
+        T.load_tokenizer("gpt2")
+
+
+def _frames():
+    items = pd.DataFrame({"article_id": [1, 2, 3, 4], "product_code": [10, 10, 20, 30],
+                          "split_unseen": ["train", "train", "val", "test"]})
+    examples = pd.DataFrame({
+        "user_profile": ["likes denim", "likes red", "likes blue", "likes wool"],
+        "behaviour": ["bought jeans", "bought a dress", "bought socks", "bought a coat"],
+        "product": ["Jeans | Trousers", "SECRET val product", "Socks", "SECRET test product"],
+        "reason": ["fits the denim habit", "SECRET", "LATER", "SECRET"],
+        "split_temporal": ["train", "train", "test", "train"],
+        "split_unseen": ["train", "val", "train", "test"],
+    })
+    catalogue = pd.DataFrame({"product_code": [10, 20, 30, 40, 40],
+                              "prod_name": ["Jeans", "SECRET dress", "SECRET coat", "Scarf", "Scarf"],
+                              "detail_desc": ["Denim jeans.", "SECRET copy", None, "Wool scarf.", "Wool scarf."]})
+    return items, examples, catalogue
+
+
+def test_training_texts_exclude_held_out_products_and_later_rows():
+    texts = T.training_texts(*_frames())
+    assert not [t for t in texts if "SECRET" in t or "LATER" in t]
+    assert texts == ["likes denim", "bought jeans", "Jeans | Trousers", "fits the denim habit",
+                     "Jeans", "Scarf", "Denim jeans.", "Wool scarf."]
+
+
+def test_build_or_load_reuses_on_matching_fingerprint(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "bpe"
+    first = T.build_or_load(out, corpus, vocab_size=1200)
+    fp = json.loads((out / T.FINGERPRINT_FILE).read_text())
+    assert fp["vocab_size"] == 1200 and fp["n_texts"] == len(corpus)
+
+    monkeypatch.setattr(T, "train_tokenizer", lambda *a, **k: pytest.fail("should have reused the saved tokenizer"))
+    again = T.build_or_load(out, corpus, vocab_size=1200)
+    assert again.get_vocab() == first.get_vocab()
+    monkeypatch.undo()
+
+    changed = T.build_or_load(out, corpus[:-1], vocab_size=1200)  # another text selection -> retrain
+    assert json.loads((out / T.FINGERPRINT_FILE).read_text())["n_texts"] == len(corpus) - 1
+    assert len(changed) > 1000
+
+
+def test_cli_trains_from_parquet_files(corpus, tmp_path):
+    items, examples, catalogue = _frames()
+    filler = pd.DataFrame({"product_code": 50, "prod_name": corpus, "detail_desc": corpus})
+    catalogue = pd.concat([catalogue, filler], ignore_index=True)
+    for name, df in [("items", items), ("examples", examples), ("catalogue", catalogue)]:
+        df.to_parquet(tmp_path / f"{name}.parquet")
+    tok = T.main(["--out", str(tmp_path / "tok"), "--vocab-size", "1100", "--items", str(tmp_path / "items.parquet"),
+                  "--examples", str(tmp_path / "examples.parquet"), "--catalogue", str(tmp_path / "catalogue.parquet")])
+    assert len(tok) == 1100
+    assert "SECRET" not in "".join(tok.get_vocab())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("tok", ".tok"))) == ["tok"]
+    assert (tmp_path / "tok" / "tokenizer.json").exists()
