@@ -34,7 +34,7 @@ from mmreason import paths
 from mmreason.io import DataError, Report, atomic_dir, file_stat, fingerprint
 from mmreason.reasons import HOOK_FIELDS, Purchase, build_hook, product_copy
 
-VERSION = 4  # bump when the tables' content changes, so stale tables are rebuilt
+VERSION = 5  # bump when the tables' content changes, so stale tables are rebuilt
 
 TEXT_COLUMNS = [
     "prod_name", "product_type_name", "product_group_name", "graphical_appearance_name",
@@ -266,6 +266,8 @@ def unseen_product_split(product_codes, seed: int, test_frac: float, val_frac: f
     codes = np.array(sorted(set(int(c) for c in product_codes)))
     order = np.random.default_rng(seed).permutation(len(codes))
     n_test, n_val = int(round(test_frac * len(codes))), int(round(val_frac * len(codes)))
+    if len(codes) >= 3:  # a tiny catalogue still gets one held-out product in each
+        n_test, n_val = max(n_test, int(test_frac > 0)), max(n_val, int(val_frac > 0))
     split = np.full(len(codes), "train", dtype=object)
     split[order[:n_test]] = "test"
     split[order[n_test:n_test + n_val]] = "val"

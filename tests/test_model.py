@@ -231,3 +231,25 @@ def test_flops_estimate():
     L, H, Q, T = 2, 2, 16, 64
     assert model.estimate_flops_per_token() == 6 * model.num_params() + 12 * L * H * Q * T
     assert model.estimate_flops_per_token(seq_len=8) < model.estimate_flops_per_token()
+
+
+def test_reason_loss_matches_forward_loss():
+    """The training path (LM head on scored positions only) gives forward's loss exactly."""
+    torch.manual_seed(0)
+    for mode in ("full", "lora"):
+        m = ReasonModel(ModelConfig(n_layer=2, n_head=2, n_embd=32, clip_dim=8, prefix_len=3, vocab_size=50,
+                                    dropout=0.0, train_mode=mode)).eval()
+        B, T = 3, 9
+        ids = torch.randint(0, 50, (B, T))
+        segs = torch.randint(1, 5, (B, T))
+        mask = torch.ones(B, T, dtype=torch.long)
+        mask[0, -2:] = 0
+        labels = ids.clone()
+        labels[:, :4] = -100
+        labels[mask == 0] = -100
+        photo = torch.randn(B, 8)
+        has = torch.tensor([True, False, True])
+        ref = m(photo, has, ids, segs, mask, labels)["loss"]
+        loss, n = m.reason_loss(photo, has, ids, segs, mask, labels)
+        assert int(n) == int((labels != -100).sum())
+        torch.testing.assert_close(loss, ref)

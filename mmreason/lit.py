@@ -1,0 +1,328 @@
+"""Lightning wrappers: ``ReasonModule`` (optimisation, logging, samples) and ``ReasonDataModule``.
+
+The model itself is the plain ``ReasonModel`` from ``model.py``; this file only adds the training loop's
+concerns. The data module reads the prepared tables, the tokenizer and the photo-embedding cache that
+``mmreason.pipeline`` makes (it runs whatever step is missing).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mmreason.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, collate, encode_example
+from mmreason.model import ModelConfig, ReasonModel
+from mmreason.pipeline import PipelineConfig
+from mmreason.pipeline import ensure as ensure_artifacts
+
+# Peak dense bf16 throughput of the cards we are lent, for model-FLOPs utilisation.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+PROMPT_FIELDS = ("user_profile", "behaviour", "product")
+
+
+# ----------------------------------------------------------------------------- data
+
+class ReasonDataset(Dataset):
+    """Encoded examples plus their photo embeddings, ready for ``collate``."""
+
+    def __init__(self, encoded: list[dict], photo: torch.Tensor, has_photo: torch.Tensor):
+        self.encoded, self.photo, self.has_photo = encoded, photo, has_photo
+
+    def __len__(self):
+        return len(self.encoded)
+
+    def __getitem__(self, i):
+        return i
+
+
+class BucketSampler(Sampler):
+    """Length bucketing: shuffle, cut into chunks of 50 batches, sort each chunk by length, batch it.
+
+    Padding waste drops a lot (prompt lengths vary 2x) while batches stay random across chunks.
+    Under DDP each of ``world`` ranks takes every world-th batch (the same count on every rank, padded
+    by repeats), so the trainer runs with ``use_distributed_sampler: false``.
+    """
+
+    def __init__(self, lengths, batch_size: int, shuffle: bool, seed: int = 0, chunk: int = 50, rank: int = 0,
+                 world: int = 1):
+        self.lengths, self.batch_size, self.shuffle, self.seed, self.chunk = np.asarray(lengths), batch_size, shuffle, seed, chunk
+        self.rank, self.world = rank, world
+        self.epoch = 0
+        self.skip = 0  # batches of the current epoch already trained on before a resume
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this each epoch, so a resumed run sees the same batches as an uninterrupted one."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed + self.epoch)
+        idx = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
+        size = self.batch_size * self.chunk
+        batches = []
+        for s in range(0, len(idx), size):
+            part = idx[s:s + size]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[i:i + self.batch_size].tolist() for i in range(0, len(part), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.world > 1:  # pad by repeating batches, as DistributedSampler does, so every rank steps alike
+            n = math.ceil(len(batches) / self.world)
+            batches = (batches * self.world)[: n * self.world][self.rank::self.world]
+        skip, self.skip = self.skip, 0
+        return iter(batches[skip:])
+
+    def __len__(self):
+        return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.world)
+
+
+class Collator:
+    def __init__(self, dataset: ReasonDataset, pad_id: int):
+        self.dataset, self.pad_id = dataset, pad_id
+
+    def __call__(self, indices):
+        batch = collate([self.dataset.encoded[i] for i in indices], self.pad_id)
+        idx = torch.as_tensor(indices)
+        batch["photo_embedding"] = self.dataset.photo[idx]
+        batch["has_photo"] = self.dataset.has_photo[idx]
+        batch["index"] = idx
+        return batch
+
+
+class ReasonDataModule(L.LightningDataModule):
+    """Examples of one split scheme (``temporal`` or ``unseen`` products) as batches for the model.
+
+    ``prompt_fields`` chooses the text segments (drop ``product`` for the photo-only ablation);
+    ``limit_*`` take a seeded subset for fast runs. Artifacts are made on first use by ``pipeline``.
+    """
+
+    def __init__(self, split: str = "temporal", batch_size: int = 32, eval_batch_size: int = 64, num_workers: int = 0,
+                 max_prompt_tokens: dict[str, int] | None = None, max_reason_tokens: int = 96,
+                 prompt_fields: list[str] = list(PROMPT_FIELDS), limit_train: int = 0, limit_val: int = 0,
+                 seed: int = 0, pipeline: PipelineConfig | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        if split not in ("temporal", "unseen"):
+            raise ValueError(f"split must be 'temporal' or 'unseen', not {split!r}")
+        self.split, self.batch_size, self.eval_batch_size, self.num_workers = split, batch_size, eval_batch_size, num_workers
+        self.max_prompt_tokens = dict(max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS)
+        self.max_reason_tokens, self.prompt_fields = max_reason_tokens, list(prompt_fields)
+        self.limit_train, self.limit_val, self.seed = limit_train, limit_val, seed
+        self.pipeline_config = pipeline or PipelineConfig()
+        self._artifacts = None
+        self.datasets: dict[str, ReasonDataset] = {}
+        self.frames: dict[str, pd.DataFrame] = {}
+
+    # Artifacts are needed to know vocab_size / clip_dim, which LightningCLI links into the model.
+    @property
+    def artifacts(self):
+        if self._artifacts is None:
+            self._artifacts = ensure_artifacts(self.pipeline_config)
+        return self._artifacts
+
+    @property
+    def tokenizer(self):
+        return self.artifacts.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def clip_dim(self) -> int:
+        return int(self.artifacts.embeddings.shape[1])
+
+    def split_column(self) -> str:
+        return f"split_{self.split}"
+
+    def frame(self, stage: str) -> pd.DataFrame:
+        """The examples of one stage (train / val / test), subset if limited."""
+        if stage not in self.frames:
+            ex = self.artifacts.examples
+            df = ex[ex[self.split_column()] == stage]
+            if self.split == "temporal" and stage == "train":
+                # Keep held-out products out of training in both schemes, so one model serves both tests.
+                df = df[df["split_unseen"] == "train"]
+            limit = {"train": self.limit_train, "val": self.limit_val}.get(stage, 0)
+            if limit and len(df) > limit:
+                df = df.sample(n=limit, random_state=self.seed).sort_index()
+            self.frames[stage] = df.reset_index(drop=True)
+        return self.frames[stage]
+
+    def prompt_example(self, row: dict) -> dict:
+        return {f: (row[f] if f in self.prompt_fields else "") for f in PROMPT_FIELDS} | {
+            "reason": row.get("reason"), "article_id": row["article_id"]}
+
+    def dataset(self, stage: str) -> ReasonDataset:
+        if stage not in self.datasets:
+            df, tok = self.frame(stage), self.tokenizer
+            encoded = [encode_example(tok, self.prompt_example(r), self.max_prompt_tokens, self.max_reason_tokens)
+                       for r in df.to_dict("records")]
+            photo, has_photo = self.artifacts.photo_lookup(df["article_id"].to_numpy())
+            self.datasets[stage] = ReasonDataset(encoded, photo, has_photo)
+        return self.datasets[stage]
+
+    def setup(self, stage=None):
+        for s in ("train", "val"):
+            self.dataset(s)
+
+    def _loader(self, stage, batch_size, shuffle):
+        ds = self.dataset(stage)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        sampler = BucketSampler([len(e["input_ids"]) for e in ds.encoded], batch_size, shuffle, self.seed,
+                                rank=rank, world=world)
+        pad_id = self.tokenizer.convert_tokens_to_ids(EOS)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(ds, pad_id), num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        loader = self._loader("train", self.batch_size, shuffle=True)
+        trainer = self.trainer
+        if trainer is not None and trainer.ckpt_path:
+            # Resuming mid-epoch: skip the batches this epoch already trained on (Lightning restores the
+            # count but not a plain DataLoader's position).
+            loader.batch_sampler.set_epoch(trainer.current_epoch)
+            loader.batch_sampler.skip = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return loader
+
+    def val_dataloader(self):
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def unigram_perplexity(self, stage: str = "val") -> float:
+        """Perplexity of an add-one unigram model of reason tokens (fit on train) on ``stage``: the floor to beat."""
+        counts = np.ones(self.vocab_size)
+        for e in self.dataset("train").encoded:
+            np.add.at(counts, [t for t, l in zip(e["input_ids"], e["labels"]) if l != -100], 1)
+        logp = np.log(counts / counts.sum())
+        toks = [t for e in self.dataset(stage).encoded for t, l in zip(e["input_ids"], e["labels"]) if l != -100]
+        return float(np.exp(-logp[toks].mean()))
+
+
+# ----------------------------------------------------------------------------- module
+
+class ReasonModule(L.LightningModule):
+    """AdamW with linear warm-up and cosine decay; logs loss, perplexity, tokens/s (and MFU on GPU)."""
+
+    def __init__(self, config: ModelConfig | None = None, model: ReasonModel | None = None, vocab_size: int | None = None,
+                 clip_dim: int | None = None, lr: float = 1e-3, min_lr_ratio: float = 0.1, weight_decay: float = 0.1,
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, lr_decay_steps: int | None = None,
+                 n_samples: int = 3,
+                 sample_max_new_tokens: int = 64, compile: bool = False):
+        super().__init__()
+        config = config or ModelConfig()
+        if model is None:
+            if vocab_size is not None and config.pretrained_gpt2 is None:
+                config.vocab_size = vocab_size
+            if clip_dim is not None:
+                config.clip_dim = clip_dim
+            model = ReasonModel(config)
+        self.model = model
+        self.config = model.config
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["config"] = asdict(self.config)  # the resolved config, so a checkpoint rebuilds the same model
+        # kept out of the module tree, so the compiled wrapper adds no second copy to the state dict
+        self.__dict__["_compiled"] = torch.compile(self.model) if compile else self.model
+        self._t_last, self._tokens = None, 0
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu") -> "ReasonModule":
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        hp = dict(ckpt["hyper_parameters"])
+        hp["config"] = ModelConfig(**hp["config"])
+        hp["compile"] = False
+        module = cls(**hp)
+        module.load_state_dict(ckpt["state_dict"])
+        return module
+
+    def forward(self, batch):
+        return self._compiled.reason_loss(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
+                                          batch["segment_ids"], batch["attention_mask"], batch["labels"])
+
+    def training_step(self, batch, batch_idx):
+        loss, n_tokens = self(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
+        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=False)
+        self._tokens += int(batch["attention_mask"].sum()) + self.config.prefix_len * batch["input_ids"].size(0)
+        now = time.perf_counter()
+        if self._t_last is not None and batch_idx % 10 == 0 and batch_idx:
+            tps = self._tokens / (now - self._t_last)
+            self.log("train/tokens_per_s", tps, prog_bar=True)
+            if self.device.type == "cuda":
+                name = torch.cuda.get_device_name(self.device)
+                peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+                if peak:
+                    seq = batch["input_ids"].size(1) + self.config.prefix_len
+                    self.log("train/mfu", self.model.estimate_flops_per_token(seq) * tps / peak, prog_bar=True)
+            self._t_last, self._tokens = now, 0
+        elif self._t_last is None or batch_idx % 10 == 0:
+            self._t_last, self._tokens = now, 0
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, n_tokens = self(batch)
+        # token-weighted mean over the epoch, so perplexity is exp(mean loss per reason token)
+        self.log("val/loss", loss, batch_size=int(n_tokens), sync_dist=True, prog_bar=True)
+        return loss
+
+    def on_validation_epoch_end(self):
+        loss = self.trainer.callback_metrics.get("val/loss")
+        if loss is not None:
+            self.log("val/ppl", torch.exp(loss), sync_dist=True, prog_bar=True)
+        if self.hparams.n_samples and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            self.print_samples()
+
+    def print_samples(self):
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            return
+        from mmreason.generate import DecodeConfig, generate_reasons
+
+        df = dm.frame("val").head(self.hparams.n_samples)
+        ds = dm.dataset("val")
+        examples = [dm.prompt_example(r) for r in df.to_dict("records")]
+        outs = generate_reasons(self.model, dm.tokenizer, examples, ds.photo[: len(df)].to(self.device),
+                                ds.has_photo[: len(df)].to(self.device),
+                                DecodeConfig(strategy="greedy", max_new_tokens=self.hparams.sample_max_new_tokens,
+                                             no_repeat_ngram_size=3), progress=False, max_prompt_tokens=dm.max_prompt_tokens)
+        lines = [f"[epoch {self.current_epoch}] article {r['article_id']}\n  generated: {o[0]}\n  silver:    {r['reason']}"
+                 for r, o in zip(df.to_dict("records"), outs)]
+        text = "\n".join(lines)
+        print(text, flush=True)
+        tb = getattr(self.logger, "experiment", None)
+        if hasattr(tb, "add_text"):
+            tb.add_text("samples", text.replace("\n", "  \n"), self.global_step)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # Dropout noise is a function of (seed, step) alone, so a run resumed from any checkpoint draws
+        # exactly what the uninterrupted run drew (the generator's state is not in the checkpoint).
+        torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + self.global_step)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 and "segment" not in name else no_decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr,
+                                betas=tuple(self.hparams.betas))
+        # lr_decay_steps pins the schedule's length (nanoGPT's lr_decay_iters); default: the whole run
+        total = max(1, int(self.hparams.lr_decay_steps or self.trainer.estimated_stepping_batches))
+        warmup, floor = min(self.hparams.warmup_steps, total // 10 + 1), self.hparams.min_lr_ratio
+
+        def schedule(step):
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
