@@ -236,7 +236,7 @@ class ReasonModule(L.LightningModule):
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu") -> "ReasonModule":
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        hp = dict(ckpt["hyper_parameters"])
+        hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # drop LightningCLI's keys
         hp["config"] = ModelConfig(**hp["config"])
         hp["compile"] = False
         module = cls(**hp)

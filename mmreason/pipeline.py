@@ -6,7 +6,7 @@ keeps a fingerprint next to its output), so a rerun of ``python -m mmreason.trai
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,7 @@ class PipelineConfig:
     embed_workers: int = 2
 
 
-def ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
+def ensure(config: PipelineConfig | dict | None = None, **overrides) -> Artifacts:
     """Make (or reuse) every artifact the generator needs and return them loaded.
 
     The random streams are left as they were, so a run that had to train the CLIP first initialises
@@ -66,7 +66,13 @@ def ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
 
 
 def _ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
-    c = PipelineConfig(**(asdict(config) if config else {}) | overrides)
+    if config is None or isinstance(config, dict):
+        base = dict(config or {})
+    elif is_dataclass(config):
+        base = asdict(config)
+    else:  # a jsonargparse Namespace, as LightningCLI stores it in checkpoints
+        base = config.as_dict() if hasattr(config, "as_dict") else dict(vars(config))
+    c = PipelineConfig(**base | overrides)
     hm_dir, data_dir, tokenizer, tokenizer_vocab = c.hm_dir, c.data_dir, c.tokenizer, c.tokenizer_vocab
     clip_model, clip_pretrained, clip_epochs, embed_workers = c.clip_model, c.clip_pretrained, c.clip_epochs, c.embed_workers
     paths.offline()

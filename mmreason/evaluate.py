@@ -1,0 +1,323 @@
+"""Evaluate reason generators and baselines: ``python -m mmreason.evaluate [--train] [--run NAME]``.
+
+Systems, on two test sets (``temporal``: each user's last purchase day, products seen in training;
+``unseen``: whole product codes held out of training):
+
+* ``template``   a fixed sentence filled with the article's attributes (no history, no photo);
+* ``retrieval``  the copy of the nearest training article by photo embedding (no hook);
+* ``text_only``  the generator without the photo prefix;
+* ``photo_only`` the generator without the product-attribute segment (photo, profile, behaviour);
+* ``full``       the generator with everything.
+
+Reasons from the generators are decoded with beam search and post-filtered (``filters.py``): the
+first candidate that passes is shown. Metrics are computed on the whole reason and separately on the
+hook (first sentence) and the product copy (the rest). Targets are *silver* (``reasons.py``).
+
+Also: an attribute-dropout test (colour and pattern removed from the product text at test time: does
+the photo prefix recover them?) and a personalisation probe (the same articles shown to several users).
+Writes ``results/<run>/metrics.json`` and ``results/<run>/metrics.md`` and prints the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmreason import metrics as M
+from mmreason import paths
+from mmreason.filters import Filter, rejection_report, vocab_from_items
+from mmreason.generate import generate_reasons, preset
+from mmreason.io import atomic_write_bytes, atomic_write_json
+from mmreason.lit import ReasonDataModule, ReasonModule
+
+CONFIG = paths.REPO_ROOT / "configs" / "cpu.yaml"
+# Model variants and the training overrides that make them; "full" is the default training run.
+VARIANTS = {
+    "full": ("artifacts/runs/cpu", []),
+    "text_only": ("artifacts/runs/text_only", ["--model.config.use_photo", "false"]),
+    "photo_only": ("artifacts/runs/photo_only", ["--data.prompt_fields", "[user_profile, behaviour]"]),
+}
+SYSTEMS = ["template", "retrieval", "text_only", "photo_only", "full"]
+ATTR_FIELDS = {"colour": "colour_group_name", "type": "product_type_name", "pattern": "graphical_appearance_name"}
+
+
+# ----------------------------------------------------------------------------- evaluation sets
+
+def test_frame(examples: pd.DataFrame, split: str, n: int, seed: int) -> pd.DataFrame:
+    if split == "temporal":  # new days, products seen in training
+        df = examples[(examples["split_temporal"] == "test") & (examples["split_unseen"] == "train")]
+    else:  # products never seen in training, any day
+        df = examples[examples["split_unseen"] == "test"]
+    if n and len(df) > n:
+        df = df.sample(n=n, random_state=seed)
+    return df.sort_values("example_id").reset_index(drop=True)
+
+
+def histories(frame: pd.DataFrame, interactions: pd.DataFrame, items: pd.DataFrame) -> list[dict]:
+    """Per example: what the user bought strictly before the example's day (for filters and metrics)."""
+    inter = interactions.merge(items[["article_id", "prod_name", *ATTR_FIELDS.values()]], on="article_id")
+    by_user = {c: g for c, g in inter.groupby("customer_id")}
+    out = []
+    for cid, day in zip(frame["customer_id"], frame["t_dat"]):
+        g = by_user.get(cid)
+        g = g[g["t_dat"] < day] if g is not None else inter.iloc[:0]
+        out.append({"n": len(g), "colours": set(g["colour_group_name"].str.lower()),
+                    "types": set(g["product_type_name"].str.lower()),
+                    "patterns": set(g["graphical_appearance_name"].str.lower()),
+                    "names": set(g["prod_name"].str.lower())})
+    return out
+
+
+def drop_attributes(product: str, fields=("colour", "pattern")) -> str:
+    """The product segment without the named attributes (for the attribute-dropout test)."""
+    return "; ".join(p for p in product.split("; ") if p.split(":")[0] not in fields)
+
+
+# ----------------------------------------------------------------------------- systems
+
+def template_reasons(frame: pd.DataFrame, items: pd.DataFrame) -> list[str]:
+    a = items.set_index("article_id").loc[frame["article_id"]]
+    return [f"A pick for you from {s}. {n}: {t.lower()} in {c.lower()}, {p.lower()}."
+            for s, n, t, c, p in zip(a["section_name"], a["prod_name"], a["product_type_name"],
+                                     a["colour_group_name"], a["graphical_appearance_name"])]
+
+
+def retrieval_reasons(frame: pd.DataFrame, items: pd.DataFrame, lookup) -> list[str]:
+    """The copy of the nearest training article (cosine of photo embeddings), never the article itself."""
+    train = items[(items["split_unseen"] == "train") & items["has_photo"] & (items["detail_desc"] != "")]
+    bank, has = lookup(train["article_id"].to_numpy())
+    bank, copies, bank_ids = bank[has], train["detail_desc"].to_numpy()[has.numpy()], train["article_id"].to_numpy()[has.numpy()]
+    q, qhas = lookup(frame["article_id"].to_numpy())
+    sim = q @ bank.T                                                    # (N, M) cosine: rows are L2-normalised
+    sim[torch.as_tensor(frame["article_id"].to_numpy())[:, None] == torch.as_tensor(bank_ids)[None, :]] = -2
+    best = sim.argmax(1).numpy()
+    # An article without a photo has nothing to retrieve with: fall back to the most common copy.
+    fallback = pd.Series(copies).mode().iloc[0]
+    return [copies[b] if h else fallback for b, h in zip(best, qhas.numpy())]
+
+
+def load_variant(name: str) -> tuple[ReasonModule, ReasonDataModule] | None:
+    root = Path(VARIANTS[name][0])  # relative to the working folder, like trainer.default_root_dir
+    ckpts = sorted((root / "checkpoints").glob("best-*.ckpt")) or sorted((root / "checkpoints").glob("last.ckpt"))
+    if not ckpts:
+        return None
+    ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    module = ReasonModule.from_checkpoint(ckpts[-1])
+    data = ReasonDataModule(**{k: v for k, v in ckpt["datamodule_hyper_parameters"].items() if not k.startswith("_")})
+    module.eval()
+    return module, data
+
+
+def model_reasons(module, data, frame, items, hist, filt: Filter, decode, product_override=None):
+    lookup = data.artifacts.photo_lookup
+    rows = frame.to_dict("records")
+    if product_override is not None:
+        for r, p in zip(rows, product_override):
+            r["product"] = p
+    examples = [data.prompt_example(r) for r in rows]
+    photo, has = lookup(frame["article_id"].to_numpy())
+    cands = generate_reasons(module.model, data.tokenizer, examples, photo, has, decode, batch_size=48,
+                             max_prompt_tokens=data.max_prompt_tokens)
+    arts = items.set_index("article_id").loc[frame["article_id"]].reset_index().to_dict("records")
+    results = [filt.select(c, a, h) for c, a, h in zip(cands, arts, hist)]
+    reasons = [chosen if chosen is not None else rejected[0][0] for chosen, rejected in results]
+    return reasons, rejection_report(results)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def first_sentence_split(text: str) -> tuple[str, str]:
+    parts = re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)
+    return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def score(hyps, frame, items, hist, vocab, with_embedding=True) -> dict:
+    refs = frame["reason"].tolist()
+    arts = items.set_index("article_id").loc[frame["article_id"]]
+    attrs = [{f: str(v).lower() for f, v in zip(ATTR_FIELDS, row)} for row in arts[list(ATTR_FIELDS.values())].itertuples(index=False)]
+    history_values = [h["colours"] | h["types"] if h["n"] else set() for h in hist]
+    out = M.evaluate_all(hyps, refs, features=frame["features"].map(list).tolist(), attrs=attrs, vocab=vocab,
+                         histories=history_values, with_embedding=with_embedding)
+    hooks, copies = zip(*(first_sentence_split(h) for h in hyps))
+    for part, hyp, ref in (("hook", hooks, frame["hook"]), ("copy", copies, frame["item_copy"])):
+        out[f"{part}_bleu4"] = M.bleu(list(hyp), ref.tolist(), 4)
+        out[f"{part}_rougeL"] = M.rouge(list(hyp), ref.tolist())["rougeL"]
+        out[f"{part}_cider"] = M.cider(list(hyp), ref.tolist())
+    return out
+
+
+def personalisation_probe(module, data, frame, n_articles=40, n_users=4, seed=0) -> dict:
+    """The same articles shown to several users with history: do their reasons differ, and how much?"""
+    rng = np.random.default_rng(seed)
+    with_hist = frame[frame["n_history"] > 0]
+    arts = with_hist.drop_duplicates("article_id").head(n_articles)
+    users = with_hist.drop_duplicates("customer_id")
+    rows = []
+    for a in arts.to_dict("records"):
+        for u in users.iloc[rng.choice(len(users), size=min(n_users, len(users)), replace=False)].to_dict("records"):
+            rows.append({**a, "customer_id": u["customer_id"], "user_profile": u["user_profile"], "behaviour": u["behaviour"]})
+    probe = pd.DataFrame(rows)
+    photo, has = data.artifacts.photo_lookup(probe["article_id"].to_numpy())
+    hyps = [c[0] for c in generate_reasons(module.model, data.tokenizer, [data.prompt_example(r) for r in rows],
+                                           photo, has, preset("greedy"), batch_size=48,
+                                           max_prompt_tokens=data.max_prompt_tokens, progress=False)]
+    p = M.personalisation(hyps, probe["customer_id"].tolist(), probe["article_id"].tolist())
+    return {f"probe_{k}": v for k, v in p.items()}
+
+
+# ----------------------------------------------------------------------------- tables
+
+TABLES = {
+    "Overlap with the silver reason (whole / hook / copy)": [
+        ("BLEU-1", "bleu1"), ("BLEU-4", "bleu4"), ("ROUGE-L", "rougeL"), ("CIDEr", "cider"),
+        ("hook BLEU-4", "hook_bleu4"), ("hook CIDEr", "hook_cider"),
+        ("copy BLEU-4", "copy_bleu4"), ("copy ROUGE-L", "copy_rougeL"), ("copy CIDEr", "copy_cider"),
+        ("emb. sim", "embedding_similarity")],
+    "Diversity, features, grounding, personalisation, filter": [
+        ("USR", "usr"), ("Dist-2", "distinct2"), ("Self-BLEU-4", "self_bleu4"), ("FMR", "fmr"), ("FCR", "fcr"),
+        ("DIV", "div"), ("colour prec.", "grounding_colour_precision"), ("type prec.", "grounding_type_precision"),
+        ("pattern prec.", "grounding_pattern_precision"), ("history-claim prec.", "history_claim_precision"),
+        ("personalised share", "probe_personalised_share"), ("cross-user dist.", "probe_cross_user_distance"),
+        ("filter reject", "filter_rejection_rate")],
+}
+
+
+def fmt(v) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def markdown(results: dict, dropout: dict, meta: dict) -> str:
+    lines = [f"# Evaluation ({meta['run']}, silver targets)", "",
+             f"{meta['n']} examples per test set (seed {meta['seed']}), decoding `{meta['decode']}` + filter. "
+             "BLEU/ROUGE on a 0-100 scale, CIDEr raw (0-10), the rest 0-1.", ""]
+    for title, cols in TABLES.items():
+        lines += [f"## {title}", "", "| split | system | " + " | ".join(c for c, _ in cols) + " |",
+                  "|---|---|" + "---|" * len(cols)]
+        for split, systems in results.items():
+            for system, m in systems.items():
+                lines.append(f"| {split} | {system} | " + " | ".join(fmt(m.get(k)) for _, k in cols) + " |")
+        lines.append("")
+    if dropout:
+        lines += ["## Attribute dropout (unseen products; colour and pattern removed from the product text)", "",
+                  "| system | colour mentioned | colour correct | pattern mentioned | pattern correct |", "|---|---|---|---|---|"]
+        for system, m in dropout.items():
+            lines.append(f"| {system} | {fmt(m['colour_mention_rate'])} | {fmt(m['colour_correct_rate'])} | "
+                         f"{fmt(m['pattern_mention_rate'])} | {fmt(m['pattern_correct_rate'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def dropout_scores(hyps, frame, items, vocab) -> dict:
+    arts = items.set_index("article_id").loc[frame["article_id"]]
+    out = {}
+    for field, col in (("colour", "colour_group_name"), ("pattern", "graphical_appearance_name")):
+        values = vocab[field]
+        mentioned = [M.mentioned_values(h, values) for h in hyps]
+        truth = arts[col].str.lower().tolist()
+        out[f"{field}_mention_rate"] = float(np.mean([bool(m) for m in mentioned]))
+        out[f"{field}_correct_rate"] = float(np.mean([t in m for t, m in zip(truth, mentioned)]))
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def train_missing(variants, extra: list[str]) -> None:
+    from mmreason import train
+
+    for name in variants:
+        if load_variant(name) is None:
+            root, overrides = VARIANTS[name]
+            print(f"[evaluate] training {name} -> {root}")
+            train.main(["--config", str(CONFIG), "--trainer.default_root_dir", root, *overrides, "--n_report", "0", *extra])
+
+
+def get_parser():
+    p = argparse.ArgumentParser(prog="python -m mmreason.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--run", default="cpu", help="results/<run>/")
+    p.add_argument("--n", type=int, default=600, help="examples per test set (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decode", default="beam", help="decoding preset for the generators (greedy, beam, sample, ...)")
+    p.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
+    p.add_argument("--train", action="store_true", help="train the model variants that have no checkpoint yet")
+    p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="extra flags for mmreason.train")
+    p.add_argument("--no-embedding", action="store_true", help="skip the sentence-embedding similarity")
+    p.add_argument("--out", default=None, help="results folder (default results/<run>)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    paths.offline()
+    torch.manual_seed(args.seed)
+    variants = [s for s in args.systems if s in VARIANTS]
+    if args.train:
+        train_missing(variants, args.train_args)
+    loaded = {name: load_variant(name) for name in variants}
+    missing = [n for n, v in loaded.items() if v is None]
+    if missing:
+        print(f"error: no checkpoint for {', '.join(missing)}; run with --train (or python -m mmreason.train)",
+              file=sys.stderr)
+        return 2
+    # Tables and embeddings come from the first variant's artifacts (all variants share them).
+    data = next(iter(loaded.values()))[1] if loaded else ReasonDataModule()
+    art = data.artifacts
+    items, examples = art.items, art.examples
+    interactions = pd.read_parquet(art.data_dir / "interactions.parquet")
+    vocab = vocab_from_items(items)
+    filt = Filter(vocab)
+    decode = preset(args.decode, num_return_sequences=4) if args.decode in ("beam", "diverse_beam", "sample") else preset(args.decode)
+    results, dropout, samples = {}, {}, []
+    t0 = time.time()
+    for split in ("temporal", "unseen"):
+        frame = test_frame(examples, split, args.n, args.seed)
+        hist = histories(frame, interactions, items)
+        results[split] = {}
+        for system in args.systems:
+            print(f"[evaluate] {split} / {system} ({len(frame)} examples)")
+            report = {}
+            if system == "template":
+                hyps = template_reasons(frame, items)
+            elif system == "retrieval":
+                hyps = retrieval_reasons(frame, items, art.photo_lookup)
+            else:
+                module, vdata = loaded[system]
+                hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode)
+            m = score(hyps, frame, items, hist, vocab, with_embedding=not args.no_embedding)
+            if report:
+                m["filter_rejection_rate"] = report.get("top_rejected_rate", report.get("rejection_rate"))
+                m["filter_report"] = report
+            if system in VARIANTS and split == "temporal":
+                m.update(personalisation_probe(*loaded[system], frame, seed=args.seed))
+            results[split][system] = m
+            samples += [{"split": split, "system": system, "article_id": int(a), "generated": h, "silver": r}
+                        for a, h, r in list(zip(frame["article_id"], hyps, frame["reason"]))[:5]]
+        if split == "unseen":  # attribute dropout: does the photo prefix recover colour and pattern?
+            dropped = frame["product"].map(drop_attributes).tolist()
+            for system in ("text_only", "full"):
+                if system in loaded:
+                    module, vdata = loaded[system]
+                    for label, product in (("with attributes", None), ("colour+pattern dropped", dropped)):
+                        hyps, _ = model_reasons(module, vdata, frame, items, hist, filt, preset("greedy"), product)
+                        dropout[f"{system}, {label}"] = dropout_scores(hyps, frame, items, vocab)
+    meta = {"run": args.run, "n": args.n, "seed": args.seed, "decode": args.decode, "seconds": round(time.time() - t0)}
+    out = Path(args.out or paths.REPO_ROOT / "results" / args.run)
+    atomic_write_json(out / "metrics.json", {"meta": meta, "results": results, "attribute_dropout": dropout,
+                                             "samples": samples})
+    table = markdown(results, dropout, meta)
+    atomic_write_bytes(out / "metrics.md", table.encode())
+    print(table)
+    print(f"[evaluate] wrote {out / 'metrics.json'} and metrics.md ({meta['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
