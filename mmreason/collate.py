@@ -13,9 +13,10 @@ import torch
 
 from mmreason.model import SEG_BEHAVIOUR, SEG_PRODUCT, SEG_REASON, SEG_USER
 
-PHOTO, USER, BEHAVIOUR, PRODUCT, REASON = "<|photo|>", "<|user|>", "<|behaviour|>", "<|product|>", "<|reason|>"
-EOS = PAD = "<|endoftext|>"
-SPECIAL_TOKENS = [PHOTO, USER, BEHAVIOUR, PRODUCT, REASON]
+from mmreason.tokenizer import BEHAVIOUR, EOS, PHOTO, PRODUCT, REASON, USER  # noqa: F401 - re-exported
+from mmreason.tokenizer import PROMPT_TOKENS as SPECIAL_TOKENS  # the five markers (EOS is the tokenizer's own)
+
+PAD = EOS
 
 # (example field, marker token, segment id), in prompt order
 PROMPT_PARTS = [("user_profile", USER, SEG_USER), ("behaviour", BEHAVIOUR, SEG_BEHAVIOUR),
