@@ -84,7 +84,8 @@ def load_gpt2(config: ModelConfig) -> GPT2LMHeadModel:
             raise ValueError("ModelConfig.vocab_size must be set (len(tokenizer)) to build GPT-2 from scratch")
         gcfg = GPT2Config(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
                           n_positions=config.n_positions, vocab_size=config.vocab_size,
-                          resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout)
+                          resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+                          bos_token_id=None, eos_token_id=None)  # GPT-2's 50256 is not in our vocabulary
         return GPT2LMHeadModel(gcfg)
     paths.offline()
     try:
