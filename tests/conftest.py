@@ -95,3 +95,21 @@ def real_hm() -> Path:
     if not (REAL_HM / "transactions.csv").exists():
         pytest.skip(f"real H&M data not found at {REAL_HM}")
     return REAL_HM
+
+
+def tiny_tokenizer(sentences):
+    """A byte-level BPE (vocab ~300) trained here on ``sentences``, with our special tokens (no hub)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from mmreason.collate import EOS, SPECIAL_TOKENS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[EOS] + SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(sentences) * 3, trainer)
+    # transformers 5 ignores vocab_file/merges_file: hand over the trained object
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
+                                   additional_special_tokens=SPECIAL_TOKENS)

@@ -1,6 +1,7 @@
 """encode_example / collate on a tiny byte-level BPE tokenizer trained here (no hub)."""
 import pytest
 import torch
+from conftest import tiny_tokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -19,15 +20,7 @@ EXAMPLE = {"article_id": 108775015, "user_profile": "she often buys dresses", "b
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[EOS] + SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(SENTENCES * 3, trainer)
-    # transformers 5 ignores vocab_file/merges_file: hand over the trained object
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
-                                   additional_special_tokens=SPECIAL_TOKENS)
+    return tiny_tokenizer(SENTENCES)
 
 
 def ids_of(tokenizer, text):

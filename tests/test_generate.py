@@ -3,6 +3,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import tiny_tokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -27,14 +28,7 @@ MAX_NEW = 12
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[EOS] + SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(SENTENCES * 3, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
-                                   additional_special_tokens=SPECIAL_TOKENS)
+    return tiny_tokenizer(SENTENCES)
 
 
 def tiny_model(tokenizer, use_photo=True, seed=0, n_positions=256):
