@@ -2,8 +2,6 @@
 import pytest
 import torch
 from conftest import tiny_tokenizer
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from mmreason.collate import (BEHAVIOUR, EOS, PRODUCT, REASON, SPECIAL_TOKENS, USER, collate,
                               encode_example)

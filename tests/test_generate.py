@@ -4,8 +4,6 @@ from collections import Counter
 import pytest
 import torch
 from conftest import tiny_tokenizer
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from mmreason.collate import EOS, SPECIAL_TOKENS, collate, encode_example
 from mmreason.generate import PRESETS, DecodeConfig, decode, generate_reasons, preset
