@@ -2,6 +2,8 @@
 import pytest
 import torch
 from conftest import tiny_tokenizer
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
 
 from mmreason.collate import (BEHAVIOUR, EOS, PRODUCT, REASON, SPECIAL_TOKENS, USER, collate,
                               encode_example)
