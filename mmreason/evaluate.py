@@ -185,7 +185,7 @@ TABLES = {
         ("DIV", "div"), ("colour prec.", "grounding_colour_precision"), ("type prec.", "grounding_type_precision"),
         ("pattern prec.", "grounding_pattern_precision"), ("history-claim prec.", "history_claim_precision"),
         ("personalised share", "probe_personalised_share"), ("cross-user dist.", "probe_cross_user_distance"),
-        ("filter reject", "filter_rejection_rate")],
+        ("top candidate rejected", "filter_rejection_rate")],
 }
 
 
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
                 hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode)
             m = score(hyps, frame, items, hist, vocab, with_embedding=not args.no_embedding)
             if report:
-                m["filter_rejection_rate"] = report.get("top_rejected_rate", report.get("rejection_rate"))
+                m["filter_rejection_rate"] = report["first_choice_rejected_rate"]  # the best candidate failed
                 m["filter_report"] = report
             if system in VARIANTS and split == "temporal":
                 m.update(personalisation_probe(*loaded[system], frame, seed=args.seed))
