@@ -113,3 +113,12 @@ def tiny_tokenizer(sentences):
     # transformers 5 ignores vocab_file/merges_file: hand over the trained object
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
                                    additional_special_tokens=SPECIAL_TOKENS)
+
+
+def prepared_tables(root: Path) -> Path:
+    """A clean tiny fixture under ``root/hm`` prepared into ``root/data`` by the real CLI; returns ``root``."""
+    from mmreason import data
+
+    hm = make_hm(root / "hm", broken_photo=False, missing_photo=False, bad_rows=False)
+    assert data.main(["--hm-dir", str(hm), "--out", str(root / "data"), "--workers", "1"]) == 0
+    return root

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_hm
-from mmreason import data
+from conftest import prepared_tables
 from mmreason import feedback as FB
 from mmreason import recommend as R
 
@@ -27,10 +26,7 @@ def test_content_tokens_drop_stopwords():
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fb")
-    hm = make_hm(root / "hm", broken_photo=False, missing_photo=False, bad_rows=False)
-    assert data.main(["--hm-dir", str(hm), "--out", str(root / "data"), "--workers", "1"]) == 0
-    return root
+    return prepared_tables(tmp_path_factory.mktemp("fb"))
 
 
 def test_pairs_are_symmetric_and_negatives_not_bought(prepared):

@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mmreason import data
 from mmreason import recommend as R
-from conftest import make_hm
+from conftest import prepared_tables
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -191,10 +190,7 @@ def test_two_tower_retrains_when_photos_change(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rec")
-    hm = make_hm(root / "hm", broken_photo=False, missing_photo=False, bad_rows=False)
-    assert data.main(["--hm-dir", str(hm), "--out", str(root / "data"), "--workers", "1"]) == 0
-    return root
+    return prepared_tables(tmp_path_factory.mktemp("rec"))
 
 
 def test_cli_writes_the_table_for_every_model(prepared, tmp_path, capsys):
