@@ -24,13 +24,12 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from mmreason import paths
 from mmreason.io import atomic_write_bytes, atomic_write_json

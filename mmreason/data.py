@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from mmreason import paths
 from mmreason.io import DataError, Report, atomic_dir, file_stat, fingerprint
-from mmreason.reasons import HOOK_FIELDS, Purchase, build_hook, product_copy
+from mmreason.reasons import Purchase, build_hook, product_copy
 
 VERSION = 5  # bump when the tables' content changes, so stale tables are rebuilt
 
@@ -366,8 +366,6 @@ FEATURE_COLUMNS = ["product_type_name", "colour_group_name", "graphical_appearan
 
 def target_features(reason: str, article: dict) -> list[str]:
     """PETER-style features: the article's attribute values that the target text names."""
-    import re
-
     low = reason.lower()
     out = []
     for col in FEATURE_COLUMNS:

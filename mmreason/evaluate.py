@@ -20,7 +20,6 @@ Writes ``results/<run>/metrics.json`` and ``results/<run>/metrics.md`` and print
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
