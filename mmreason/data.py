@@ -290,6 +290,46 @@ def temporal_split(days: list) -> dict:
 
 # --------------------------------------------------------------------------- building the tables
 
+def price_cuts(interactions: pd.DataFrame) -> tuple[float, float]:
+    """Budget / mid-price / premium cut points: terciles of training-period purchase prices."""
+    train = interactions.loc[interactions["split_temporal"] == "train", "price"]
+    return tuple(np.quantile(train if len(train) else interactions["price"], [1 / 3, 2 / 3]).tolist())
+
+
+def user_context(tables: dict[str, pd.DataFrame], customer_id: str, day, n_behaviour: int = 5,
+                 cuts: tuple[float, float] | None = None) -> dict:
+    """A customer's prompt segments as of the start of ``day`` (any date, e.g. the day after the data ends).
+
+    -> {"user_profile", "behaviour", "history": [Purchase, most recent first]}: the same text
+    ``build_tables`` writes for an example on that day (purchases strictly before ``day`` only).
+    ``tables``: users, items, interactions as ``load_tables`` returns them. Unknown customer: KeyError.
+    """
+    users = tables["users"]
+    row = users[users["customer_id"] == customer_id]
+    if row.empty:
+        raise KeyError(f"unknown customer_id {customer_id!r}")
+    day = pd.Timestamp(day)
+    inter = tables["interactions"]
+    cuts = cuts or price_cuts(inter)
+    past = inter[(inter["customer_id"] == customer_id) & (inter["t_dat"] < day)]
+    past = past.sort_values(["t_dat", "article_id"], kind="stable")            # the order build_tables adds them
+    items = tables["items"].set_index("article_id")
+    counts = {col: Counter() for col in PROFILE_FIELDS}
+    channels, price_sum = Counter(), 0.0
+    for r in past.itertuples(index=False):
+        a = items.loc[r.article_id]
+        for col in PROFILE_FIELDS:
+            counts[col][a[col]] += 1
+        channels[r.sales_channel_id] += 1
+        price_sum += r.price
+    history = [Purchase(int(r.article_id), (day - r.t_dat).days, *(items.at[r.article_id, f] for f in (
+        "prod_name", "product_type_name", "colour_group_name", "graphical_appearance_name",
+        "garment_group_name", "section_name"))) for r in past.iloc[::-1].itertuples(index=False)]
+    customer = row.iloc[0].to_dict()
+    return {"user_profile": profile_text(customer, counts, len(past), channels, price_sum, cuts),
+            "behaviour": behaviour_text(history, n_behaviour), "history": history}
+
+
 def build_tables(articles, customers, transactions, photos: dict[int, str], *, n_behaviour=5, seed=0,
                  test_frac=0.10, val_frac=0.05) -> dict[str, pd.DataFrame]:
     unseen = unseen_product_split(articles["product_code"], seed, test_frac, val_frac)
@@ -310,8 +350,7 @@ def build_tables(articles, customers, transactions, photos: dict[int, str], *, n
     # Price level cut points from training-period purchases only (each user's days before their val/test).
     day_splits = {cid: temporal_split(g.unique()) for cid, g in inter.groupby("customer_id")["t_dat"]}
     inter["split_temporal"] = [day_splits[c][d] for c, d in zip(inter["customer_id"], inter["t_dat"])]
-    train_prices = inter.loc[inter["split_temporal"] == "train", "price"]
-    cuts = tuple(np.quantile(train_prices if len(train_prices) else inter["price"], [1 / 3, 2 / 3]).tolist())
+    cuts = price_cuts(inter)
 
     rows = []
     groups = inter.groupby("customer_id", sort=True)

@@ -212,6 +212,27 @@ def test_real_slice_of_hm(tmp_path, real_hm, capsys):
             for f in r.hook_fields:
                 assert items.loc[aid, cols[f]] == items.loc[r.article_id, cols[f]]
     assert "users_with_history" in capsys.readouterr().out
+    assert_context_rebuilds_examples(t, ex.sample(n=min(150, len(ex)), random_state=0))
+
+
+def assert_context_rebuilds_examples(t, examples):
+    """user_context (used to explain recommendations on any day) writes the prompts the examples hold."""
+    for r in examples.itertuples():
+        c = data.user_context(t, r.customer_id, r.t_dat)
+        assert (c["user_profile"], c["behaviour"]) == (r.user_profile, r.behaviour)
+        assert len(c["history"]) == r.n_history
+
+
+def test_user_context_rebuilds_every_fixture_prompt(tmp_path, clean_hm_dir):
+    rc, out = run(tmp_path, clean_hm_dir)
+    assert rc == 0
+    t = tables(out)
+    assert_context_rebuilds_examples(t, t["examples"])
+    # after the data ends: everything is history, most recent first
+    c = data.user_context(t, "a" * 64, "2019-12-31")
+    assert len(c["history"]) == 5 and c["history"][0].prod_name == "Striped tee"
+    with pytest.raises(KeyError):
+        data.user_context(t, "nobody", "2019-12-31")
 
 
 def test_amazon_adapter_drops_reviewer_names(tmp_path):
