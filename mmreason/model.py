@@ -184,19 +184,25 @@ class ReasonModel(nn.Module):
                                    ignore_index=-100)
         return {"logits": logits, "loss": loss}
 
-    def reason_loss(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask, labels):
-        """-> (mean CE over reason tokens, number of scored tokens); same value as forward's loss.
+    def scored_logits(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask, labels):
+        """-> (logits (N, V) at the N positions whose next token is scored, those tokens (N,), and the
+        (B, k+T-1) mask of scored positions); rows in order, positions in order within a row.
 
-        Training only scores the reason, so the LM head (vocab x C, the largest matmul of a small
-        model) runs on the scored positions alone instead of on every prompt token.
+        The LM head (vocab x C, the largest matmul of a small model) runs on the scored positions alone
+        instead of on every prompt token.
         """
         x, mask, pos = self.embed_prefix(photo_embedding, has_photo, input_ids, segment_ids, attention_mask)
         hf = self.gpt2.get_base_model() if hasattr(self.gpt2, "get_base_model") else self.gpt2
         h = hf.transformer(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state  # (B, k+T, C)
         labels = F.pad(labels, (h.size(1) - labels.size(1), 0), value=-100)[:, 1:]               # (B, k+T-1)
         scored = labels != -100
-        logits = hf.lm_head(h[:, :-1][scored])                                                    # (N, V)
-        return F.cross_entropy(logits.float(), labels[scored]), scored.sum()
+        return hf.lm_head(h[:, :-1][scored]), labels[scored], scored                             # (N, V), (N,)
+
+    def reason_loss(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask, labels):
+        """-> (mean CE over reason tokens, number of scored tokens); same value as forward's loss."""
+        logits, targets, scored = self.scored_logits(photo_embedding, has_photo, input_ids, segment_ids,
+                                                     attention_mask, labels)
+        return F.cross_entropy(logits.float(), targets), scored.sum()
 
     # ---- bookkeeping ----
 
