@@ -34,7 +34,7 @@ from mmreason import paths
 from mmreason.filters import Filter, rejection_report, vocab_from_items
 from mmreason.generate import generate_reasons, preset
 from mmreason.io import atomic_write_bytes, atomic_write_json
-from mmreason.lit import ReasonDataModule, ReasonModule
+from mmreason.lit import ReasonDataModule, ReasonModule, find_checkpoint, load_run
 
 CONFIG = paths.REPO_ROOT / "configs" / "cpu.yaml"
 # Model variants and the training overrides that make them; "full" is the default training run.
@@ -104,14 +104,7 @@ def retrieval_reasons(frame: pd.DataFrame, items: pd.DataFrame, lookup) -> list[
 
 def load_variant(name: str) -> tuple[ReasonModule, ReasonDataModule] | None:
     root = Path(VARIANTS[name][0])  # relative to the working folder, like trainer.default_root_dir
-    ckpts = sorted((root / "checkpoints").glob("best-*.ckpt")) or sorted((root / "checkpoints").glob("last.ckpt"))
-    if not ckpts:
-        return None
-    ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
-    module = ReasonModule.from_checkpoint(ckpts[-1])
-    data = ReasonDataModule(**{k: v for k, v in ckpt["datamodule_hyper_parameters"].items() if not k.startswith("_")})
-    module.eval()
-    return module, data
+    return load_run(root) if find_checkpoint(root) is not None else None
 
 
 def model_reasons(module, data, frame, items, hist, filt: Filter, decode, product_override=None):

@@ -10,6 +10,7 @@ import math
 import os
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -326,3 +327,25 @@ class ReasonModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def find_checkpoint(path) -> Path | None:
+    """A checkpoint file as given, or a run folder's best checkpoint (its last.ckpt if none); None if absent."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    d = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    ckpts = sorted(d.glob("best-*.ckpt")) or sorted(d.glob("last.ckpt"))
+    return ckpts[-1] if ckpts else None
+
+
+def load_run(path) -> tuple[ReasonModule, ReasonDataModule]:
+    """The model (in eval mode) and the data module it was trained with, from a checkpoint or run folder."""
+    ckpt_path = find_checkpoint(path)
+    if ckpt_path is None:
+        raise FileNotFoundError(f"no checkpoint in {path} (train one with `python -m mmreason.train`)")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    module = ReasonModule.from_checkpoint(ckpt_path)
+    data = ReasonDataModule(**{k: v for k, v in ckpt["datamodule_hyper_parameters"].items() if not k.startswith("_")})
+    module.eval()
+    return module, data
