@@ -57,8 +57,8 @@ ALLOWED = {"val": ("train",), "test": ("train", "val"), "next": ("train", "val",
 RECENT_DAYS = 28
 KS = (10, 50)
 
-# (customer_id, article_ids) -> one reason per article. Wired to the reason generator by ``load_explainer``.
-ExplainFn = Callable[[str, list[int]], list[str]]
+# (customer_id, article_ids, day) -> one reason per article; ``load_explainer`` wires the reason generator.
+ExplainFn = Callable[[str, list[int], pd.Timestamp], list[str]]
 PhotoEmbeddings = dict | tuple  # {article_id: vector} or (article_ids (N,), matrix (N, D))
 
 
@@ -645,33 +645,39 @@ def recommend_for_user(model_name: str, user_id: str, k: int = 10, *, split: str
         "colour_group_name": items["colour_group_name"].to_numpy(), "score": s[0, rows],
         "already_bought": np.isin(rows, task.history[0]),
         **({"bought": [r in task.targets[0] for r in rows]} if split != "next" else {}),
-    }).assign(customer_id=cid, model=model_name, excluded_bought=exclude)
+    }).assign(customer_id=cid, model=model_name, excluded_bought=exclude,
+              day=pd.Timestamp(np.datetime64(int(task.cutoff[0]), "D")))
 
 
-# --------------------------------------------------------------------------- explanations (hook)
+# --------------------------------------------------------------------------- explanations
 
-DEFAULT_GENERATOR = Path("train") / "checkpoints" / "last.ckpt"  # under artifacts/; the lead may move it
+DEFAULT_GENERATOR = Path("runs") / "cpu"  # under artifacts/: the default `python -m mmreason.train` run
 
 
-def load_explainer(checkpoint: Path) -> ExplainFn | None:
-    """HOOK for the reason generator: return ``explain_fn(customer_id, article_ids) -> list[str]``.
+def load_explainer(generator) -> ExplainFn:
+    """The reason generator in ``generator`` (a run folder or checkpoint) as ``explain_fn(customer_id,
+    article_ids, day) -> reasons``; prompts are built as of ``day`` like the training examples."""
+    from mmreason.explain import Explainer
 
-    To wire it: load the ``ReasonModule`` from ``checkpoint``, build each (customer, article) prompt as
-    ``mmreason.data`` does (profile + behaviour as of the customer's next day, the article's product text
-    and photo embedding) and decode one reason per article. Returns None until that is written.
-    """
-    return None
+    return Explainer(generator)
 
 
 def _explain(args, cid: str, frame: pd.DataFrame, explain_fn: ExplainFn | None) -> pd.DataFrame:
-    ckpt = Path(args.generator) if args.generator else paths.artifacts_dir() / DEFAULT_GENERATOR
-    if explain_fn is None and ckpt.exists():
-        explain_fn = load_explainer(ckpt)
+    from mmreason.lit import find_checkpoint
+
+    run = Path(args.generator) if args.generator else paths.artifacts_dir() / DEFAULT_GENERATOR
     if explain_fn is None:
-        why = f"no generator checkpoint at {ckpt}" if not ckpt.exists() else "the generator hook is not wired yet"
-        print(f"[recommend] reasons need a trained reason generator ({why}; see `python -m mmreason.train`)")
-        return frame
-    return frame.assign(reason=explain_fn(cid, frame["article_id"].tolist()))
+        if find_checkpoint(run) is None:
+            print(f"[recommend] reasons need a trained reason generator (no checkpoint at {run}; "
+                  "see `python -m mmreason.train`)")
+            return frame
+        explain_fn = load_explainer(run)
+    ids, day = frame["article_id"].tolist(), frame["day"].iloc[0]
+    if hasattr(explain_fn, "explain"):  # an Explainer: also say when no candidate passed the filter
+        ex = explain_fn.explain(cid, ids, day)
+        return frame.assign(reason=[e.reason for e in ex],
+                            filter=["passed" if e.passed_filter else "failed: " + ", ".join(e.rejected[0][1]) for e in ex])
+    return frame.assign(reason=explain_fn(cid, ids, day))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -692,7 +698,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="two_tower", choices=MODELS, help="the model used with --user")
     p.add_argument("-k", "--k", type=int, default=10, help="articles shown with --user")
     p.add_argument("--explain", action="store_true", help="with --user: a generated reason per article")
-    p.add_argument("--generator", default=None, help=f"reason-generator checkpoint (default artifacts/{DEFAULT_GENERATOR})")
+    p.add_argument("--generator", default=None, help=f"reason-generator run folder or checkpoint (default artifacts/{DEFAULT_GENERATOR})")
     p.add_argument("--no-progress", action="store_true")
     for f in TwoTowerConfig.__dataclass_fields__.values():  # --dim, --epochs, ... straight from the config
         kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
@@ -720,7 +726,7 @@ def main(argv=None, explain_fn: ExplainFn | None = None) -> int:
             if args.explain:
                 frame = _explain(args, cid, frame, explain_fn)
             cols = [c for c in ["rank", "article_id", "prod_name", "product_type_name", "colour_group_name", "score",
-                                "already_bought", "bought", "reason"] if c in frame]
+                                "already_bought", "bought", "reason", "filter"] if c in frame]
             print(f"[recommend] {args.model} for customer {cid[:12]}… ({split} day; already-bought articles "
                   f"{'excluded' if frame['excluded_bought'].iloc[0] else 'kept'})")
             print(markdown_table(frame[cols].to_dict("records"), cols))

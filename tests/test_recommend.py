@@ -224,8 +224,8 @@ def test_cli_user_mode_and_unknown_user(prepared, tmp_path, capsys):
     assert "reasons need a trained reason generator" in out and out.count("\n| ") >= 4
     seen = []
 
-    def explain(cid, article_ids):
-        seen.append((cid, article_ids))
+    def explain(cid, article_ids, day):
+        seen.append((cid, article_ids, day))
         return [f"because {a}" for a in article_ids]
 
     assert R.main(args + ["--user", "a" * 64, "--model", "repurchase", "-k", "2", "--explain", "--split", "test"],
