@@ -33,7 +33,7 @@ from mmreason import metrics as M
 from mmreason import paths
 from mmreason.filters import Filter, rejection_report, vocab_from_items
 from mmreason.generate import generate_reasons, preset
-from mmreason.io import atomic_write_bytes, atomic_write_json
+from mmreason.io import write_report
 from mmreason.lit import ReasonDataModule, ReasonModule, find_checkpoint, load_run
 
 CONFIG = paths.REPO_ROOT / "configs" / "cpu.yaml"
@@ -145,8 +145,9 @@ def score(hyps, frame, items, hist, vocab, with_embedding=True) -> dict:
     return out
 
 
-def personalisation_probe(module, data, frame, n_articles=40, n_users=4, seed=0) -> dict:
-    """The same articles shown to several users with history: do their reasons differ, and how much?"""
+def probe_rows(frame: pd.DataFrame, n_articles: int = 40, n_users: int = 4, seed: int = 0) -> pd.DataFrame:
+    """The first ``n_articles`` articles of users with history, each paired with ``n_users`` such users
+    drawn at random: the article's columns with the user's profile and behaviour."""
     rng = np.random.default_rng(seed)
     with_hist = frame[frame["n_history"] > 0]
     arts = with_hist.drop_duplicates("article_id").head(n_articles)
@@ -155,7 +156,13 @@ def personalisation_probe(module, data, frame, n_articles=40, n_users=4, seed=0)
     for a in arts.to_dict("records"):
         for u in users.iloc[rng.choice(len(users), size=min(n_users, len(users)), replace=False)].to_dict("records"):
             rows.append({**a, "customer_id": u["customer_id"], "user_profile": u["user_profile"], "behaviour": u["behaviour"]})
-    probe = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def personalisation_probe(module, data, frame, n_articles=40, n_users=4, seed=0) -> dict:
+    """The same articles shown to several users with history: do their reasons differ, and how much?"""
+    probe = probe_rows(frame, n_articles, n_users, seed)
+    rows = probe.to_dict("records")
     photo, has = data.artifacts.photo_lookup(probe["article_id"].to_numpy())
     hyps = [c[0] for c in generate_reasons(module.model, data.tokenizer, [data.prompt_example(r) for r in rows],
                                            photo, has, preset("greedy"), batch_size=48,
@@ -302,10 +309,9 @@ def main(argv=None) -> int:
                         dropout[f"{system}, {label}"] = dropout_scores(hyps, frame, items, vocab)
     meta = {"run": args.run, "n": args.n, "seed": args.seed, "decode": args.decode, "seconds": round(time.time() - t0)}
     out = Path(args.out or paths.REPO_ROOT / "results" / args.run)
-    atomic_write_json(out / "metrics.json", {"meta": meta, "results": results, "attribute_dropout": dropout,
-                                             "samples": samples})
     table = markdown(results, dropout, meta)
-    atomic_write_bytes(out / "metrics.md", table.encode())
+    write_report(out, "metrics", {"meta": meta, "results": results, "attribute_dropout": dropout, "samples": samples},
+                 table)
     print(table)
     print(f"[evaluate] wrote {out / 'metrics.json'} and metrics.md ({meta['seconds']} s)")
     return 0

@@ -87,6 +87,12 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def write_report(out_dir: Path, stem: str, payload: dict, table: str) -> None:
+    """``<out_dir>/<stem>.json`` (the numbers) and ``<stem>.md`` (the table people read), each atomically."""
+    atomic_write_json(Path(out_dir) / f"{stem}.json", payload)
+    atomic_write_bytes(Path(out_dir) / f"{stem}.md", table.encode())
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path):
     """Yield a temporary sibling folder; on success it replaces ``path`` whole, on failure it vanishes.
