@@ -1,0 +1,130 @@
+"""The numbered notebooks: stored without outputs, and run top to bottom in fast mode on a tiny fixture;
+plus quick checks of the figure functions they call."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_hm, write_photo
+from mmreason import analysis, notebooks, paths, plots
+
+# Every figure each notebook writes in fast mode (04 draws one figure per case user: 2 in fast mode).
+FIGURES = {
+    "01-data-prep": ["01_articles.png", "01_purchases_per_user.png", "01_attribute_distributions.png",
+                     "01_target_length.png", "01_hook_shares.png"],
+    "02-training": ["02_training_curves.png", "02_clip_evidence.png"],
+    "03-diversity-analysis": ["03_accuracy_vs_diversity.png", "03_personalisation.png", "03_baselines_ablations.png"],
+    "04-case-studies": ["04_case_1.png", "04_case_2.png"],
+}
+
+
+def test_the_four_notebooks_are_stored_without_outputs_and_with_a_parameters_cell():
+    found = notebooks.notebooks()
+    assert [p.stem for p in found] == list(FIGURES)
+    for path in found:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.outputs == [] and c.execution_count is None for c in code), f"{path.name} has outputs"
+        params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1 and "FAST" in params[0].source and "FIGURES_DIR" in params[0].source, path.name
+        source = "".join(c.source for c in code)
+        for name in FIGURES[path.stem]:  # every figure the test expects is named there ("04_case_{i}.png")
+            assert re.sub(r"_\d+\.png$", "_", name) in source, (path.name, name)
+
+
+def test_readme_shows_every_committed_figure():
+    readme = (paths.REPO_ROOT / "README.md").read_text()
+    shown = set(re.findall(r"\(figures/([\w.-]+\.png)\)", readme))
+    committed = {p.name for p in (paths.REPO_ROOT / "figures").glob("*.png")}
+    assert shown == committed
+    for names in FIGURES.values():  # the full-mode set includes every figure fast mode writes
+        assert set(names) <= committed
+
+
+# ----------------------------------------------------------------------------- figure functions
+
+def _png(fig, tmp_path, name):
+    out = plots.save(fig, tmp_path / name)
+    assert out.stat().st_size > 5000
+    return out
+
+
+def test_training_curves_from_csv_logs_of_a_resumed_run(tmp_path):
+    for version, steps in enumerate([range(0, 60, 10), range(50, 100, 10)]):
+        d = tmp_path / "run" / "logs" / f"version_{version}"
+        d.mkdir(parents=True)
+        rows = [{"step": s, "train/loss": 5 - s / 50, "lr-AdamW/pg1": 1e-3, "train/tokens_per_s": 900 + version}
+                for s in steps] + [{"step": steps[-1], "val/loss": 4.0 - version}]
+        pd.DataFrame(rows).to_csv(d / "metrics.csv", index=False)
+    log = analysis.training_log(tmp_path / "run")
+    assert log["step"].tolist() == list(range(0, 100, 10))
+    assert log.set_index("step").loc[50, "tokens_per_s"] == 901  # the resumed run's value wins
+    assert log["val_loss"].notna().sum() == 2
+    _png(plots.training_curves(log, {"val_ppl": 7.4, "unigram_val_ppl": 266.0}), tmp_path, "curves.png")
+    _png(plots.training_curves(log.assign(tokens_per_s=np.nan)), tmp_path, "no_tps.png")  # not logged: a note
+
+
+def test_decoding_and_ablation_charts(tmp_path):
+    sweep = pd.DataFrame([
+        {"decoder": name, "strategy": d.strategy, "temperature": d.temperature, "top_p": d.top_p,
+         "bleu4": 14 - i, "cider": 0.4 - i / 20, "distinct2": 0.05 + i / 20, "usr": 0.8 + i / 40,
+         "self_bleu4": 98 - 5 * i} for i, (name, d) in enumerate(analysis.DECODERS.items())])
+    _png(plots.accuracy_vs_diversity(sweep, 150), tmp_path, "sweep.png")
+    psweep = pd.DataFrame({"decoder": ["greedy", "sample"], "personalised_share": [1.0, 1.0],
+                           "cross_user_distance": [0.3, 0.6], "noise_distance": [0.0, 0.4], "articles": [25, 25]})
+    _png(plots.personalisation(psweep), tmp_path, "personalisation.png")
+    results = json.loads((paths.REPO_ROOT / "results" / "cpu" / "metrics.json").read_text())
+    _png(plots.baselines_ablations(results), tmp_path, "ablations.png")
+
+
+def test_case_study_figure_with_missing_photos(tmp_path):
+    write_photo(tmp_path / "a.jpg", (20, 20, 20))
+    recent = pd.DataFrame({"prod_name": ["Strap top", "Gone"], "colour_group_name": ["Black", "Red"],
+                           "days_ago": [3, 40], "photo_path": [str(tmp_path / "a.jpg"), str(tmp_path / "missing.jpg")]})
+    case = {"customer_id": "a" * 64, "day": "2020-01-01", "recent": recent, "silver": "In black. " * 30,
+            "article": {"prod_name": "Skinny jeans", "product_type_name": "Trousers", "colour_group_name": "Black",
+                        "photo_path": ""},
+            "example": {"hook_kind": "colour", "user_profile": "age 25-34; 2 earlier purchases", "product": "name: x"},
+            "decoders": {"greedy": {"candidates": ["x"], "chosen": None, "rejected": [("Red jeans.", ["wrong_colour"])]},
+                         "beam": {"candidates": ["a", "b"], "chosen": "Black jeans.", "rejected": []}}}
+    _png(plots.case_study(case), tmp_path, "case.png")
+
+
+# ----------------------------------------------------------------------------- the notebooks, fast mode
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Run 01 -> 04 in fast mode in fresh kernels on a tiny H&M fixture with its own artifacts and figures."""
+    root = tmp_path_factory.mktemp("notebooks")
+    make_hm(root / "hm", broken_photo=False)  # the held-out test product needs a photo for CLIP retrieval
+    env = {**os.environ, "MMREASON_FAST": "1", "MMREASON_HM_DIR": str(root / "hm"),
+           "MMREASON_ARTIFACTS": str(root / "artifacts"), "MMREASON_FIGURES": str(root / "figures"),
+           "PYTHONWARNINGS": "ignore"}
+    failures = {}
+    for path in notebooks.notebooks():
+        try:
+            notebooks.execute(path, root / "executed", timeout=600, cwd=root, env=env)
+        except Exception as e:  # keep going: each notebook's test reports its own failure
+            failures[path.stem] = f"{type(e).__name__}: {str(e)[-3000:]}"
+    return root, failures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_notebook_runs_in_fast_mode_and_writes_its_figures(executed, name):
+    root, failures = executed
+    assert name not in failures, failures[name]
+    for figure in FIGURES[name]:
+        path = root / "figures" / figure
+        assert path.exists() and path.stat().st_size > 5000, f"{name} did not write {figure}"
+    nb = nbformat.read(root / "executed" / f"{name}.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= len(FIGURES[name])  # the figures are shown
+    assert not (root / "artifacts" / "runs" / "cpu").exists()  # fast mode never touches the default run
