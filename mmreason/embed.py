@@ -203,12 +203,14 @@ def retrieval(model, tokenizer, cache: dict, items: pd.DataFrame, desc_words: in
     test = items[items["split_unseen"] == "test"]
     _, has = lookup(cache, test["article_id"])
     gallery = one_per_product(test[has.numpy()])
+    about = "split_unseen == 'test', one article (lowest article_id) per product_code"
+    if gallery.empty:  # no held-out product has an embedded photo: nothing to retrieve
+        return {"gallery": about, "n": 0, "image_to_text": {}, "text_to_image": {}, "chance": {}}
     img, _ = lookup(cache, gallery["article_id"])
     txt = encode_texts(model, tokenizer, product_texts(gallery, desc_words)).float()
     sim = img @ txt.T  # (N images, N texts), the match on the diagonal
     n = len(gallery)
-    return {"gallery": "split_unseen == 'test', one article (lowest article_id) per product_code",
-            "n": n, "image_to_text": recall_at_k(sim, ks), "text_to_image": recall_at_k(sim.T, ks),
+    return {"gallery": about, "n": n, "image_to_text": recall_at_k(sim, ks), "text_to_image": recall_at_k(sim.T, ks),
             "chance": {f"R@{k}": min(1.0, k / n) for k in ks}}
 
 
@@ -222,7 +224,8 @@ def evaluate(model, tokenizer, cache: dict, items: pd.DataFrame, desc_words: int
 
 def format_evaluation(ev: dict) -> list[str]:
     r = ev["retrieval"]
-    lines = [f"retrieval on {r['n']} held-out products (one article per product_code):"]
+    lines = [f"retrieval on {r['n']} held-out products (one article per product_code):" if r["n"] else
+             "retrieval: skipped, no held-out test product has an embedded photo"]
     for name in ("image_to_text", "text_to_image"):
         cells = [f"{k} {v:.3f} ({v / r['chance'][k]:.0f}x chance {r['chance'][k]:.3f})" for k, v in r[name].items()]
         lines.append(f"  {name}: " + ", ".join(cells))

@@ -173,3 +173,16 @@ def test_embed_cli_trains_embeds_and_evaluates(items, tmp_path, capsys):
     E.main(argv)  # second run: checkpoint and cache are reused
     out = capsys.readouterr().out
     assert "embed: reusing" in out and "epoch 1/1" not in out
+
+
+def test_retrieval_is_skipped_not_crashed_when_no_held_out_product_has_a_photo(items, tmp_path):
+    from mmreason import plots
+    cache = {"article_id": torch.tensor([100, 101]), "embedding": torch.randn(2, 16)}  # train articles only
+    r = E.retrieval(None, None, cache, items)  # the model is never reached: there is nothing to encode
+    assert r["n"] == 0 and r["image_to_text"] == {} and r["chance"] == {}
+    ev = {"retrieval": r, "linear_probe": {"colour_group_name": {
+        "accuracy": 0.5, "majority_baseline": 0.4, "majority_class": "Red", "points_above_majority": 10.0,
+        "n_train": 8, "n_test": 2}}}
+    assert "retrieval: skipped" in E.format_evaluation(ev)[0]
+    out = plots.save(plots.clip_evidence({"eval": ev}), tmp_path / "clip.png")
+    assert out.stat().st_size > 5000
