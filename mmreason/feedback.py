@@ -52,8 +52,9 @@ from mmreason import paths
 from mmreason.io import DataError, atomic_write_bytes, atomic_write_json
 from mmreason.metrics import tokenize
 from mmreason.reasons import Purchase, build_hook, product_copy
-from mmreason.recommend import (ALLOWED, ATTRIBUTES, Context, UnknownUser, day_number, load_context,
-                                load_photo_embeddings, markdown_table, photo_key, photo_matrix)
+from mmreason.recommend import (ALLOWED, ATTRIBUTES, EMBEDDINGS_HELP, Context, UnknownUser, day_number,
+                                load_context, load_photo_embeddings, markdown_table, photo_key, photo_matrix,
+                                resolve_embeddings)
 
 RECENT_DAYS = 28
 POOLS = {"train": ("train",), **ALLOWED}  # pairs of a split -> splits whose purchases popularity may count
@@ -383,7 +384,7 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmreason.feedback", description=__doc__.split("\n")[0])
     p.add_argument("--data", default=None, help="prepared tables (default artifacts/data/hm)")
     p.add_argument("--out", default=None, help="output folder (default artifacts/feedback)")
-    p.add_argument("--embeddings", default=None, help='photo embedding cache: torch file {"article_id", "embedding"}')
+    p.add_argument("--embeddings", default="auto", help=EMBEDDINGS_HELP)
     p.add_argument("--negatives", type=int, default=FeedbackConfig.negatives)
     p.add_argument("--hash-features", type=int, default=FeedbackConfig.hash_features)
     p.add_argument("--C", type=float, default=FeedbackConfig.C)
@@ -397,6 +398,7 @@ def main(argv=None) -> int:
     data_dir = Path(args.data or paths.artifacts_dir() / "data" / "hm")
     out = Path(args.out or paths.artifacts_dir() / "feedback")
     cfg = FeedbackConfig(args.negatives, args.hash_features, args.C, args.seed)
+    args.embeddings = resolve_embeddings(args.embeddings, data_dir)
     t0 = time.time()
     try:
         ctx = load_context(data_dir)

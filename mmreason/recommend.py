@@ -271,6 +271,20 @@ BASELINES = {"popularity": score_popularity, "popularity_global": score_populari
 
 # --------------------------------------------------------------------------- photo embeddings
 
+DEFAULT_EMBEDDINGS = "mmr-vit-tiny.pt"  # embed.default_cache_path(clip.DEFAULT_MODEL)'s name (no open_clip import)
+EMBEDDINGS_HELP = ("photo embedding cache: a torch file {'article_id', 'embedding'}; 'auto' (default): "
+                   f"<artifacts>/embeddings/{DEFAULT_EMBEDDINGS} beside the --data tables when it exists; 'none'")
+
+
+def resolve_embeddings(value: str | None, data_dir: Path) -> str | None:
+    """``--embeddings``: a path as given, ``none`` -> None, ``auto``/None -> the default cache of the
+    artifacts root that holds ``data_dir`` (``<root>/data/hm`` -> ``<root>/embeddings/mmr-vit-tiny.pt``) if present."""
+    if value not in (None, "auto"):
+        return None if value == "none" else value
+    path = Path(data_dir).resolve().parent.parent / "embeddings" / DEFAULT_EMBEDDINGS
+    return str(path) if path.exists() else None
+
+
 def load_photo_embeddings(path) -> tuple[np.ndarray, np.ndarray]:
     """A torch file {"article_id": LongTensor (N,), "embedding": FloatTensor (N, D), ...} -> (ids, matrix),
     e.g. the cache of ``mmreason.embed`` (artifacts/embeddings/<clip>.pt); other keys are ignored."""
@@ -689,7 +703,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["val", "test", "next"], default=None,
                    help="evaluation split (default val); with --user also 'next' (the default there)")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {','.join(MODELS)}")
-    p.add_argument("--embeddings", default=None, help='photo embedding cache: torch file {"article_id", "embedding"}')
+    p.add_argument("--embeddings", default="auto", help=EMBEDDINGS_HELP)
     p.add_argument("--retrain", action="store_true", help="train the two-tower model even if a matching one is saved")
     p.add_argument("--two-tower-fit", choices=["allowed", "train"], default="allowed",
                    help="pairs the two-tower model learns from: the splits the evaluated split may know "
@@ -712,6 +726,7 @@ def main(argv=None, explain_fn: ExplainFn | None = None) -> int:
     data_dir = Path(args.data or paths.artifacts_dir() / "data" / "hm")
     out_dir = Path(args.out or paths.artifacts_dir() / "recommend")
     cfg = TwoTowerConfig(**{f: getattr(args, f) for f in TwoTowerConfig.__dataclass_fields__})
+    args.embeddings = resolve_embeddings(args.embeddings, data_dir)
     try:
         photos = load_photo_embeddings(args.embeddings) if args.embeddings else None
         ctx = load_context(data_dir)

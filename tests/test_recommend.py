@@ -242,3 +242,17 @@ def test_recommend_for_user_returns_named_articles(prepared, tmp_path):
         R.recommend_for_user("popularity", "zzz", 3, data_dir=prepared / "data", out_dir=tmp_path)
     with pytest.raises(R.UnknownUser):  # d has one purchase day: no test day
         R.recommend_for_user("popularity", "d" * 64, 3, split="test", data_dir=prepared / "data", out_dir=tmp_path)
+
+
+def test_embeddings_default_to_the_cache_beside_the_tables(tmp_path):
+    data = tmp_path / "artifacts" / "data" / "hm"
+    data.mkdir(parents=True)
+    assert R.resolve_embeddings("auto", data) is None  # no cache yet: the models run without photos
+    cache = tmp_path / "artifacts" / "embeddings" / R.DEFAULT_EMBEDDINGS
+    cache.parent.mkdir()
+    cache.touch()
+    assert R.resolve_embeddings("auto", data) == str(cache.resolve())
+    assert R.resolve_embeddings(None, data) == str(cache.resolve())
+    assert R.resolve_embeddings("none", data) is None
+    assert R.resolve_embeddings("x.pt", data) == "x.pt"
+    assert R.main(["--data", str(data), "--embeddings", str(tmp_path / "missing.pt")]) == 2  # one-line error
