@@ -80,6 +80,13 @@ def make_hm(root: Path, *, broken_photo=True, missing_photo=True, bad_rows=True)
     return root
 
 
+def work_in(mp: pytest.MonkeyPatch, root: Path) -> Path:
+    """Run from ``root`` with its own artifacts folder (``<root>/artifacts``), as a CLI user there would."""
+    mp.chdir(root)
+    mp.setenv("MMREASON_ARTIFACTS", str(root / "artifacts"))
+    return root
+
+
 @pytest.fixture
 def hm_dir(tmp_path) -> Path:
     return make_hm(tmp_path / "hm")

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import make_hm
+from conftest import make_hm, work_in
 from mmreason import evaluate
 from test_train import TINY
 
@@ -24,8 +24,7 @@ def test_first_sentence_split():
 @pytest.mark.slow
 def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
     make_hm(tmp_path / "hm")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MMREASON_ARTIFACTS", str(tmp_path / "artifacts"))
+    work_in(monkeypatch, tmp_path)
     out = tmp_path / "results"
     # Without checkpoints and without --train: a clear error.
     assert evaluate.main(["--out", str(out), "--systems", "full"]) == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_hm
+from conftest import make_hm, work_in
 from mmreason import train
 
 TINY = [
@@ -34,9 +34,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture
 def in_workdir(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    monkeypatch.setenv("MMREASON_ARTIFACTS", str(workdir / "artifacts"))
-    return workdir
+    return work_in(monkeypatch, workdir)
 
 
 def args(workdir, *extra):
