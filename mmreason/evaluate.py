@@ -107,7 +107,7 @@ def load_variant(name: str) -> tuple[ReasonModule, ReasonDataModule] | None:
     return load_run(root) if find_checkpoint(root) is not None else None
 
 
-def model_reasons(module, data, frame, items, hist, filt: Filter, decode, product_override=None):
+def model_reasons(module, data, frame, items, hist, filt: Filter, decode, product_override=None, progress=True):
     lookup = data.artifacts.photo_lookup
     rows = frame.to_dict("records")
     if product_override is not None:
@@ -116,7 +116,7 @@ def model_reasons(module, data, frame, items, hist, filt: Filter, decode, produc
     examples = [data.prompt_example(r) for r in rows]
     photo, has = lookup(frame["article_id"].to_numpy())
     cands = generate_reasons(module.model, data.tokenizer, examples, photo, has, decode, batch_size=48,
-                             max_prompt_tokens=data.max_prompt_tokens)
+                             max_prompt_tokens=data.max_prompt_tokens, progress=progress)
     arts = items.set_index("article_id").loc[frame["article_id"]].reset_index().to_dict("records")
     results = [filt.select(c, a, h) for c, a, h in zip(cands, arts, hist)]
     reasons = [chosen if chosen is not None else rejected[0][0] for chosen, rejected in results]

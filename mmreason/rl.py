@@ -238,12 +238,14 @@ def sampled_reward(model, prompts: Prompts, reward: Reward, config: RLConfig, to
     return {k: float(np.mean(r[k])) for k in ("reward", "feedback", "grounding", "reference", "passed")}
 
 
-def deployed_scores(module, data, prompts: Prompts, reward: Reward, items: pd.DataFrame, n_decode: str = "beam") -> dict:
+def deployed_scores(module, data, prompts: Prompts, reward: Reward, items: pd.DataFrame, n_decode: str = "beam",
+                    progress: bool = True) -> dict:
     """The reasons users would see (``evaluate``'s decoding + filter), scored with the reward and the metrics."""
     from mmreason.evaluate import model_reasons, score
 
     decode_cfg = preset(n_decode, num_return_sequences=4) if n_decode != "greedy" else preset(n_decode)
-    hyps, report = model_reasons(module, data, prompts.frame, items, prompts.hists, reward.filter, decode_cfg)
+    hyps, report = model_reasons(module, data, prompts.frame, items, prompts.hists, reward.filter, decode_cfg,
+                                 progress=progress)
     r = reward(hyps, prompts.rows, prompts.hists)
     m = score(hyps, prompts.frame, items, prompts.hists, reward.vocab, with_embedding=False)
     out = {"reward": float(np.mean(r["reward"])), "feedback": float(np.mean(r["feedback"])),
@@ -410,7 +412,8 @@ def main(argv=None) -> int:
     if not before or before.get("key") != key:
         print("[rl] scoring the supervised model (before)")
         before = {"key": key, "sampled": sampled_reward(reference.model, val_prompts, reward, config, tok),
-                  "deployed": {s: deployed_scores(reference, data, p, reward, items, args.decode) for s, p in evals.items()}}
+                  "deployed": {s: deployed_scores(reference, data, p, reward, items, args.decode,
+                                                  not args.no_progress) for s, p in evals.items()}}
         atomic_write_json(before_path, before)
 
     bar = tqdm(total=config.steps, initial=step, desc="rl", disable=args.no_progress)
@@ -436,7 +439,7 @@ def main(argv=None) -> int:
     print("[rl] scoring the fine-tuned model (after)")
     policy.eval()
     after = {"sampled": sampled_reward(policy.model, val_prompts, reward, config, tok),
-             "deployed": {s: deployed_scores(policy, data, p, reward, items, args.decode) for s, p in evals.items()}}
+             "deployed": {s: deployed_scores(policy, data, p, reward, items, args.decode, not args.no_progress) for s, p in evals.items()}}
     meta = {"run": str(base_path), "out": str(out), "steps": config.steps, "config": asdict(config),
             "seconds": round(time.time() - t0), "n_eval": args.n_eval, "decode": args.decode}
     table = markdown(before["deployed"], after["deployed"], before["sampled"], after["sampled"], meta)
