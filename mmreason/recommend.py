@@ -17,6 +17,7 @@ What a model may know besides the customer's own history -- never the S day itse
   the (history -> next day) pairs of the allowed splits, all dates (val: train pairs; test: train + val
   pairs; ``--two-tower-fit train`` for train only). Like ``popularity_global`` it has seen other
   customers' purchases made after some evaluation days.
+* ``repurchase+two_tower``: repurchase's candidates first, in its order; the two-tower ranks the rest.
 
 Every model is scored twice: with the customer's already-bought articles kept, and excluded.
 ``recommend_for_user`` then excludes them for a model only where that helped on val.
@@ -52,7 +53,9 @@ from mmreason.io import DataError, atomic_write_bytes, atomic_write_json
 ATTRIBUTES = ["product_type_name", "colour_group_name", "graphical_appearance_name", "section_name",
               "garment_group_name", "index_group_name"]
 USER_FIELDS = ["age_band", "club_member_status", "fashion_news_frequency"]
-MODELS = ["popularity", "popularity_global", "recent_popularity", "repurchase", "itemknn", "two_tower"]
+MODELS = ["popularity", "popularity_global", "recent_popularity", "repurchase", "itemknn", "two_tower",
+          "repurchase+two_tower"]
+LEARNED = ("two_tower", "repurchase+two_tower")  # the models that need the trained two-tower network
 ALLOWED = {"val": ("train",), "test": ("train", "val"), "next": ("train", "val", "test")}
 RECENT_DAYS = 28
 KS = (10, 50)
@@ -263,6 +266,16 @@ def score_itemknn(ctx: Context, task: Task, idx: np.ndarray) -> np.ndarray:
             s[hist] -= 1.0  # drop each history item's similarity to itself
         out[j] = 1e3 * s + _tiebreak(pop(c))
     return out
+
+
+def repurchase_then(scores: Callable) -> Callable:
+    """A scorer ranking ``score_repurchase``'s evidence first (own earlier articles and their other colours,
+    in its order), then every other article by ``scores`` (e.g. the two-tower's) instead of by popularity."""
+    def fn(ctx: Context, task: Task, idx: np.ndarray) -> np.ndarray:
+        rep, other = score_repurchase(ctx, task, idx), np.asarray(scores(ctx, task, idx), dtype=np.float64)
+        # repurchase evidence scores >= 1 (1e3 x a weight > 1e-3), the popularity tiebreak alone < 1
+        return np.where(rep >= 1.0, other.max(axis=1, keepdims=True) + rep, other)
+    return fn
 
 
 BASELINES = {"popularity": score_popularity, "popularity_global": score_popularity_global,
@@ -643,9 +656,10 @@ def recommend_for_user(model_name: str, user_id: str, k: int = 10, *, split: str
     task = ctx.task(split, [cid])
     if not task.customers:
         raise UnknownUser(f"customer {cid[:12]}… has no {split} day with earlier purchases")
-    if model_name == "two_tower":
+    if model_name in LEARNED:
         photo = photo_matrix(photo_embeddings, ctx.items["article_id"])
         fn = two_tower(ctx, config or TwoTowerConfig(), photo, out_dir, split, fit_on=fit_on).scores
+        fn = repurchase_then(fn) if model_name == "repurchase+two_tower" else fn
     else:
         fn = BASELINES[model_name]
     exclude = default_exclusion(model_name, out_dir) if exclude_bought is None else exclude_bought
@@ -733,7 +747,7 @@ def main(argv=None, explain_fn: ExplainFn | None = None) -> int:
         if args.user is not None:
             cid = ctx.resolve_user(args.user)
             split = args.split or "next"
-            if args.model == "two_tower" and args.retrain:
+            if args.model in LEARNED and args.retrain:
                 two_tower(ctx, cfg, photo_matrix(photos, ctx.items["article_id"]), out_dir, split, retrain=True,
                           progress=not args.no_progress, fit_on=args.two_tower_fit)
             frame = recommend_for_user(args.model, cid, args.k, split=split, data_dir=data_dir, out_dir=out_dir,
@@ -762,12 +776,12 @@ def main(argv=None, explain_fn: ExplainFn | None = None) -> int:
           f"{ctx.n_items} candidates; {task.n_cold} customers without earlier purchases not evaluated")
     scorers = {m: BASELINES[m] for m in models if m in BASELINES}
     train_s = None
-    if "two_tower" in models:
+    if any(m in LEARNED for m in models):
         t1 = time.time()
         rec = two_tower(ctx, cfg, photo_matrix(photos, ctx.items["article_id"]), out_dir, split, retrain=args.retrain,
                         progress=not args.no_progress, fit_on=args.two_tower_fit)
         train_s = round(time.time() - t1, 1)
-        scorers["two_tower"] = rec.scores
+        scorers |= {m: rec.scores if m == "two_tower" else repurchase_then(rec.scores) for m in models if m in LEARNED}
     results = evaluate(ctx, task, scorers)
     cols = ["model", "bought", "users"] + [f"{m}@{k}" for k in KS for m in ("HR", "Recall", "NDCG")]
     table = markdown_table(list(results.values()), cols)

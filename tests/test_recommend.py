@@ -256,3 +256,14 @@ def test_embeddings_default_to_the_cache_beside_the_tables(tmp_path):
     assert R.resolve_embeddings("none", data) is None
     assert R.resolve_embeddings("x.pt", data) == "x.pt"
     assert R.main(["--data", str(data), "--embeddings", str(tmp_path / "missing.pt")]) == 2  # one-line error
+
+
+def test_repurchase_then_ranks_own_articles_first_then_the_other_model():
+    ctx = R.Context(hand_tables())
+    task = ctx.task("val")
+    order = [E, D, C, B, A, F]  # a stand-in for the two-tower: its own preference, best first
+    pref = np.zeros(ctx.n_items)
+    pref[[ctx.item_row[a] for a in order]] = np.arange(len(order), 0, -1)
+    other = lambda ctx, task, idx: np.tile(pref, (len(idx), 1))  # noqa: E731
+    # x bought A and B (and F is another colour of A): repurchase's order for those, the stand-in's for the rest
+    assert ranking(R.repurchase_then(other), ctx, task) == [B, A, F, E, D, C]
