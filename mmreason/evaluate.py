@@ -137,6 +137,7 @@ def score(hyps, frame, items, hist, vocab, with_embedding=True) -> dict:
     history_values = [h["colours"] | h["types"] if h["n"] else set() for h in hist]
     out = M.evaluate_all(hyps, refs, features=frame["features"].map(list).tolist(), attrs=attrs, vocab=vocab,
                          histories=history_values, with_embedding=with_embedding)
+    out.update(M.name_citation_precision(hyps, [h.get("names") or () for h in hist]))
     hooks, copies = zip(*(first_sentence_split(h) for h in hyps))
     for part, hyp, ref in (("hook", hooks, frame["hook"]), ("copy", copies, frame["item_copy"])):
         out[f"{part}_bleu4"] = M.bleu(list(hyp), ref.tolist(), 4)
@@ -183,6 +184,7 @@ TABLES = {
         ("USR", "usr"), ("Dist-2", "distinct2"), ("Self-BLEU-4", "self_bleu4"), ("FMR", "fmr"), ("FCR", "fcr"),
         ("DIV", "div"), ("colour prec.", "grounding_colour_precision"), ("type prec.", "grounding_type_precision"),
         ("pattern prec.", "grounding_pattern_precision"), ("history-claim prec.", "history_claim_precision"),
+        ("named-purchase prec.", "name_citation_precision"),
         ("personalised share", "probe_personalised_share"), ("cross-user dist.", "probe_cross_user_distance"),
         ("top candidate rejected", "filter_rejection_rate")],
 }

@@ -9,7 +9,9 @@
   wrong_type
   wrong_pattern
   false_history  claims past purchases (metrics.history_claims, with CLAIM_PATTERNS) for a user who has
-                 none, or the claim names colours (or types) none of which the user ever bought
+                 none, or the claim names colours (or types) none of which the user ever bought, or it
+                 names an earlier purchase ("most recently the Luna skinny") that is not among the user's
+                 (history["names"], when given)
 
 When is a named value *not* a contradiction (so the filter errs towards keeping a reason)?
   * it is compatible with the article's own value: equal, or one's words contain the other's
@@ -29,7 +31,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
-from mmreason.metrics import HISTORY_CLAIM_PATTERNS, history_claims, mentioned_values, split_sentences, tokenize
+from mmreason.metrics import (HISTORY_CLAIM_PATTERNS, cited_purchases, cites_a_purchase, history_claims,
+                              mentioned_values, split_sentences, tokenize)
 
 CAUSES = ("empty", "truncated", "repetitive", "wrong_colour", "wrong_type", "wrong_pattern", "false_history")
 
@@ -159,6 +162,7 @@ class _Bought:
         self.sets = {f: {_norm(v) for v in history.get(key) or ()} - {""}
                      for f, key in (("colour", "colours"), ("type", "types"), ("pattern", "patterns"))}
         names = [" ".join(tokenize(n)) for n in history.get("names") or () if isinstance(n, str)]
+        self.name_list = [n for n in names if n]
         self.names = " " + " | ".join(names) + " "
 
     def backs(self, field: str, value: str) -> bool:
@@ -228,7 +232,10 @@ class Filter:
             # out: they are read off names ("Lace", "Denim") more often than off the pattern field
             unbacked = any(named_in_claims[f] and not any(bought.backs(f, v) for v in named_in_claims[f])
                            for f in ("colour", "type"))
-            if not bought.n or unbacked:
+            # an earlier purchase named in a claim must be one of the user's (when their names are known)
+            made_up = bool(bought.name_list) and any(not cites_a_purchase(c, bought.name_list)
+                                                     for s in claims for c in cited_purchases(s))
+            if not bought.n or unbacked or made_up:
                 causes.append("false_history")
         return causes
 

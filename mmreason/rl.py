@@ -258,11 +258,12 @@ def deployed_scores(module, data, prompts: Prompts, reward: Reward, items: pd.Da
 
 
 KEY_METRICS = ["grounding_colour_precision", "grounding_type_precision", "grounding_colour_mention_rate",
-               "history_claim_precision", "distinct2", "usr", "self_bleu4", "bleu4", "cider", "hook_cider",
+               "history_claim_precision", "name_citation_precision", "distinct2", "usr", "self_bleu4", "bleu4", "cider", "hook_cider",
                "copy_bleu4", "copy_cider"]
 TABLE = [("reward", "reward"), ("P(buy)", "feedback"), ("grounding", "grounding"), ("ROUGE-L ref.", "reference"),
          ("shown passes filter", "shown_passes_filter"), ("top cand. rejected", "first_choice_rejected"),
          ("colour prec.", "grounding_colour_precision"), ("type prec.", "grounding_type_precision"),
+         ("named-purchase prec.", "name_citation_precision"),
          ("Dist-2", "distinct2"), ("USR", "usr"), ("Self-BLEU-4", "self_bleu4"), ("CIDEr", "cider"),
          ("copy BLEU-4", "copy_bleu4"), ("copy CIDEr", "copy_cider")]
 

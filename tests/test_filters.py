@@ -93,6 +93,21 @@ def test_false_history(filt):
                       ARTICLE, NO_HISTORY) == []
 
 
+def test_a_named_purchase_must_be_one_the_user_made(filt):
+    history = {**HISTORY, "names": {"Skinny jeans", "Ace Dress(1)"}}
+    assert filt.check(GOOD, ARTICLE, history) == []  # "the Skinny jeans" is theirs
+    assert filt.check(GOOD.replace("Skinny jeans", "Luna skinny"), ARTICLE, history) == ["false_history"]
+    assert filt.check(GOOD.replace("Skinny jeans", "Luna skinny"), ARTICLE, HISTORY) == []  # names unknown
+    # every citation phrase of the silver hooks, and names with punctuation, tokenised alike
+    for hook in ("Black is a regular in your wardrobe: you have chosen it twice, most recently with the Ace Dress(1).",
+                 "In black, like the Ace Dress(1) you bought 2 weeks ago.",
+                 "More from Womens Everyday Collection, where you have shopped twice, most recently for the Ace Dress(1).",
+                 "You bought the Ace Dress(1) (dress) 3 days ago, so here is another trousers for you."):
+        assert "false_history" not in filt.check(hook + " Wide trousers in woven fabric.", ARTICLE, history), hook
+        made_up = hook.replace("Ace Dress(1)", "Tove top")
+        assert "false_history" in filt.check(made_up + " Wide trousers in woven fabric.", ARTICLE, history), made_up
+
+
 def test_repetitive(filt):
     loop = "Wide trousers in black. Wide trousers in black. Wide trousers in black."
     assert filt.check(loop, ARTICLE, None) == ["repetitive"]

@@ -168,6 +168,19 @@ def test_history_claim_precision():
     assert M.history_claim_precision(hyps, histories)["history_claim_precision"] == 0.75
 
 
+def test_name_citation_precision():
+    hyps = ["You have bought it twice, most recently the Luna skinny 2 months ago. Jeans.",  # made up
+            "In black, like the Tove top you bought last week. Top.",                       # real
+            "A pick from Divided to start with. Top.",                                     # names nothing
+            "Like the Tove top you bought, and most recently the Ace Dress(1). Top."]       # two, both real
+    names = [{"Tove top"}, {"Tove top", "Other"}, {"Tove top"}, {"Tove top", "Ace Dress(1)"}]
+    out = M.name_citation_precision(hyps, names)
+    assert out == {"name_citations": 4.0, "name_citation_precision": 3 / 4}
+    assert math.isnan(M.name_citation_precision(hyps[2:3], names[2:3])["name_citation_precision"])
+    assert M.cited_purchases("most recently the luna skinny 2 months ago") == ["luna skinny 2 months ago"]
+    assert not M.cites_a_purchase("luna skinny 2 months ago", {"luna"[:2]})  # a whole name, not a fragment
+
+
 def test_personalisation():
     hyps = ["You like black. Black trousers.", "You like black. Black trousers.",
             "You like red. Red dress.", "You often buy dresses. Red dress.", "Another reason.", "Solo."]
