@@ -174,6 +174,11 @@ def load_transactions(hm_dir: Path, report: Report, articles: pd.DataFrame, cust
     df["t_dat"] = day[day.notna()]
     df = _to_number(df, "article_id", name, report, integer=True)
     df = _to_number(df, "price", name, report)
+    # A price feeds the price terciles and the profile's price level: it must be a positive amount.
+    bad_price = ~(np.isfinite(df["price"]) & (df["price"] > 0))
+    for line, v in zip(df.loc[bad_price, "_line"], df.loc[bad_price, "price"]):
+        report.error("bad_value", f"{name}:{line}: price is {v!r}, expected a positive amount")
+    df = df.loc[~bad_price]
     df = _to_number(df, "sales_channel_id", name, report, integer=True)
     unknown_a = ~df["article_id"].isin(articles["article_id"])
     for line, aid in zip(df.loc[unknown_a, "_line"], df.loc[unknown_a, "article_id"]):

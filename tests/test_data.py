@@ -106,6 +106,29 @@ def test_cli_fail_mode_stops_with_one_line_and_writes_nothing(tmp_path, hm_dir, 
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
+def test_non_positive_price_is_reported_or_fails(tmp_path, clean_hm_dir, capsys):
+    tx = clean_hm_dir / "transactions.csv"
+    cust = "a" * 64
+    tx.write_text(tx.read_text() + f"2019-07-01,{cust},100000001,-0.03,1\n2019-07-02,{cust},200000001,0,1\n"
+                  f"2019-07-03,{cust},300000001,inf,1\n")  # lines 14, 15, 16 of the file
+    rc, out = run(tmp_path, clean_hm_dir)
+    assert rc == 0
+    captured = capsys.readouterr()
+    for line, v in ((14, "-0.03"), (15, "0.0"), (16, "inf")):
+        assert f"transactions.csv:{line}: price is {v}, expected a positive amount" in captured.err
+    assert "'bad_value': 3" in captured.out  # the printed summary's problem counts
+    problems = pd.read_csv(out / "problems.csv")
+    assert problems["message"].str.contains("expected a positive amount").sum() == 3
+    assert json.loads((out / "manifest.json").read_text())["summary"]["problems"]["bad_value"] == 3
+    inter = tables(out)["interactions"]
+    assert (inter["price"] > 0).all() and len(inter) == 11  # the fixture's 11 interactions, none added
+    out2 = tmp_path / "out2"
+    rc = data.main(["--hm-dir", str(clean_hm_dir), "--out", str(out2), "--workers", "1", "--on-error", "fail"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == "error: transactions.csv:14: price is -0.03, expected a positive amount"
+    assert not out2.exists()
+
+
 def test_missing_column_and_corrupt_parquet_are_clear(tmp_path, clean_hm_dir, capsys):
     csv = clean_hm_dir / "customers.csv"
     csv.write_text(csv.read_text().replace("club_member_status,", "club,"))
