@@ -79,7 +79,7 @@ def clip_evidence(artifacts, clip_model: str | None = None) -> dict:
     """Held-out retrieval recall and linear probes of the photo embeddings, plus the CLIP's training history.
 
     Reads ``<cache>.eval.json`` (what ``python -m mmreason.embed`` writes) when it belongs to this cache,
-    else computes it (~20 s on the real data) and writes it there. Assumes the domain CLIP (the default).
+    else computes it (~20 s on the real data) and writes it there, with the CLIP the cache was made with.
     -> {"eval": embed's evaluation dict, "history": per-epoch CLIP training records (may be empty)}.
     """
     from mmreason import clip as clip_lib
@@ -88,10 +88,10 @@ def clip_evidence(artifacts, clip_model: str | None = None) -> dict:
 
     meta = artifacts.cache["meta"]
     clip_model = clip_model or meta["model"]
-    ckpt = embed_lib.domain_checkpoint(clip_model)
+    ckpt = Path(artifacts.clip_pretrained or embed_lib.domain_checkpoint(clip_model))  # the CLIP this cache came from
     clip_meta_path = ckpt.parent / clip_lib.META_NAME
     clip_meta = json.loads(clip_meta_path.read_text()) if clip_meta_path.exists() else {}
-    path = embed_lib.default_cache_path(embed_lib.model_id(clip_model, ckpt)).with_suffix(".eval.json")
+    path = Path(artifacts.cache["path"]).with_suffix(".eval.json")
     ev = json.loads(path.read_text()) if path.exists() else None
     if ev is None or ev.get("meta") != json.loads(json.dumps(meta)):
         print(f"clip evidence: computing {path.name}")

@@ -10,7 +10,7 @@ product codes. The checkpoint is a plain open_clip state_dict.
 Photos are 2:3 portraits: every encoder pads them to a square with white (H&M's studio background is
 light) before resizing, i.e. open_clip's ``resize_mode="longest"`` with ``fill_color=255``.
 
-    python -m mmreason.clip                  # train artifacts/clip/mmr-vit-tiny/ (~10 min on 2 cores)
+    python -m mmreason.clip                  # train artifacts/clip/mmr-vit-tiny-<key>/ (~6 min on 2 cores)
     python -m mmreason.clip --epochs 1 --max-train 512
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from mmreason import paths
-from mmreason.io import atomic_write_bytes, atomic_write_json
+from mmreason.io import atomic_write_bytes, atomic_write_json, fingerprint
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 DEFAULT_MODEL = "mmr-vit-tiny"
@@ -51,6 +51,18 @@ def register_model_configs() -> None:
 
 def default_clip_dir(model_name: str = DEFAULT_MODEL) -> Path:
     return paths.artifacts_dir() / "clip" / model_name
+
+
+def items_fingerprint(items: pd.DataFrame) -> str:
+    """A content hash of the items table the CLIP is trained on (the same on every machine)."""
+    rows = pd.util.hash_pandas_object(items.astype(str), index=False).to_numpy()
+    return hashlib.sha256(rows.tobytes() + "\0".join(map(str, items.columns)).encode()).hexdigest()
+
+
+def domain_clip_dir(items: pd.DataFrame, cfg: "ClipTrainConfig") -> Path:
+    """``artifacts/clip/<model>-<key>``, keyed by the settings that change the weights and by the items."""
+    key = fingerprint(_result_fields(asdict(cfg)), items_fingerprint(items))[:10]
+    return paths.keyed(paths.artifacts_dir() / "clip", cfg.model, key)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -338,7 +350,7 @@ def train_clip(items: pd.DataFrame, cfg: ClipTrainConfig | None = None, out_dir:
     from tqdm import tqdm
 
     cfg = cfg or get_default_config()
-    out_dir = Path(out_dir) if out_dir else default_clip_dir(cfg.model)
+    out_dir = Path(out_dir) if out_dir else domain_clip_dir(items, cfg)
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     t_start = time.time()
@@ -451,16 +463,25 @@ def _result_fields(train_config: dict) -> dict:
 
 def ensure_domain_clip(items: pd.DataFrame, cfg: ClipTrainConfig | None = None,
                        out_dir: str | os.PathLike | None = None, retrain: bool = False) -> Path:
-    """Path of the domain CLIP checkpoint for ``cfg``, training it first if missing or trained differently."""
+    """Path of the domain CLIP checkpoint for ``cfg``, training it first if missing or trained differently.
+
+    By default it lives in its keyed folder (``domain_clip_dir``), and ``artifacts/clip/<model>`` points to it.
+    """
     cfg = cfg or get_default_config()
-    out_dir = Path(out_dir) if out_dir else default_clip_dir(cfg.model)
+    keyed = out_dir is None
+    out_dir = Path(out_dir) if out_dir else domain_clip_dir(items, cfg)
     ckpt, meta_path = out_dir / CHECKPOINT_NAME, out_dir / META_NAME
     if not retrain and ckpt.exists() and meta_path.exists():
         old = json.loads(meta_path.read_text()).get("train_config", {})
         if _result_fields(old) == _result_fields(asdict(cfg)):
-            return ckpt
-        print(f"clip: {out_dir} was trained with another config; retraining")
-    train_clip(items, cfg, out_dir)
+            print(f"clip: reusing {out_dir}")
+        else:
+            print(f"clip: {out_dir} was trained with another config; retraining")
+            train_clip(items, cfg, out_dir)
+    else:
+        train_clip(items, cfg, out_dir)
+    if keyed:
+        paths.point_latest(default_clip_dir(cfg.model), out_dir)
     return ckpt
 
 
@@ -491,12 +512,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--items", type=Path, default=paths.artifacts_dir() / "data" / "hm" / "items.parquet")
     p.add_argument("--clip-model", default=DEFAULT_MODEL, help="architecture JSON name (mmreason/model_configs)")
-    p.add_argument("--out", type=Path, default=None, help="default: artifacts/clip/<clip-model>")
+    p.add_argument("--out", type=Path, default=None, help="default: artifacts/clip/<clip-model>-<key>")
     add_train_args(p)
     args = p.parse_args(argv)
     if not args.items.exists():
         raise SystemExit(f"missing {args.items}: run `python -m mmreason.data` first")
-    return train_clip(pd.read_parquet(args.items), train_config_from_args(args, args.clip_model), args.out)
+    return ensure_domain_clip(pd.read_parquet(args.items), train_config_from_args(args, args.clip_model), args.out,
+                              retrain=True)
 
 
 if __name__ == "__main__":

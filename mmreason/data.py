@@ -1,7 +1,8 @@
 """Prepare canonical tables from the raw H&M sample: ``python -m mmreason.data``.
 
 Reads ``transactions.csv``, ``customers.csv``, ``articles.parquet`` and the photos (read-only), validates
-them, and writes four parquet tables into ``artifacts/data/hm/`` (or ``--out``):
+them, and writes four parquet tables into ``artifacts/data/hm-<key>/`` (or ``--out``), where the key is a
+fingerprint of the input files and the settings; ``artifacts/data/hm`` points to the newest:
 
 * ``users``        one row per customer: profile fields, purchase counts.
 * ``items``        one row per article: attributes, copy, photo path, serialised ``product`` text, and the
@@ -450,6 +451,16 @@ def input_fingerprint(hm_dir: Path, args) -> str:
     return fingerprint(VERSION, stats, photo_stats, params)
 
 
+def default_out(args) -> Path:
+    """``artifacts/data/hm-<key>``: tables of other inputs or settings never overwrite these."""
+    return paths.keyed(paths.artifacts_dir() / "data", "hm", input_fingerprint(Path(args.hm_dir), args)[:10])
+
+
+def tables_dir(hm_dir) -> Path:
+    """Where ``python -m mmreason.data --hm-dir HM_DIR`` (default settings) writes its tables."""
+    return default_out(get_parser().parse_args(["--hm-dir", str(hm_dir)]))
+
+
 def prepare(args) -> tuple[dict, Path]:
     hm_dir, out = Path(args.hm_dir), Path(args.out)
     fp = input_fingerprint(hm_dir, args)
@@ -507,7 +518,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["hm", "amazon"], default="hm")
     p.add_argument("--hm-dir", default=None, help="raw H&M folder (default $MMREASON_HM_DIR or ../shared/data/hm)")
     p.add_argument("--amazon-dir", default=None, help="raw Amazon Fashion folder")
-    p.add_argument("--out", default=None, help="output folder (default artifacts/data/<dataset>)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default artifacts/data/hm-<key of inputs and settings>, linked from artifacts/data/hm)")
     p.add_argument("--on-error", choices=["skip", "fail"], default="skip",
                    help="skip-and-report bad rows/photos (default) or stop at the first one")
     p.add_argument("--n-behaviour", type=int, default=5, help="earlier purchases listed in the behaviour segment")
@@ -531,8 +543,11 @@ def main(argv=None) -> int:
             info, out = amazon.prepare(args)
         else:
             args.hm_dir = args.hm_dir or str(paths.hm_dir())
-            args.out = args.out or str(paths.artifacts_dir() / "data" / "hm")
+            keyed = args.out is None
+            args.out = args.out or str(default_out(args))
             info, out = prepare(args)
+            if keyed:
+                paths.point_latest(paths.artifacts_dir() / "data" / "hm", out)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,15 +1,16 @@
 """Photo embeddings for every article, cached in one file per CLIP, plus evidence that they mean something.
 
-    python -m mmreason.embed      # domain CLIP (trained first if missing) -> artifacts/embeddings/mmr-vit-tiny.pt
+    python -m mmreason.embed      # domain CLIP (trained first if missing) -> artifacts/embeddings/mmr-vit-tiny-<key>.pt
     python -m mmreason.embed --clip-model ViT-B-32 --pretrained /path/to/open_clip_pytorch_model.bin
 
-The cache is ``{"article_id": LongTensor (N,), "embedding": FloatTensor (N, D) L2-normalised,
+Each cache file is keyed by its ``meta`` (``<model-id>-<key>.pt``; ``<model-id>.pt`` links to the newest),
+so caches of different CLIPs never overwrite each other. The cache is ``{"article_id": LongTensor (N,), "embedding": FloatTensor (N, D) L2-normalised,
 "meta": {...}, "skipped": [...], "seconds": float}``. ``meta`` names the CLIP (architecture, checkpoint sha256) and the
-preprocessing (pad-to-square, resolution, mean/std) and the set of photos; ``load_embeddings``
-rebuilds the cache when any of it changed. Articles without a readable photo get no row (the
+preprocessing (pad-to-square, resolution, mean/std) and the set of photos; a change in any of it
+means another key, hence another file. Articles without a readable photo get no row (the
 generator uses its learned no-photo embedding for them); each unreadable file is reported in one line.
 
-Evidence, printed and saved next to the cache as ``<model-id>.eval.json``: image<->text recall@k on
+Evidence, printed and saved next to the cache as ``<model-id>-<key>.eval.json``: image<->text recall@k on
 held-out products (split_unseen == "test", one article per product_code) beside chance k/N, and
 linear-probe accuracy (frozen photo embeddings, trained on split_unseen == "train" articles, tested
 on all held-out test articles) for colour and product type beside the majority-class baseline.
@@ -33,19 +34,26 @@ from mmreason import paths
 from mmreason.clip import (CHECKPOINT_NAME, DEFAULT_MODEL, META_NAME, add_train_args, encode_texts, ensure_domain_clip,
                            iter_photo_batches, load_clip, one_per_product, product_texts, recall_at_k,
                            sha256_file, default_clip_dir, train_config_from_args, torch_bytes)
-from mmreason.io import atomic_write_bytes, atomic_write_json
+from mmreason.io import atomic_write_bytes, atomic_write_json, fingerprint
 
 PROBE_TARGETS = ["colour_group_name", "product_type_name"]
 CACHE_VERSION = 1
 
 
 def domain_checkpoint(model_name: str) -> Path:
+    """The newest domain CLIP of this architecture (through the ``artifacts/clip/<model>`` link)."""
     return default_clip_dir(model_name) / CHECKPOINT_NAME
+
+
+def is_domain_checkpoint(pretrained) -> bool:
+    """A domain CLIP we trained: a checkpoint file in a folder of ``artifacts/clip/`` (its weights are keyed there)."""
+    p = Path(str(pretrained))
+    return p.name == CHECKPOINT_NAME and p.resolve().parent.parent == (paths.artifacts_dir() / "clip").resolve()
 
 
 def model_id(model_name: str, pretrained: str | Path | None = None) -> str:
     """File-name id of a photo encoder: the architecture, plus the weights' name for option A."""
-    if pretrained is None or Path(str(pretrained)).resolve() == domain_checkpoint(model_name).resolve():
+    if pretrained is None or is_domain_checkpoint(pretrained):
         return model_name
     p = Path(str(pretrained))
     tag = f"{p.parent.name}-{p.stem}" if p.suffix else str(pretrained)
@@ -53,7 +61,20 @@ def model_id(model_name: str, pretrained: str | Path | None = None) -> str:
 
 
 def default_cache_path(mid: str) -> Path:
+    """The newest cache of this encoder (a link to its keyed file, see ``keyed_cache_path``)."""
     return paths.artifacts_dir() / "embeddings" / f"{mid}.pt"
+
+
+def keyed_cache_path(mid: str, meta: dict) -> Path:
+    """``artifacts/embeddings/<mid>-<key>.pt``: keyed by the meta (CLIP checkpoint hash, photos, preprocessing)."""
+    return paths.keyed(paths.artifacts_dir() / "embeddings", mid, fingerprint(meta)[:10], ".pt")
+
+
+def content_sha256(cache: dict) -> str:
+    """What a run depends on in a cache: its article ids and vectors (not the timing it also stores)."""
+    h = hashlib.sha256(cache["article_id"].numpy().tobytes())
+    h.update(cache["embedding"].float().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def photos_fingerprint(items: pd.DataFrame) -> str:
@@ -134,31 +155,36 @@ def load_embeddings(items: pd.DataFrame, model_name: str = DEFAULT_MODEL, pretra
                     rebuild: bool = False, clip=None) -> dict:
     """The embedding cache for this CLIP and these items, recomputed if missing or stale.
 
-    ``pretrained`` defaults to the domain CLIP checkpoint (``artifacts/clip/<model_name>/``); it must exist
+    ``pretrained`` defaults to the newest domain CLIP (``artifacts/clip/<model_name>``); it must exist
     (``python -m mmreason.embed`` trains it). ``clip`` = (model, preprocess, tokenizer) skips reloading.
+    By default the cache goes to its keyed file (``keyed_cache_path``) and ``<mid>.pt`` links to it;
+    the returned dict's ``"path"`` says which file it is.
     """
     if pretrained is None:
         pretrained = domain_checkpoint(model_name)
         if not pretrained.exists():
             raise FileNotFoundError(f"no domain CLIP at {pretrained}: run `python -m mmreason.embed` to train it")
-    path = Path(path) if path else default_cache_path(model_id(model_name, pretrained))
     model, preprocess, _ = clip or load_clip(model_name, pretrained)
     meta = cache_meta(model_name, pretrained, preprocess, items)
+    mid, keyed = model_id(model_name, pretrained), path is None
+    path = Path(path) if path else keyed_cache_path(mid, meta)
     cache = read_embeddings(path) if path.exists() and not rebuild else None
     why = "rebuild requested" if rebuild else stale_reason(cache, meta)
     if why is None:
         print(f"embed: reusing {path} ({len(cache['article_id']):,} x {cache['embedding'].shape[1]})")
-        return cache
-    print(f"embed: computing {path.name}: {why}")
-    t0 = time.time()
-    article_id, embedding, skipped = compute_embeddings(model, preprocess, items, batch_size, workers)
-    dt = time.time() - t0
-    cache = {"article_id": article_id, "embedding": embedding, "meta": meta, "skipped": skipped,
-             "seconds": round(dt, 1)}
-    atomic_write_bytes(path, torch_bytes(cache))
-    print(f"embed: {len(article_id):,} photos -> {tuple(embedding.shape)} in {dt:.0f}s "
-          f"({len(article_id) / max(dt, 1e-9):.0f} img/s), {len(skipped)} skipped; wrote {path}")
-    return cache
+    else:
+        print(f"embed: computing {path.name}: {why}")
+        t0 = time.time()
+        article_id, embedding, skipped = compute_embeddings(model, preprocess, items, batch_size, workers)
+        dt = time.time() - t0
+        cache = {"article_id": article_id, "embedding": embedding, "meta": meta, "skipped": skipped,
+                 "seconds": round(dt, 1)}
+        atomic_write_bytes(path, torch_bytes(cache))
+        print(f"embed: {len(article_id):,} photos -> {tuple(embedding.shape)} in {dt:.0f}s "
+              f"({len(article_id) / max(dt, 1e-9):.0f} img/s), {len(skipped)} skipped; wrote {path}")
+    if keyed:
+        paths.point_latest(default_cache_path(mid), path)
+    return cache | {"path": str(path)}
 
 
 # ----------------------------------------------------------------------------- evidence
@@ -242,8 +268,8 @@ def main(argv=None):
     p.add_argument("--clip-model", default=DEFAULT_MODEL, help="open_clip architecture name (ours or built-in)")
     p.add_argument("--pretrained", default=None,
                    help="option A: open_clip pretrained tag or checkpoint path; default trains/uses the domain CLIP")
-    p.add_argument("--clip-dir", type=Path, default=None, help="domain CLIP folder (default artifacts/clip/<model>)")
-    p.add_argument("--out", type=Path, default=None, help="cache file (default artifacts/embeddings/<model-id>.pt)")
+    p.add_argument("--clip-dir", type=Path, default=None, help="domain CLIP folder (default artifacts/clip/<model>-<key>)")
+    p.add_argument("--out", type=Path, default=None, help="cache file (default artifacts/embeddings/<model-id>-<key>.pt)")
     p.add_argument("--batch-size-embed", type=int, default=256)
     p.add_argument("--rebuild", action="store_true", help="recompute the cache even if it is fresh")
     p.add_argument("--retrain-clip", action="store_true", help="retrain the domain CLIP even if it exists")
@@ -257,20 +283,19 @@ def main(argv=None):
 
     desc_words = args.desc_words
     if args.pretrained is None:
-        clip_dir = args.clip_dir or default_clip_dir(args.clip_model)
-        pretrained = ensure_domain_clip(items, train_config_from_args(args, args.clip_model), clip_dir,
+        pretrained = ensure_domain_clip(items, train_config_from_args(args, args.clip_model), args.clip_dir,
                                         retrain=args.retrain_clip)
-        desc_words = json.loads((clip_dir / META_NAME).read_text())["train_config"]["desc_words"]
+        desc_words = json.loads((pretrained.parent / META_NAME).read_text())["train_config"]["desc_words"]
     else:
         pretrained = args.pretrained
     mid = model_id(args.clip_model, pretrained)
-    path = args.out or default_cache_path(mid)
     clip = load_clip(args.clip_model, pretrained)
-    cache = load_embeddings(items, args.clip_model, pretrained, path, batch_size=args.batch_size_embed,
+    cache = load_embeddings(items, args.clip_model, pretrained, args.out, batch_size=args.batch_size_embed,
                             workers=args.workers, rebuild=args.rebuild, clip=clip)
     if not args.eval:
         return cache
     model, _, tokenizer = clip
+    path = Path(cache["path"])
     ev = {"model_id": mid, "cache": str(path), "meta": cache["meta"], **evaluate(model, tokenizer, cache, items, desc_words)}
     eval_path = path.with_suffix(".eval.json")
     atomic_write_json(eval_path, ev)

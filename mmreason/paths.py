@@ -30,3 +30,33 @@ def offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+# ----------------------------------------------------------------------------- keyed artifacts
+# Every derived artifact (tables, tokenizer, CLIP, photo embeddings) lives under a key of what made it:
+# ``<parent>/<name>-<key>``. Two configurations never write into one folder, so a run trained on one set
+# of inputs keeps them whatever is built later. ``<parent>/<name>`` is a symlink to the newest one: the
+# readable default path for people and for the CLIs that want "the current" artifact.
+
+def keyed(parent: Path, name: str, key: str, suffix: str = "") -> Path:
+    """``parent/<name>-<key><suffix>``, where ``key`` is a short fingerprint of inputs and settings."""
+    return Path(parent) / f"{name}-{key}{suffix}"
+
+
+def point_latest(pointer: Path, target: Path) -> None:
+    """Make ``pointer`` a relative symlink to ``target`` (its sibling), replacing the old link atomically.
+
+    An unkeyed artifact left at ``pointer`` by an older version is moved aside to ``<pointer>-unkeyed``.
+    """
+    pointer, target = Path(pointer), Path(target)
+    if pointer.is_symlink() and os.readlink(pointer) == target.name:
+        return
+    if pointer.exists() and not pointer.is_symlink():
+        aside = pointer.with_name(pointer.name + "-unkeyed")
+        print(f"[paths] moving the unkeyed {pointer} aside to {aside.name}")
+        os.replace(pointer, aside)
+    tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.link")
+    if tmp.is_symlink():
+        tmp.unlink()
+    os.symlink(target.name, tmp)
+    os.replace(tmp, pointer)

@@ -1,7 +1,10 @@
 """Run every missing step before training: tables -> tokenizer -> domain CLIP -> photo-embedding cache.
 
-Each step reuses its artifact when the inputs and settings that made it are unchanged (every step
-keeps a fingerprint next to its output), so a rerun of ``python -m mmreason.train`` only trains.
+Each artifact lives in a folder (or file) keyed by the inputs and settings that made it (``paths.keyed``),
+so a rerun of ``python -m mmreason.train`` only trains, and a run of other settings builds its own
+artifacts beside, never over, another run's. ``Artifacts.record()`` names the exact artifacts and their
+checksums; a trained run keeps that record in its checkpoint and ``load_recorded`` reads exactly those
+back (or refuses in one line), so evaluation, RL, explanations and notebooks see what training saw.
 """
 from __future__ import annotations
 
@@ -26,8 +29,11 @@ class Artifacts:
     examples: pd.DataFrame
     items: pd.DataFrame
     tokenizer: object
-    cache: dict  # the photo-embedding cache: {"article_id", "embedding", "meta", ...}
+    cache: dict  # the photo-embedding cache: {"article_id", "embedding", "meta", "path", ...}
     data_dir: Path
+    tokenizer_dir: Path | None = None
+    clip_model: str = clip_lib.DEFAULT_MODEL
+    clip_pretrained: str | None = None  # the CLIP checkpoint (a file) or open_clip tag the cache was made with
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -37,11 +43,35 @@ class Artifacts:
         """(N, D) photo embeddings in the order of ``article_ids`` and has_photo (N,)."""
         return embed_lib.lookup(self.cache, article_ids)
 
+    def record(self) -> dict:
+        """The exact artifacts (resolved paths) and their checksums: what a trained run depends on."""
+        clip_file = self.clip_pretrained and Path(self.clip_pretrained).is_file()
+        return {
+            "tables": {"path": str(self.data_dir.resolve()),
+                       "sha256": {n: clip_lib.sha256_file(self.data_dir / f"{n}.parquet") for n in RECORDED_TABLES}},
+            "tokenizer": {"path": str(Path(self.tokenizer_dir).resolve()) if self.tokenizer_dir else None,
+                          "sha256": _tokenizer_sha(self.tokenizer_dir)},
+            "clip": {"model": self.clip_model,
+                     "path": str(Path(self.clip_pretrained).resolve()) if clip_file else self.clip_pretrained,
+                     "sha256": clip_lib.sha256_file(self.clip_pretrained) if clip_file else None},
+            "embeddings": {"path": str(Path(self.cache["path"]).resolve()),
+                           "sha256": embed_lib.content_sha256(self.cache)},
+        }
+
+
+TABLES = ("items", "examples")  # what the generator reads
+RECORDED_TABLES = ("users", "items", "interactions", "examples")  # what evaluation, RL and explanations read too
+
+
+def _tokenizer_sha(tok_dir) -> str | None:
+    f = Path(tok_dir) / "tokenizer.json" if tok_dir else None
+    return clip_lib.sha256_file(f) if f and f.exists() else None
+
 
 @dataclass
 class PipelineConfig:
     hm_dir: str | None = None           # raw H&M folder (default ../shared/data/hm or $MMREASON_HM_DIR)
-    data_dir: str | None = None         # prepared tables (default artifacts/data/hm)
+    data_dir: str | None = None         # prepared tables (default artifacts/data/hm-<key>)
     tokenizer: str | None = None        # None: train our byte-level BPE; else a GPT-2 tokenizer name or directory
     tokenizer_vocab: int = tok_lib.DEFAULT_VOCAB_SIZE
     clip_model: str = clip_lib.DEFAULT_MODEL
@@ -77,11 +107,11 @@ def _ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
     clip_model, clip_pretrained, clip_epochs, embed_workers = c.clip_model, c.clip_pretrained, c.clip_epochs, c.embed_workers
     paths.offline()
     hm_dir = hm_dir or str(paths.hm_dir())
-    data_dir = Path(data_dir or paths.artifacts_dir() / "data" / "hm")
     print(f"[pipeline] 1/4 tables from {hm_dir}")
-    if data_lib.main(["--hm-dir", hm_dir, "--out", str(data_dir)]) != 0:
+    if data_lib.main(["--hm-dir", hm_dir] + (["--out", str(data_dir)] if data_dir else [])) != 0:
         raise DataError(f"data preparation from {hm_dir} failed (see the message above)")
-    t = data_lib.load_tables(data_dir, names=("items", "examples"))
+    data_dir = Path(data_dir) if data_dir else data_lib.tables_dir(hm_dir)
+    t = data_lib.load_tables(data_dir, names=TABLES)
     items, examples = t["items"], t["examples"]
 
     print("[pipeline] 2/4 tokenizer")
@@ -90,11 +120,11 @@ def _ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
         catalogue = (pd.read_parquet(catalogue_path, columns=["product_code"] + tok_lib.CATALOGUE_TEXT_COLUMNS)
                      if catalogue_path.exists() else None)
         texts = tok_lib.training_texts(items, examples, catalogue)
-        tok_dir = paths.artifacts_dir() / "tokenizer" / f"bpe-{tokenizer_vocab}"
-        tok = tok_lib.build_or_load(tok_dir, texts=texts, vocab_size=tokenizer_vocab,
-                                    min_vocab=256)  # a trained BPE has at least the byte alphabet
+        tok, tok_dir = tok_lib.build_or_load_trained(texts, tokenizer_vocab,
+                                                     min_vocab=256)  # a trained BPE has at least the byte alphabet
     else:
-        tok = tok_lib.build_or_load(paths.artifacts_dir() / "tokenizer" / Path(tokenizer).name, pretrained=tokenizer)
+        tok_dir = paths.artifacts_dir() / "tokenizer" / Path(tokenizer).name
+        tok = tok_lib.build_or_load(tok_dir, pretrained=tokenizer)
 
     print(f"[pipeline] 3/4 CLIP {clip_model}")
     if clip_pretrained is None:
@@ -106,4 +136,52 @@ def _ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
 
     print("[pipeline] 4/4 photo embeddings")
     cache = embed_lib.load_embeddings(items, clip_model, clip_pretrained, workers=embed_workers)
-    return Artifacts(examples=examples, items=items, tokenizer=tok, cache=cache, data_dir=data_dir)
+    return Artifacts(examples=examples, items=items, tokenizer=tok, cache=cache, data_dir=data_dir, tokenizer_dir=tok_dir,
+                     clip_model=clip_model, clip_pretrained=clip_pretrained)
+
+
+def load_recorded(record: dict, run: str = "the run", embed_workers: int = 2) -> Artifacts:
+    """The artifacts a run was trained on, exactly: each is checked against its recorded checksum.
+
+    A missing photo-embedding cache is recomputed from the recorded CLIP and accepted only if it comes out
+    identical; anything else missing or changed stops with one line saying what and how to get it back.
+    """
+    def refuse(kind, path, what):
+        raise DataError(f"{run} was trained on the {kind} {path}, which {what}; rerun the run's own config "
+                        f"(`python -m mmreason.train --config <run>/logs/version_0/config.yaml` rebuilds what is "
+                        f"missing, accepted only with the recorded checksum) or retrain the run")
+
+    paths.offline()
+    tables = record["tables"]
+    data_dir = Path(tables["path"])
+    for name, sha in tables["sha256"].items():
+        f = data_dir / f"{name}.parquet"
+        if not f.exists():
+            refuse("tables", data_dir, f"has no {f.name}")
+        if clip_lib.sha256_file(f) != sha:
+            refuse("tables", data_dir, f"has changed ({f.name})")
+    t = data_lib.load_tables(data_dir, names=TABLES)
+
+    rec = record["tokenizer"]
+    if rec["path"] is None or not (Path(rec["path"]) / "tokenizer.json").exists():
+        refuse("tokenizer", rec["path"], "is missing")
+    if _tokenizer_sha(rec["path"]) != rec["sha256"]:
+        refuse("tokenizer", rec["path"], "has changed")
+    tok = tok_lib.load_tokenizer(rec["path"], min_vocab=1)
+
+    clip, emb = record["clip"], record["embeddings"]
+    path = Path(emb["path"])
+    if path.exists():
+        cache = embed_lib.read_embeddings(path) | {"path": str(path)}
+    else:
+        if clip["sha256"] is not None:
+            if not Path(clip["path"]).exists():
+                refuse("CLIP", clip["path"], "is missing (and so is its photo-embedding cache)")
+            if clip_lib.sha256_file(clip["path"]) != clip["sha256"]:
+                refuse("CLIP", clip["path"], "has changed (and its photo-embedding cache is missing)")
+        print(f"[pipeline] {path.name} is missing: recomputing it from the run's CLIP {clip['path']}")
+        cache = embed_lib.load_embeddings(t["items"], clip["model"], clip["path"], path, workers=embed_workers)
+    if embed_lib.content_sha256(cache) != emb["sha256"]:
+        refuse("photo embeddings", path, "differ from the recorded ones")
+    return Artifacts(examples=t["examples"], items=t["items"], tokenizer=tok, cache=cache, data_dir=data_dir,
+                     tokenizer_dir=Path(rec["path"]), clip_model=clip["model"], clip_pretrained=clip["path"])

@@ -5,7 +5,7 @@ Two sources:
   B. (default) a byte-level BPE trained here on our own training text (``train_tokenizer``), so that no
      download is needed. The training text never contains a held-out product: see ``training_texts``.
 
-    python -m mmreason.tokenizer                      # train (or reuse) artifacts/tokenizer/bpe-8000
+    python -m mmreason.tokenizer                      # train (or reuse) artifacts/tokenizer/bpe-8000-<key>
     python -m mmreason.tokenizer --pretrained ~/gpt2  # option A: copy a real GPT-2 tokenizer + our tokens
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pandas as pd
 
 from mmreason import paths
 from mmreason.io import atomic_dir
+from mmreason.io import fingerprint as io_fingerprint
 
 EOS = "<|endoftext|>"  # GPT-2's own eos; also our bos and pad (labels are masked with -100, not by pad id)
 PHOTO = "<|photo|>"
@@ -147,6 +148,21 @@ def fingerprint(texts: Sequence[str], vocab_size: int) -> dict:
             "special_tokens": SPECIAL_TOKENS}
 
 
+def trained_dir(texts: Sequence[str], vocab_size: int) -> Path:
+    """``artifacts/tokenizer/bpe-<vocab>-<key>``, keyed by the training texts, so new texts never overwrite it."""
+    return paths.keyed(paths.artifacts_dir() / "tokenizer", f"bpe-{vocab_size}",
+                       io_fingerprint(fingerprint(texts, vocab_size))[:10])
+
+
+def build_or_load_trained(texts: Sequence[str], vocab_size: int = DEFAULT_VOCAB_SIZE, min_vocab: int = 1000,
+                          force: bool = False):
+    """Our BPE for these texts from its keyed folder (trained first if missing); ``bpe-<vocab>`` points to it."""
+    out_dir = trained_dir(texts, vocab_size)
+    tokenizer = build_or_load(out_dir, texts=texts, vocab_size=vocab_size, min_vocab=min_vocab, force=force)
+    paths.point_latest(out_dir.with_name(f"bpe-{vocab_size}"), out_dir)
+    return tokenizer, out_dir
+
+
 def build_or_load(out_dir: str | os.PathLike, texts: Sequence[str] | None = None,
                   vocab_size: int = DEFAULT_VOCAB_SIZE, pretrained: str | None = None,
                   force: bool = False, min_vocab: int = 1000):
@@ -182,7 +198,7 @@ def build_or_load(out_dir: str | os.PathLike, texts: Sequence[str] | None = None
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = paths.artifacts_dir() / "data" / "hm"
-    p.add_argument("--out", type=Path, default=None, help="default: artifacts/tokenizer/bpe-<vocab> (or gpt2)")
+    p.add_argument("--out", type=Path, default=None, help="default: artifacts/tokenizer/bpe-<vocab>-<key of texts> (or gpt2)")
     p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     p.add_argument("--pretrained", default=None, help="option A: hub name or local dir of a GPT-2 tokenizer")
     p.add_argument("--items", type=Path, default=data / "items.parquet")
@@ -191,7 +207,6 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="rebuild even if the fingerprint matches")
     args = p.parse_args(argv)
 
-    out = args.out or paths.artifacts_dir() / "tokenizer" / ("gpt2" if args.pretrained else f"bpe-{args.vocab_size}")
     texts = None
     if args.pretrained is None:
         for f in (args.items, args.examples):
@@ -203,7 +218,11 @@ def main(argv=None):
         texts = training_texts(items, examples, catalogue)
         print(f"tokenizer: {len(texts):,} distinct training texts "
               f"({len(held_out_product_codes(items)):,} held-out product codes excluded)")
-    tokenizer = build_or_load(out, texts, args.vocab_size, args.pretrained, force=args.force)
+    if args.out is None and args.pretrained is None:  # the default: our BPE in its keyed folder
+        tokenizer, _ = build_or_load_trained(texts, args.vocab_size, force=args.force)
+    else:
+        out = args.out or paths.artifacts_dir() / "tokenizer" / "gpt2"
+        tokenizer = build_or_load(out, texts, args.vocab_size, args.pretrained, force=args.force)
     sample = "Skinny jeans in washed black denim with a high waist."
     ids = tokenizer.encode(sample, add_special_tokens=False)
     print(f"tokenizer: {len(tokenizer)} tokens; {sample!r} -> {len(ids)} tokens "
