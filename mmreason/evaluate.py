@@ -33,7 +33,7 @@ from mmreason import metrics as M
 from mmreason import paths
 from mmreason.filters import Filter, rejection_report, vocab_from_items
 from mmreason.generate import generate_reasons, preset
-from mmreason.io import write_report
+from mmreason.io import DataError, write_report
 from mmreason.lit import ReasonDataModule, ReasonModule, find_checkpoint, load_run
 
 CONFIG = paths.REPO_ROOT / "configs" / "cpu.yaml"
@@ -270,7 +270,13 @@ def main(argv=None) -> int:
         return 2
     # Tables and embeddings come from the first variant's artifacts (all variants share them).
     data = next(iter(loaded.values()))[1] if loaded else ReasonDataModule()
-    art = data.artifacts
+    try:  # each run reads the artifacts it recorded; a missing or changed one stops here, in one line
+        art = data.artifacts
+        for _, vdata in loaded.values():
+            vdata.artifacts
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     items, examples = art.items, art.examples
     interactions = pd.read_parquet(art.data_dir / "interactions.parquet")
     vocab = vocab_from_items(items)

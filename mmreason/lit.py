@@ -19,8 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmreason.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, collate, encode_example
+from mmreason.io import DataError
 from mmreason.model import ModelConfig, ReasonModel
-from mmreason.pipeline import PipelineConfig
+from mmreason.pipeline import PipelineConfig, load_recorded
 from mmreason.pipeline import ensure as ensure_artifacts
 
 # Peak dense bf16 throughput of the cards we are lent, for model-FLOPs utilisation.
@@ -117,6 +118,8 @@ class ReasonDataModule(L.LightningDataModule):
         self.limit_train, self.limit_val, self.seed = limit_train, limit_val, seed
         self.pipeline_config = pipeline or PipelineConfig()
         self._artifacts = None
+        self.recorded: dict | None = None  # set by load_run: the exact artifacts a trained run used
+        self._record = None
         self.datasets: dict[str, ReasonDataset] = {}
         self.frames: dict[str, pd.DataFrame] = {}
 
@@ -124,8 +127,15 @@ class ReasonDataModule(L.LightningDataModule):
     @property
     def artifacts(self):
         if self._artifacts is None:
-            self._artifacts = ensure_artifacts(self.pipeline_config)
+            self._artifacts = (load_recorded(self.recorded["artifacts"], self.recorded.get("run", "the run"))
+                               if self.recorded else ensure_artifacts(self.pipeline_config))
         return self._artifacts
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the exact artifacts (paths and checksums) this run is trained on."""
+        if self._record is None:  # checksums once, not at every checkpoint
+            self._record = self.artifacts.record()
+        return {"artifacts": self._record}
 
     @property
     def tokenizer(self):
@@ -329,23 +339,66 @@ class ReasonModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def _settings(ckpt: dict) -> tuple:
+    """What makes two checkpoints one run: model and data settings, and the artifacts trained on."""
+    hp = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+    data = {k: v for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
+    return repr(sorted(hp.items())), repr(sorted(data.items())), repr(ckpt.get(ReasonDataModule.__qualname__))
+
+
+def _best_model_name(ckpt: dict) -> str | None:
+    """The file name of the best checkpoint that the run's ``ModelCheckpoint`` recorded, if any."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and state.get("best_model_path"):
+            return Path(state["best_model_path"]).name
+    return None
+
+
 def find_checkpoint(path) -> Path | None:
-    """A checkpoint file as given, or a run folder's best checkpoint (its last.ckpt if none); None if absent."""
+    """A checkpoint file as given, or a run folder's best checkpoint (its last one if none); None if absent.
+
+    In a folder the newest run decides, whatever the file names: its ``last.ckpt`` (or else the most
+    recently written checkpoint) records which file its ``ModelCheckpoint`` kept as best. A best file
+    written with other settings than that run's (an older run's, left behind in a reused folder) is refused.
+    """
     path = Path(path)
     if path.is_file():
         return path
     d = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    ckpts = sorted(d.glob("best-*.ckpt")) or sorted(d.glob("last.ckpt"))
-    return ckpts[-1] if ckpts else None
+    ckpts = sorted(d.glob("*.ckpt"), key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime_ns))
+    if not ckpts:
+        return None
+    newest = ckpts[-1]
+    ref = torch.load(newest, map_location="cpu", weights_only=False, mmap=True)
+    best = _best_model_name(ref)
+    if best is None or best == newest.name:
+        return newest
+    best_path = d / best
+    if not best_path.exists():
+        print(f"[lit] {newest.name} names {best} as best, but it is gone: using {newest.name}")
+        return newest
+    if _settings(torch.load(best_path, map_location="cpu", weights_only=False, mmap=True)) != _settings(ref):
+        raise DataError(f"{best_path} was written with other settings than {newest}: "
+                        f"not loading it (pass the checkpoint file you mean, or retrain in a fresh folder)")
+    return best_path
 
 
 def load_run(path) -> tuple[ReasonModule, ReasonDataModule]:
-    """The model (in eval mode) and the data module it was trained with, from a checkpoint or run folder."""
+    """The model (in eval mode) and the data module it was trained with, from a checkpoint or run folder.
+
+    The data module reads exactly the artifacts the run recorded (see ``pipeline.load_recorded``); a run
+    from before artifacts were recorded falls back to the artifacts its settings name today.
+    """
     ckpt_path = find_checkpoint(path)
     if ckpt_path is None:
         raise FileNotFoundError(f"no checkpoint in {path} (train one with `python -m mmreason.train`)")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     module = ReasonModule.from_checkpoint(ckpt_path)
     data = ReasonDataModule(**{k: v for k, v in ckpt["datamodule_hyper_parameters"].items() if not k.startswith("_")})
+    state = ckpt.get(ReasonDataModule.__qualname__)
+    if state:
+        data.recorded = state | {"run": str(ckpt_path)}
+    else:
+        print(f"[lit] {ckpt_path} records no artifacts (trained before they were recorded): using today's for its settings")
     module.eval()
     return module, data

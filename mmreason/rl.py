@@ -294,7 +294,8 @@ def resumable(config: RLConfig) -> dict:
 
 
 def save(path: Path, module, base_ckpt: dict, optimizer, config: RLConfig, step: int, log: list[dict], run: str) -> None:
-    ckpt = {k: v for k, v in base_ckpt.items() if k in ("hyper_parameters", "datamodule_hyper_parameters")}
+    # settings and the recorded artifacts (ReasonDataModule's state) of the supervised run
+    ckpt = {k: v for k, v in base_ckpt.items() if k in ("hyper_parameters", "datamodule_hyper_parameters", "ReasonDataModule")}
     ckpt["state_dict"] = module.state_dict()
     ckpt["rl"] = {"config": asdict(config), "step": step, "optimizer": optimizer.state_dict(), "log": log,
                   "supervised_run": run}

@@ -65,10 +65,12 @@ def resolve_ckpt(choice: str | None, trainer, model: ReasonModule, data: ReasonD
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     same_model = ckpt.get("hyper_parameters", {}).get("config") == dict(model.hparams["config"])
     same_data = dict(ckpt.get("datamodule_hyper_parameters") or {}) == dict(data.hparams)
-    if same_model and same_data:
+    same_inputs = (ckpt.get(type(data).__qualname__) or {}).get("artifacts") == data.state_dict()["artifacts"]
+    if same_model and same_data and same_inputs:
         print(f"[train] resuming {last} (epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')})")
         return str(last)
-    print(f"[train] {last} was written with other settings; starting afresh (it will be overwritten)")
+    what = "settings" if not (same_model and same_data) else "artifacts (tables, tokenizer, CLIP or embeddings)"
+    print(f"[train] {last} was written with other {what}; starting afresh (it will be overwritten)")
     return None
 
 
