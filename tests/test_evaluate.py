@@ -11,7 +11,8 @@ from conftest import ARTICLES, make_hm, work_in
 from mmreason import evaluate
 from mmreason import metrics as M
 from mmreason.embed import lookup as embed_lookup
-from mmreason.filters import vocab_from_items
+from mmreason.filters import Filter, vocab_from_items
+from mmreason.generate import preset
 from test_train import TINY
 
 COLS = ["article_id", "product_code", "prod_name", "product_type_name", "product_group_name",
@@ -22,7 +23,8 @@ SECOND = {100000001: " Zip fly and button.", 300000001: " Short sleeves.", 60000
 
 def tiny_items() -> pd.DataFrame:
     items = pd.DataFrame(ARTICLES, columns=COLS).fillna({"detail_desc": ""})
-    items["detail_desc"] = [d + SECOND.get(a, "") if d else d for a, d in zip(items["article_id"], items["detail_desc"])]
+    items["detail_desc"] = [d + SECOND.get(a, "") if d else d
+                            for a, d in zip(items["article_id"], items["detail_desc"])]
     items["perceived_colour_master_name"] = items["colour_group_name"].str.split().str[-1]
     return items.assign(split_unseen="train", has_photo=True)
 
@@ -73,10 +75,39 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
                         "--train-args", *train_args])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
+    # Every system's numbers are those of its own output: rebuilt here from the tables and checkpoints.
+    loaded = {name: evaluate.load_variant(name) for name in evaluate.VARIANTS}
+    art = loaded["full"][1].artifacts
+    items, interactions = art.items, pd.read_parquet(art.data_dir / "interactions.parquet")
+    filt = Filter(vocab_from_items(items))
     for split in ("temporal", "unseen"):
         assert set(m["results"][split]) == set(evaluate.SYSTEMS)
+        frame = evaluate.test_frame(art.examples, split, 0, 0)
+        hist = evaluate.histories(frame, interactions, items)
         for system, r in m["results"][split].items():
-            assert 0 <= r["bleu1"] <= 100 and "copy_cider" in r and "hook_bleu4" in r, system
+            if system in loaded:  # greedy decoding is deterministic: the same reasons again
+                hyps, _ = evaluate.model_reasons(*loaded[system], frame, items, hist, filt, preset("greedy"),
+                                                 progress=False)
+                hooks, copies = zip(*map(evaluate.first_sentence_split, hyps))
+            elif system == "template":
+                hyps = evaluate.template_reasons(frame, items)
+                sections = items.set_index("article_id").loc[frame["article_id"], "section_name"]
+                hooks = [f"A pick for you from {s}." for s in sections]
+                copies = [h[len(k) + 1:] for h, k in zip(hyps, hooks)]
+            else:  # retrieval: no hook, all of it is copy
+                hyps = copies = evaluate.retrieval_reasons(frame, items, art.photo_lookup)
+                hooks = [""] * len(hyps)
+            assert [s["generated"] for s in m["samples"] if (s["split"], s["system"]) == (split, system)] == hyps[:5]
+            # the same metric of the same strings, computed twice: equal up to float summation order
+            exact = dict(abs=1e-9)
+            ref_hook, ref_copy = frame["hook"].tolist(), frame["item_copy"].tolist()
+            assert r["bleu1"] == pytest.approx(M.bleu(hyps, frame["reason"].tolist(), 1), **exact), system
+            assert r["hook_rougeL"] == pytest.approx(M.rouge(list(hooks), ref_hook)["rougeL"], **exact), system
+            assert r["copy_rougeL"] == pytest.approx(M.rouge(list(copies), ref_copy)["rougeL"], **exact), system
+            assert r["copy_cider"] == pytest.approx(M.cider(list(copies), ref_copy), **exact), system
+    # some retrieved copy shares words with its reference, so the checks above would see a cut one
+    assert max(m["results"][split]["retrieval"]["copy_rougeL"] for split in ("temporal", "unseen")) > 0, \
+        {split: m["results"][split]["retrieval"]["copy_rougeL"] for split in ("temporal", "unseen")}
     assert "probe_personalised_share" in m["results"]["temporal"]["full"]
     assert set(m["attribute_dropout"]) >= {"full, colour+pattern dropped", "text_only, colour+pattern dropped"}
     table = (out / "metrics.md").read_text()
@@ -132,7 +163,8 @@ def test_baselines_are_scored_on_what_they_wrote():
     t = evaluate.score(evaluate.template_reasons(frame, items), frame, parts=tparts, **kw)
     copies = [c for _, c in tparts]
     assert t["copy_rougeL"] == pytest.approx(M.rouge(copies, ref_copy)["rougeL"], abs=1e-9)
-    assert t["hook_rougeL"] == pytest.approx(M.rouge([h for h, _ in tparts], frame["hook"].tolist())["rougeL"], abs=1e-9)
+    hooks = [h for h, _ in tparts]
+    assert t["hook_rougeL"] == pytest.approx(M.rouge(hooks, frame["hook"].tolist())["rougeL"], abs=1e-9)
     with pytest.raises(ValueError, match="baseline"):
         evaluate.baseline_parts("full", frame, items, lookup)
 
