@@ -11,7 +11,9 @@ Systems, on two test sets (``temporal``: each user's last purchase day, products
 
 Reasons from the generators are decoded with beam search and post-filtered (``filters.py``): the
 first candidate that passes is shown. Metrics are computed on the whole reason and separately on the
-hook (first sentence) and the product copy (the rest). Targets are *silver* (``reasons.py``).
+hook and the product copy, each system's as it wrote them: the template's two parts, retrieval's text
+as copy alone (it has no hook), the generators' first sentence as hook (they learn the silver layout,
+a one-sentence hook before the copy). Targets are *silver* (``reasons.py``).
 
 Also: an attribute-dropout test (colour and pattern removed from the product text at test time: does
 the photo prefix recover them?) and a personalisation probe (the same articles shown to several users).
@@ -81,25 +83,42 @@ def drop_attributes(product: str, fields=("colour", "pattern")) -> str:
 
 # ----------------------------------------------------------------------------- systems
 
-def template_reasons(frame: pd.DataFrame, items: pd.DataFrame) -> list[str]:
+def template_parts(frame: pd.DataFrame, items: pd.DataFrame) -> list[tuple[str, str]]:
+    """(hook, copy) per example: an impersonal section hook, then the article's attributes."""
     a = items.set_index("article_id").loc[frame["article_id"]]
-    return [f"A pick for you from {s}. {n}: {t.lower()} in {c.lower()}, {p.lower()}."
+    return [(f"A pick for you from {s}.", f"{n}: {t.lower()} in {c.lower()}, {p.lower()}.")
             for s, n, t, c, p in zip(a["section_name"], a["prod_name"], a["product_type_name"],
                                      a["colour_group_name"], a["graphical_appearance_name"])]
 
 
+def template_reasons(frame: pd.DataFrame, items: pd.DataFrame) -> list[str]:
+    return [f"{hook} {copy}" for hook, copy in template_parts(frame, items)]
+
+
 def retrieval_reasons(frame: pd.DataFrame, items: pd.DataFrame, lookup) -> list[str]:
-    """The copy of the nearest training article (cosine of photo embeddings), never the article itself."""
+    """The copy of the nearest training article (cosine of photo embeddings), never the article itself nor
+    another colour of it (same product_code): those share its copy, so retrieving them would copy the answer."""
     train = items[(items["split_unseen"] == "train") & items["has_photo"] & (items["detail_desc"] != "")]
     bank, has = lookup(train["article_id"].to_numpy())
-    bank, copies, bank_ids = bank[has], train["detail_desc"].to_numpy()[has.numpy()], train["article_id"].to_numpy()[has.numpy()]
+    keep = has.numpy()
+    bank, copies, bank_codes = bank[has], train["detail_desc"].to_numpy()[keep], train["product_code"].to_numpy()[keep]
+    codes = items.set_index("article_id").loc[frame["article_id"], "product_code"].to_numpy()
     q, qhas = lookup(frame["article_id"].to_numpy())
     sim = q @ bank.T                                                    # (N, M) cosine: rows are L2-normalised
-    sim[torch.as_tensor(frame["article_id"].to_numpy())[:, None] == torch.as_tensor(bank_ids)[None, :]] = -2
+    sim[torch.from_numpy(codes[:, None] == bank_codes[None, :])] = -2   # the article and its siblings: below any cosine
     best = sim.argmax(1).numpy()
     # An article without a photo has nothing to retrieve with: fall back to the most common copy.
     fallback = pd.Series(copies).mode().iloc[0]
     return [copies[b] if h else fallback for b, h in zip(best, qhas.numpy())]
+
+
+def baseline_parts(system: str, frame: pd.DataFrame, items: pd.DataFrame, lookup) -> list[tuple[str, str]]:
+    """(hook, copy) per example as a baseline writes them; retrieval has no hook, so all its text is copy."""
+    if system == "template":
+        return template_parts(frame, items)
+    if system == "retrieval":
+        return [("", copy) for copy in retrieval_reasons(frame, items, lookup)]
+    raise ValueError(f"{system!r} is not a baseline")
 
 
 def load_variant(name: str) -> tuple[ReasonModule, ReasonDataModule] | None:
@@ -130,7 +149,9 @@ def first_sentence_split(text: str) -> tuple[str, str]:
     return parts[0], parts[1] if len(parts) > 1 else ""
 
 
-def score(hyps, frame, items, hist, vocab, with_embedding=True) -> dict:
+def score(hyps, frame, items, hist, vocab, with_embedding=True, parts=None) -> dict:
+    """Metrics of ``hyps`` against the silver reasons; the hook / copy metrics score ``parts``, (hook, copy)
+    per hyp as the system wrote them, or by default each hyp split at its first sentence (the generators)."""
     refs = frame["reason"].tolist()
     arts = items.set_index("article_id").loc[frame["article_id"]]
     attrs = [{f: str(v).lower() for f, v in zip(ATTR_FIELDS, row)} for row in arts[list(ATTR_FIELDS.values())].itertuples(index=False)]
@@ -138,7 +159,10 @@ def score(hyps, frame, items, hist, vocab, with_embedding=True) -> dict:
     out = M.evaluate_all(hyps, refs, features=frame["features"].map(list).tolist(), attrs=attrs, vocab=vocab,
                          histories=history_values, with_embedding=with_embedding)
     out.update(M.name_citation_precision(hyps, [h.get("names") or () for h in hist]))
-    hooks, copies = zip(*(first_sentence_split(h) for h in hyps))
+    parts = [first_sentence_split(h) for h in hyps] if parts is None else parts
+    if len(parts) != len(hyps):
+        raise ValueError(f"{len(parts)} (hook, copy) parts for {len(hyps)} hyps")
+    hooks, copies = zip(*parts)
     for part, hyp, ref in (("hook", hooks, frame["hook"]), ("copy", copies, frame["item_copy"])):
         out[f"{part}_bleu4"] = M.bleu(list(hyp), ref.tolist(), 4)
         out[f"{part}_rougeL"] = M.rouge(list(hyp), ref.tolist())["rougeL"]
@@ -290,15 +314,14 @@ def main(argv=None) -> int:
         results[split] = {}
         for system in args.systems:
             print(f"[evaluate] {split} / {system} ({len(frame)} examples)")
-            report = {}
-            if system == "template":
-                hyps = template_reasons(frame, items)
-            elif system == "retrieval":
-                hyps = retrieval_reasons(frame, items, art.photo_lookup)
-            else:
+            report, parts = {}, None  # parts None: a generator's hook is its first sentence
+            if system in VARIANTS:
                 module, vdata = loaded[system]
                 hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode)
-            m = score(hyps, frame, items, hist, vocab, with_embedding=not args.no_embedding)
+            else:
+                parts = baseline_parts(system, frame, items, art.photo_lookup)
+                hyps = [f"{hook} {copy}".strip() for hook, copy in parts]
+            m = score(hyps, frame, items, hist, vocab, with_embedding=not args.no_embedding, parts=parts)
             if report:
                 m["filter_rejection_rate"] = report["first_choice_rejected_rate"]  # the best candidate failed
                 m["filter_report"] = report

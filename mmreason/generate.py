@@ -236,10 +236,11 @@ def _beam(model, start, config, eos_id):
                     if top_h[b][j] > float("-inf"):
                         ids = tokens[b * K + g * S + src_h[b][j]].tolist()
                         add(b, g, top_h[b][j], tru_h[b][j], ids, step + 1)
-            keep = top.masked_fill(is_eos, float("-inf")).topk(S, dim=1).indices  # (B, S)
+            running = top.masked_fill(is_eos, float("-inf"))  # EOS ends a hypothesis, never a running beam
+            keep = running.topk(S, dim=1).indices                                  # (B, S)
             new_src[:, sl] = g * S + src.gather(1, keep)
             new_tok[:, sl] = tok.gather(1, keep)
-            new_search[:, sl] = top.gather(1, keep)
+            new_search[:, sl] = running.gather(1, keep)  # -inf (a dead beam) where fewer than S continuations remain
             new_true[:, sl] = tru.gather(1, keep)
             picked.scatter_add_(1, new_tok[:, sl], torch.ones(B, S, device=dev))
         beam_idx = (base + new_src).view(-1)                                   # (B*K,)
@@ -253,7 +254,8 @@ def _beam(model, start, config, eos_id):
                 if length >= limit[b]:  # out of room: the running beams become (truncated) hypotheses
                     tokens_h = tokens.tolist() if tokens_h is None else tokens_h
                     for k in range(g * S, (g + 1) * S):
-                        add(b, g, search_h[b][k], true_h[b][k], tokens_h[b * K + k], length)
+                        if search_h[b][k] > float("-inf"):  # a dead beam is no hypothesis
+                            add(b, g, search_h[b][k], true_h[b][k], tokens_h[b * K + k], length)
                     group_done[b][g] = True
                 elif len(hyps[b][g]) == S:
                     # scores only fall, so the best running sum bounds every later hypothesis (length >= length+1,

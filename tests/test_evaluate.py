@@ -5,10 +5,50 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
-from conftest import make_hm, work_in
+from conftest import ARTICLES, make_hm, work_in
 from mmreason import evaluate
+from mmreason import metrics as M
+from mmreason.embed import lookup as embed_lookup
+from mmreason.filters import Filter, vocab_from_items
+from mmreason.generate import preset
 from test_train import TINY
+
+COLS = ["article_id", "product_code", "prod_name", "product_type_name", "product_group_name",
+        "graphical_appearance_name", "colour_group_name", "section_name", "garment_group_name", "detail_desc"]
+# Copies of two sentences, so a copy cut at its first sentence end loses something.
+SECOND = {100000001: " Zip fly and button.", 300000001: " Short sleeves.", 600000001: " Ribbed hems."}
+
+
+def tiny_items() -> pd.DataFrame:
+    items = pd.DataFrame(ARTICLES, columns=COLS).fillna({"detail_desc": ""})
+    items["detail_desc"] = [d + SECOND.get(a, "") if d else d
+                            for a, d in zip(items["article_id"], items["detail_desc"])]
+    items["perceived_colour_master_name"] = items["colour_group_name"].str.split().str[-1]
+    return items.assign(split_unseen="train", has_photo=True)
+
+
+def tiny_frame(items: pd.DataFrame) -> pd.DataFrame:
+    """One silver example per article with a copy: a one-sentence hook, then the copy."""
+    rows = items[items["detail_desc"] != ""]
+    hooks = [f"In {c.lower()}, like the Strap top you bought last week." for c in rows["colour_group_name"]]
+    frame = pd.DataFrame({"article_id": rows["article_id"].to_numpy(), "hook": hooks,
+                          "item_copy": rows["detail_desc"].to_numpy()})
+    frame["reason"] = frame["hook"] + " " + frame["item_copy"]
+    frame["features"] = [[] for _ in range(len(frame))]
+    return frame
+
+
+def no_history(n):
+    return [{"n": 0, "colours": set(), "types": set(), "patterns": set(), "names": set()} for _ in range(n)]
+
+
+def photo_lookup(vectors: dict[int, list[float]]):
+    """evaluate's ``lookup``: embed.lookup over a cache of these (L2-normalised) vectors."""
+    emb = torch.nn.functional.normalize(torch.tensor(list(vectors.values()), dtype=torch.float32), dim=1)
+    cache = {"article_id": torch.tensor(list(vectors)), "embedding": emb}
+    return lambda ids: embed_lookup(cache, ids)
 
 
 def test_drop_attributes_removes_colour_and_pattern_only():
@@ -35,13 +75,118 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
                         "--train-args", *train_args])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
+    # Every system's numbers are those of its own output: rebuilt here from the tables and checkpoints.
+    loaded = {name: evaluate.load_variant(name) for name in evaluate.VARIANTS}
+    art = loaded["full"][1].artifacts
+    items, interactions = art.items, pd.read_parquet(art.data_dir / "interactions.parquet")
+    filt = Filter(vocab_from_items(items))
     for split in ("temporal", "unseen"):
         assert set(m["results"][split]) == set(evaluate.SYSTEMS)
+        frame = evaluate.test_frame(art.examples, split, 0, 0)
+        hist = evaluate.histories(frame, interactions, items)
         for system, r in m["results"][split].items():
-            assert 0 <= r["bleu1"] <= 100 and "copy_cider" in r and "hook_bleu4" in r, system
+            if system in loaded:  # greedy decoding is deterministic: the same reasons again
+                hyps, _ = evaluate.model_reasons(*loaded[system], frame, items, hist, filt, preset("greedy"),
+                                                 progress=False)
+                hooks, copies = zip(*map(evaluate.first_sentence_split, hyps))
+            elif system == "template":
+                hyps = evaluate.template_reasons(frame, items)
+                sections = items.set_index("article_id").loc[frame["article_id"], "section_name"]
+                hooks = [f"A pick for you from {s}." for s in sections]
+                copies = [h[len(k) + 1:] for h, k in zip(hyps, hooks)]
+            else:  # retrieval: no hook, all of it is copy
+                hyps = copies = evaluate.retrieval_reasons(frame, items, art.photo_lookup)
+                hooks = [""] * len(hyps)
+            assert [s["generated"] for s in m["samples"] if (s["split"], s["system"]) == (split, system)] == hyps[:5]
+            # the same metric of the same strings, computed twice: equal up to float summation order
+            exact = dict(abs=1e-9)
+            ref_hook, ref_copy = frame["hook"].tolist(), frame["item_copy"].tolist()
+            assert r["bleu1"] == pytest.approx(M.bleu(hyps, frame["reason"].tolist(), 1), **exact), system
+            assert r["hook_rougeL"] == pytest.approx(M.rouge(list(hooks), ref_hook)["rougeL"], **exact), system
+            assert r["copy_rougeL"] == pytest.approx(M.rouge(list(copies), ref_copy)["rougeL"], **exact), system
+            assert r["copy_cider"] == pytest.approx(M.cider(list(copies), ref_copy), **exact), system
+    # some retrieved copy shares words with its reference, so the checks above would see a cut one
+    assert max(m["results"][split]["retrieval"]["copy_rougeL"] for split in ("temporal", "unseen")) > 0, \
+        {split: m["results"][split]["retrieval"]["copy_rougeL"] for split in ("temporal", "unseen")}
     assert "probe_personalised_share" in m["results"]["temporal"]["full"]
     assert set(m["attribute_dropout"]) >= {"full, colour+pattern dropped", "text_only, colour+pattern dropped"}
     table = (out / "metrics.md").read_text()
     assert "| unseen | retrieval |" in table and "Attribute dropout" in table
     # The template baseline names the article's own attributes, so its colour grounding is perfect.
     assert m["results"]["unseen"]["template"]["grounding_colour_precision"] == 1.0
+
+
+# ----------------------------------------------------------------------------- hook / copy scoring
+
+def test_a_copy_equal_to_the_reference_gets_the_best_copy_score():
+    items = tiny_items()
+    frame = tiny_frame(items)
+    copies = frame["item_copy"].tolist()
+    assert sum(len(M.split_sentences(c)) > 1 for c in copies) == 3  # copies the first-sentence cut would trim
+    kw = dict(items=items, hist=no_history(len(frame)), vocab=vocab_from_items(items), with_embedding=False)
+    # A system with no hook that writes exactly the reference copy: scored whole, it is the best copy.
+    m = evaluate.score(copies, frame, parts=[("", c) for c in copies], **kw)
+    best_cider = M.cider(copies, copies)  # CIDEr's best: each copy against itself (below 10 for copies under 4 words)
+    assert m["copy_bleu4"] == pytest.approx(100.0) and m["copy_rougeL"] == pytest.approx(100.0)
+    assert m["copy_cider"] == pytest.approx(best_cider) and best_cider > 5
+    assert m["hook_bleu4"] == 0.0  # it wrote no hook
+    # The generators' default: the first sentence is the hook, so the silver reason itself scores best on both.
+    g = evaluate.score(frame["reason"].tolist(), frame, **kw)
+    assert g["hook_bleu4"] == pytest.approx(100.0) and g["copy_bleu4"] == pytest.approx(100.0)
+    assert g["copy_cider"] == pytest.approx(best_cider)
+    with pytest.raises(ValueError, match="parts"):
+        evaluate.score(copies, frame, parts=[("", c) for c in copies[:-1]], **kw)
+
+
+def test_baselines_are_scored_on_what_they_wrote():
+    items = tiny_items()
+    frame = tiny_frame(items)
+    lookup = photo_lookup({a: [float(i == j) for j in range(8)] for i, a in enumerate(items["article_id"])})
+    kw = dict(items=items, hist=no_history(len(frame)), vocab=vocab_from_items(items), with_embedding=False)
+    ref_copy = frame["item_copy"].tolist()
+    # Retrieval has no hook: its copy score is the score of the retrieved texts, whole.
+    texts = evaluate.retrieval_reasons(frame, items, lookup)
+    parts = evaluate.baseline_parts("retrieval", frame, items, lookup)
+    assert parts == [("", t) for t in texts] and sum(len(M.split_sentences(t)) > 1 for t in texts) >= 2
+    m = evaluate.score(texts, frame, parts=parts, **kw)
+    # the same metric of the same strings, computed twice: equal up to float summation order
+    assert m["copy_rougeL"] == pytest.approx(M.rouge(texts, ref_copy)["rougeL"], abs=1e-9)
+    assert m["copy_cider"] == pytest.approx(M.cider(texts, ref_copy), abs=1e-9)
+    assert m["copy_bleu4"] == pytest.approx(M.bleu(texts, ref_copy, 4), abs=1e-9)
+    assert m["copy_rougeL"] > 0
+    # The template: its section hook, then its attribute copy (whatever full stops the names hold).
+    items.loc[items["article_id"] == 200000001, "prod_name"] = "Strap top w. lace. Basic"
+    tparts = evaluate.baseline_parts("template", frame, items, lookup)
+    assert tparts[2] == ("A pick for you from Womens Everyday Basics.",
+                         "Strap top w. lace. Basic: vest top in black, solid.")
+    assert evaluate.template_reasons(frame, items) == [f"{h} {c}" for h, c in tparts]
+    t = evaluate.score(evaluate.template_reasons(frame, items), frame, parts=tparts, **kw)
+    copies = [c for _, c in tparts]
+    assert t["copy_rougeL"] == pytest.approx(M.rouge(copies, ref_copy)["rougeL"], abs=1e-9)
+    hooks = [h for h, _ in tparts]
+    assert t["hook_rougeL"] == pytest.approx(M.rouge(hooks, frame["hook"].tolist())["rougeL"], abs=1e-9)
+    with pytest.raises(ValueError, match="baseline"):
+        evaluate.baseline_parts("full", frame, items, lookup)
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+def test_retrieval_skips_the_article_and_its_other_colours():
+    items = tiny_items()
+    items["detail_desc"] = [f"Copy of {a}." for a in items["article_id"]]  # tell retrieved articles apart
+    jeans_black, jeans_blue, top, tee, trousers = 100000001, 100000002, 200000001, 300000001, 500000001
+    # The jeans' nearest photos: the jeans themselves (same product_code 100000), then the trousers.
+    vectors = {jeans_black: [1, 0, 0], jeans_blue: [1, 0.01, 0], trousers: [0.9, 0.3, 0], top: [0, 1, 0],
+               tee: [0, 0.9, 0.3]}
+    frame = pd.DataFrame({"article_id": [jeans_black, jeans_blue, top]})
+    got = evaluate.retrieval_reasons(frame, items, photo_lookup(vectors))
+    assert got == [f"Copy of {trousers}.", f"Copy of {trousers}.", f"Copy of {tee}."]
+
+
+def test_retrieval_without_a_photo_falls_back_to_the_most_common_copy():
+    items = tiny_items()
+    items["detail_desc"] = [f"Copy of {a}." for a in items["article_id"]]
+    items.loc[items["article_id"].isin([600000001, 700000001]), "detail_desc"] = "The common copy."
+    vectors = {a: [1.0, i] for i, a in enumerate(items["article_id"])}
+    no_photo, lookup = 300000001, photo_lookup({a: v for a, v in vectors.items() if a != 300000001})
+    assert evaluate.retrieval_reasons(pd.DataFrame({"article_id": [no_photo]}), items, lookup) == ["The common copy."]

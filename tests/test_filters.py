@@ -162,5 +162,18 @@ def test_rejection_report(filt):
     assert math.isnan(rejection_report([])["rejection_rate"])
 
 
-def test_generic_values_are_lowercase_vocabulary_words():
-    assert all(v == v.lower() for values in GENERIC_VALUES.values() for v in values)
+def test_generic_values_are_never_held_against_a_reason():
+    # an article none of whose values or words any generic value matches, so only genericness can excuse one
+    dress = {"prod_name": "Wrap dress", "product_type_name": "Dress", "colour_group_name": "Dark Red",
+             "perceived_colour_master_name": "Red", "graphical_appearance_name": "Stripe",
+             "section_name": "Womens Trend", "garment_group_name": "Dresses Ladies",
+             "detail_desc": "Wrap dress in crepe."}
+    contradicting = {"colour": "white", "type": "sweater", "pattern": "denim"}  # in the vocabulary, not generic
+    for field, values in GENERIC_VALUES.items():
+        filt = Filter({field: set(values) | {contradicting[field]}})
+        assert filt.check(f"A lovely {contradicting[field]} for the weekend.", dress, None) == [f"wrong_{field}"]
+        for value in values:
+            reason = f"A lovely {value} for the weekend."
+            assert filt.check(reason, dress, None) == [], (field, value)
+            # ... while the same value, were it not generic, would contradict the dress
+            assert Filter({field: {value}}, generic={}).check(reason, dress, None) == [f"wrong_{field}"], value

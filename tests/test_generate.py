@@ -290,3 +290,107 @@ def test_config_checks_and_presets():
         DecodeConfig(strategy="nucleus")
     assert set(PRESETS) == {"greedy", "beam", "diverse_beam", "sample"}
     assert preset("beam", num_beams=8).num_beams == 8 and PRESETS["beam"].num_beams == 4
+
+
+# --------------------------------------------------------------------------- beam search with a length penalty
+# Every test above uses length_penalty=0; the presets use 1. These decode a model with a vocabulary of a few
+# tokens (token 0 is EOS), so every continuation can be enumerated, and compare with plain Python.
+
+def small_vocab_model(V, seed):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, clip_dim=4, prefix_len=1, vocab_size=V, dropout=0.0,
+                      n_positions=64)
+    model = ReasonModel(cfg).eval()
+    with torch.no_grad():  # wide weights: peaked next-token distributions, so hypotheses end at different lengths
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 1.0)
+    return model
+
+
+def small_prompt(V, seed, T=3):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (1, T), generator=g)
+    return {"input_ids": ids, "segment_ids": torch.full_like(ids, SEG_REASON - 1),
+            "attention_mask": torch.ones_like(ids), "photo_embedding": torch.randn(1, 4, generator=g), "has_photo": torch.tensor([True])}
+
+
+@torch.no_grad()
+def next_logprobs(model, prompt, tokens):
+    """Log-probs of the token after prompt + tokens, by a full forward (no cache)."""
+    new = torch.tensor([list(tokens)], dtype=torch.long).view(1, -1)
+    ids = torch.cat([prompt["input_ids"], new], 1)
+    segs = torch.cat([prompt["segment_ids"], torch.full_like(new, SEG_REASON)], 1)
+    logits = model(prompt["photo_embedding"], prompt["has_photo"], ids, segs, torch.ones_like(ids))["logits"]
+    return logits[0, -1].float().log_softmax(-1).tolist()
+
+
+def normalised(total, length, length_penalty):
+    return total / length ** length_penalty  # length counts the EOS when there is one
+
+
+@pytest.mark.parametrize("max_new", [3, 4])
+def test_beam_with_length_penalty_finds_the_best_normalised_continuation(max_new):
+    """Beams enough to keep every prefix make beam search exhaustive: its top 4 must be the 4 best of all
+    continuations by sum of log-probs / len**length_penalty, enumerated here. Most of the 108 beams hold no
+    prefix at first (with max_new 3, many never do): such dead beams must never surface as hypotheses."""
+    V, eos, beams = 4, 0, 108  # every live prefix and its V continuations fit in 108 beams
+    for seed in range(2):
+        model, prompt = small_vocab_model(V, seed), small_prompt(V, seed)
+        every = []  # (tokens without EOS, summed log-prob, scored length)
+
+        def extend(tokens, total):
+            lp = next_logprobs(model, prompt, tokens)
+            every.append((tokens, total + lp[eos], len(tokens) + 1))  # ends here with EOS
+            for t in range(1, V):
+                if len(tokens) + 1 == max_new:
+                    every.append((tokens + [t], total + lp[t], max_new))  # truncated at max_new_tokens
+                else:
+                    extend(tokens + [t], total + lp[t])
+
+        extend([], 0.0)
+        assert len(every) == sum(3 ** t for t in range(max_new)) + 3 ** max_new
+        for lpen in (1.0, 2.0):
+            best = sorted(((normalised(s, n, lpen), ids) for ids, s, n in every), key=lambda c: -c[0])[:4]
+            cfg = DecodeConfig("beam", num_beams=beams, num_return_sequences=4, max_new_tokens=max_new,
+                               length_penalty=lpen)
+            got = decode(model, prompt, cfg, eos)[0]
+            assert [ids for ids, _ in got] == [ids for _, ids in best], (seed, lpen)
+            # cached float32 steps against full forwards: equal to float32 rounding
+            assert [s for _, s in got] == pytest.approx([s for s, _ in best], abs=1e-4)
+        assert len({len(ids) for _, ids in best}) > 1  # the winners differ in length: the penalty matters
+
+
+def reference_beam(model, prompt, eos, K, max_new, lpen):
+    """Beam search as decode's, in plain Python, that never stops early: K beams, a hypothesis ends when EOS
+    is among the K best of the 2K best continuations, running beams become hypotheses at max_new."""
+    beams, hyps = [((), 0.0)], []
+    for step in range(max_new):
+        cands = sorted(((s + lp, toks, t) for toks, s in beams
+                        for t, lp in enumerate(next_logprobs(model, prompt, toks))), key=lambda c: -c[0])[:2 * K]
+        hyps += [(normalised(s, step + 1, lpen), list(toks)) for s, toks, t in cands[:K] if t == eos]
+        beams = [(toks + (t,), s) for s, toks, t in cands if t != eos][:K]
+    hyps += [(normalised(s, max_new, lpen), list(toks)) for toks, s in beams]
+    return sorted(hyps, key=lambda h: -h[0])[:K]
+
+
+def test_beam_early_stop_with_length_penalty_drops_no_better_hypothesis():
+    """With length_penalty > 0 a longer hypothesis can still overtake the finished ones (its sum is divided
+    by more), so decode may stop only when none can: its result equals a search run to max_new_tokens."""
+    stopped_early = 0
+    for V, K, max_new in [(4, 2, 12), (5, 2, 8)]:
+        for seed in range(10):
+            model, prompt = small_vocab_model(V, seed), small_prompt(V, seed)
+            calls = Counter()
+            hook = model.gpt2.register_forward_hook(lambda *a: calls.update(["forward"]))
+            try:
+                cfg = DecodeConfig("beam", num_beams=K, num_return_sequences=K, max_new_tokens=max_new,
+                                   length_penalty=1.0)
+                got = decode(model, prompt, cfg, eos_id=0)[0]
+            finally:
+                hook.remove()
+            stopped_early += calls["forward"] < max_new  # the prompt, then one step per token but the last
+            want = reference_beam(model, prompt, 0, K, max_new, 1.0)
+            assert [ids for ids, _ in got] == [ids for _, ids in want], (V, K, seed)
+            assert [s for _, s in got] == pytest.approx([s for s, _ in want], abs=1e-4)  # float32 rounding
+    assert stopped_early >= 3  # the early stop did happen, so the equality above tested it

@@ -188,6 +188,30 @@ def test_two_tower_retrains_when_photos_change(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- CLI on the tiny H&M fixture
 
+def _gain(rank):  # NDCG of a single target found at 0-based ``rank``: the ideal is 1 / log2(2)
+    return 1 / math.log2(rank + 2)
+
+
+# By hand from conftest's fixture. Item rows follow articles.parquet: jeans black (A1), jeans blue (A2, same
+# product), strap top (S), tee (T), dress (D), trousers (W), sweater (K), bikini top (B); ties go to the lower row.
+# val: customer a on 03-01 (before: A1, S; W) buys A2; b on 05-07 (before: T) buys K; pool = train purchases.
+# test: a on 04-01 buys T; b on 06-07 buys S; c on 02-03 (before: D) buys B; pool = train + val purchases.
+FIXTURE_NDCG10 = {
+    "val": {
+        # as of each day every purchased article counts 1 (K for b only: d bought it on 03-03)
+        "popularity|kept": (_gain(5) + _gain(5)) / 2,             # a: A1 S T D W A2; b: A1 S T D W K
+        "popularity|excluded": (_gain(2) + _gain(4)) / 2,         # a: T D A2 (A1 S W dropped); b: A1 S D W K
+        # own articles first (W is a's most recent), then A2 as another colour of A1, then popularity
+        "repurchase|kept": (_gain(3) + _gain(5)) / 2,             # a: W A1 S A2; b: T A1 S D W K
+        "repurchase|excluded": (_gain(0) + _gain(4)) / 2,         # a: A2; b: A1 S D W K
+    },
+    "test": {
+        # a (04-01): all but B count 1; b (06-07): K counts 2 (d, b's val day); c (02-03): A1 S T D count 1
+        "popularity|kept": (_gain(3) + _gain(3) + _gain(7)) / 3,  # a: A1 A2 S T; b: K A1 A2 S; c: A1 S T D A2 W K B
+    },
+}
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     return prepared_tables(tmp_path_factory.mktemp("rec"))
@@ -205,8 +229,11 @@ def test_cli_writes_the_table_for_every_model(prepared, tmp_path, capsys):
         m = json.loads((out / split / "metrics.json").read_text())
         assert {r["model"] for r in m["results"].values()} == set(R.MODELS)
         assert m["customers"] == (2 if split == "val" else 3)
+        # All 8 articles fit in a top 10 and no target was bought before its day: every ranking holds every target.
         for r in m["results"].values():
-            assert 0 <= r["NDCG@10"] <= 1 and 0 <= r["HR@10"] <= 1 and r["Recall@50"] >= r["Recall@10"]
+            assert r["HR@10"] == r["Recall@10"] == r["Recall@50"] == 1.0, r["model"]
+        for key, ndcg in FIXTURE_NDCG10[split].items():
+            assert m["results"][key]["NDCG@10"] == pytest.approx(ndcg, rel=1e-9), key  # float sums in another order
         md = (out / split / "metrics.md").read_text()
         assert "| two_tower | kept |" in md and "| itemknn | excluded |" in md
     assert (out / "two_tower_val.pt").exists() and (out / "two_tower_test.pt").exists()
