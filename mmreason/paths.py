@@ -43,6 +43,18 @@ def keyed(parent: Path, name: str, key: str, suffix: str = "") -> Path:
     return Path(parent) / f"{name}-{key}{suffix}"
 
 
+def in_artifacts(path) -> str:
+    """``path`` relative to the artifacts root when it lies inside (so a run still loads after the folder
+    moves with its artifacts), else absolute; ``from_artifacts`` reads it back."""
+    p, root = Path(path).resolve(), artifacts_dir().resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+
+def from_artifacts(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else artifacts_dir() / p
+
+
 def point_latest(pointer: Path, target: Path) -> None:
     """Make ``pointer`` a relative symlink to ``target`` (its sibling), replacing the old link atomically.
 

@@ -46,15 +46,15 @@ class Artifacts:
     def record(self) -> dict:
         """The exact artifacts (resolved paths) and their checksums: what a trained run depends on."""
         clip_file = self.clip_pretrained and Path(self.clip_pretrained).is_file()
-        return {
-            "tables": {"path": str(self.data_dir.resolve()),
+        return {  # paths inside the artifacts root are stored relative to it (paths.in_artifacts)
+            "tables": {"path": paths.in_artifacts(self.data_dir),
                        "sha256": {n: clip_lib.sha256_file(self.data_dir / f"{n}.parquet") for n in RECORDED_TABLES}},
-            "tokenizer": {"path": str(Path(self.tokenizer_dir).resolve()) if self.tokenizer_dir else None,
+            "tokenizer": {"path": paths.in_artifacts(self.tokenizer_dir) if self.tokenizer_dir else None,
                           "sha256": _tokenizer_sha(self.tokenizer_dir)},
             "clip": {"model": self.clip_model,
-                     "path": str(Path(self.clip_pretrained).resolve()) if clip_file else self.clip_pretrained,
+                     "path": paths.in_artifacts(self.clip_pretrained) if clip_file else self.clip_pretrained,
                      "sha256": clip_lib.sha256_file(self.clip_pretrained) if clip_file else None},
-            "embeddings": {"path": str(Path(self.cache["path"]).resolve()),
+            "embeddings": {"path": paths.in_artifacts(self.cache["path"]),
                            "sha256": embed_lib.content_sha256(self.cache)},
         }
 
@@ -153,7 +153,7 @@ def load_recorded(record: dict, run: str = "the run", embed_workers: int = 2) ->
 
     paths.offline()
     tables = record["tables"]
-    data_dir = Path(tables["path"])
+    data_dir = paths.from_artifacts(tables["path"])
     for name, sha in tables["sha256"].items():
         f = data_dir / f"{name}.parquet"
         if not f.exists():
@@ -163,25 +163,27 @@ def load_recorded(record: dict, run: str = "the run", embed_workers: int = 2) ->
     t = data_lib.load_tables(data_dir, names=TABLES)
 
     rec = record["tokenizer"]
-    if rec["path"] is None or not (Path(rec["path"]) / "tokenizer.json").exists():
-        refuse("tokenizer", rec["path"], "is missing")
-    if _tokenizer_sha(rec["path"]) != rec["sha256"]:
-        refuse("tokenizer", rec["path"], "has changed")
-    tok = tok_lib.load_tokenizer(rec["path"], min_vocab=1)
+    tok_dir = paths.from_artifacts(rec["path"]) if rec["path"] else None
+    if tok_dir is None or not (tok_dir / "tokenizer.json").exists():
+        refuse("tokenizer", tok_dir, "is missing")
+    if _tokenizer_sha(tok_dir) != rec["sha256"]:
+        refuse("tokenizer", tok_dir, "has changed")
+    tok = tok_lib.load_tokenizer(tok_dir, min_vocab=1)
 
     clip, emb = record["clip"], record["embeddings"]
-    path = Path(emb["path"])
+    clip_path = str(paths.from_artifacts(clip["path"])) if clip["sha256"] else clip["path"]  # a file, or a tag
+    path = paths.from_artifacts(emb["path"])
     if path.exists():
         cache = embed_lib.read_embeddings(path) | {"path": str(path)}
     else:
         if clip["sha256"] is not None:
-            if not Path(clip["path"]).exists():
-                refuse("CLIP", clip["path"], "is missing (and so is its photo-embedding cache)")
-            if clip_lib.sha256_file(clip["path"]) != clip["sha256"]:
-                refuse("CLIP", clip["path"], "has changed (and its photo-embedding cache is missing)")
-        print(f"[pipeline] {path.name} is missing: recomputing it from the run's CLIP {clip['path']}")
-        cache = embed_lib.load_embeddings(t["items"], clip["model"], clip["path"], path, workers=embed_workers)
+            if not Path(clip_path).exists():
+                refuse("CLIP", clip_path, "is missing (and so is its photo-embedding cache)")
+            if clip_lib.sha256_file(clip_path) != clip["sha256"]:
+                refuse("CLIP", clip_path, "has changed (and its photo-embedding cache is missing)")
+        print(f"[pipeline] {path.name} is missing: recomputing it from the run's CLIP {clip_path}")
+        cache = embed_lib.load_embeddings(t["items"], clip["model"], clip_path, path, workers=embed_workers)
     if embed_lib.content_sha256(cache) != emb["sha256"]:
         refuse("photo embeddings", path, "differ from the recorded ones")
     return Artifacts(examples=t["examples"], items=t["items"], tokenizer=tok, cache=cache, data_dir=data_dir,
-                     tokenizer_dir=Path(rec["path"]), clip_model=clip["model"], clip_pretrained=clip["path"])
+                     tokenizer_dir=tok_dir, clip_model=clip["model"], clip_pretrained=clip_path)

@@ -124,6 +124,10 @@ def evaluated_reasons(root: Path, name: str) -> list[dict]:
     return json.loads((out / "metrics.json").read_text())["samples"]
 
 
+def at(recorded_path: str) -> Path:
+    return paths.from_artifacts(recorded_path)
+
+
 def recorded(run: Path) -> dict:
     ckpt = torch.load(find_checkpoint(run), map_location="cpu", weights_only=False)
     return ckpt["ReasonDataModule"]["artifacts"]
@@ -151,9 +155,10 @@ def test_another_configuration_never_changes_the_default_runs_inputs(in_work, ca
     assert rec_b["tables"] == rec_a["tables"]  # same raw data and settings: the same tables, shared
     for kind in ("tokenizer", "clip", "embeddings"):
         assert rec_b[kind]["path"] != rec_a[kind]["path"], kind  # built beside, not over, the default run's
-        assert Path(rec_a[kind]["path"]).exists() and Path(rec_b[kind]["path"]).exists(), kind
+        assert at(rec_a[kind]["path"]).exists() and at(rec_b[kind]["path"]).exists(), kind
+        assert not Path(rec_a[kind]["path"]).is_absolute(), kind  # relative to the artifacts root: it can move
     clip_link = in_work / "artifacts" / "clip" / "mmr-vit-tiny"
-    assert clip_link.resolve() == Path(rec_b["clip"]["path"]).parent  # the link names the newest CLIP
+    assert clip_link.resolve() == at(rec_b["clip"]["path"]).resolve().parent  # the link names the newest CLIP
 
     # 3. the default run, evaluated again: exactly its own inputs, so exactly the same reasons
     assert recorded(run_a) == rec_a
@@ -162,14 +167,14 @@ def test_another_configuration_never_changes_the_default_runs_inputs(in_work, ca
     assert data.artifacts.record() == rec_a
 
     # 4. its photo-embedding cache deleted: rebuilt from its own CLIP, identical, so accepted
-    Path(rec_a["embeddings"]["path"]).unlink()
+    at(rec_a["embeddings"]["path"]).unlink()
     _, data = load_run(run_a)
     assert data.artifacts.record() == rec_a and "recomputing it from the run's CLIP" in capsys.readouterr().out
     assert evaluated_reasons(in_work, "rebuilt") == before
 
     # 5. cache and CLIP both gone: refused in one line that says what and how
-    Path(rec_a["embeddings"]["path"]).unlink()
-    Path(rec_a["clip"]["path"]).unlink()
+    at(rec_a["embeddings"]["path"]).unlink()
+    at(rec_a["clip"]["path"]).unlink()
     _, data = load_run(run_a)
     with pytest.raises(DataError, match=r"was trained on the CLIP .* which is missing") as e:
         data.artifacts
