@@ -117,9 +117,13 @@ def _step(work, monkeypatch, reward, lr=0.0, train_mode=False, **config):
         policy.train()  # as a caller that left dropout on
     interactions = pd.read_parquet(data.artifacts.data_dir / "interactions.parquet")
     prompts = rl.Prompts(data, data.frame("train"), interactions, data.artifacts.items)
-    seen = []
-    real = rl.token_logprobs
-    monkeypatch.setattr(rl, "token_logprobs", lambda model, batch: seen.append((batch, *real(model, batch))) or seen[-1][1:])
+    seen, real = [], rl.token_logprobs
+
+    def recorded(model, batch):
+        seen.append((batch, *real(model, batch)))
+        return seen[-1][1:]
+
+    monkeypatch.setattr(rl, "token_logprobs", recorded)
     optimizer = torch.optim.SGD(policy.model.parameters(), lr=lr)
     cfg = rl.RLConfig(**{"max_new_tokens": 6, "grad_clip": 1e9, **config})
     row = rl.rl_step(policy.model, reference.model, optimizer, prompts, reward, cfg, 0, data.tokenizer)
@@ -136,7 +140,8 @@ def test_rl_step_leave_one_out_baseline_and_no_kl_at_step_0(work, monkeypatch):
     row, *_, logp_all, targets, rows = _step(work, monkeypatch, PlantedReward(planted), train_mode=True,
                                              prompts=2, samples=3, kl_coef=0.1)
     # each sample against the mean reward of its prompt's two other samples
-    adv = [planted[i] - np.mean([planted[j] for j in range(3 * (i // 3), 3 * (i // 3) + 3) if j != i]) for i in range(6)]
+    others = [[planted[j] for j in range(3 * (i // 3), 3 * (i // 3) + 3) if j != i] for i in range(6)]
+    adv = [planted[i] - np.mean(others[i]) for i in range(6)]
     assert adv == [0.0, 4.5, -4.5, -1.5, -1.5, 3.0]
     seq = _seq_logp(logp_all, targets, rows, 6)
     # float32 terms of a few units that nearly cancel (advantages sum to 0 per prompt), summed in another
