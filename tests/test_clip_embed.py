@@ -1,6 +1,7 @@
 """CLIP (option A loading, option B training) and the photo-embedding cache, on tiny fixtures."""
 import json
 import math
+import re
 
 import numpy as np
 import open_clip
@@ -11,6 +12,7 @@ from PIL import Image
 
 from mmreason import clip as C
 from mmreason import embed as E
+from test_notebooks import assert_png_has_content
 
 MICRO = "mmr-test-micro"  # a test-only architecture: seconds on CPU
 MICRO_CFG = {"embed_dim": 16,
@@ -165,9 +167,14 @@ def test_embed_cli_trains_embeds_and_evaluates(items, tmp_path, capsys):
     ev = json.loads((tmp_path / "emb" / "micro.eval.json").read_text())
     r = ev["retrieval"]
     assert r["n"] == 1 and r["chance"]["R@1"] == 1.0  # one held-out test product in the fixture
-    for target in E.PROBE_TARGETS:
+    # majority of the 7 readable training photos (Red 4, Black 2, Blue 1; Dress 4, Trousers 3) on the two
+    # test articles (a red and a blue pair of trousers)
+    baselines = {t: (p["majority_class"], p["majority_baseline"], p["n_train"], p["n_test"])
+                 for t, p in ev["linear_probe"].items()}
+    assert baselines == {"colour_group_name": ("Red", 0.5, 7, 2), "product_type_name": ("Dress", 0.0, 7, 2)}
+    for target in E.PROBE_TARGETS:  # plain-colour photos, trousers with a white patch: easy to probe
         p = ev["linear_probe"][target]
-        assert 0 <= p["accuracy"] <= 1 and 0 <= p["majority_baseline"] <= 1 and p["n_test"] == 2
+        assert p["accuracy"] > p["majority_baseline"], target  # 1.0 for CLIP seeds 0-4
     assert "linear probe colour_group_name" in out and "image_to_text" in out
 
     E.main(argv)  # second run: checkpoint and cache are reused
@@ -184,5 +191,45 @@ def test_retrieval_is_skipped_not_crashed_when_no_held_out_product_has_a_photo(i
         "accuracy": 0.5, "majority_baseline": 0.4, "majority_class": "Red", "points_above_majority": 10.0,
         "n_train": 8, "n_test": 2}}}
     assert "retrieval: skipped" in E.format_evaluation(ev)[0]
-    out = plots.save(plots.clip_evidence({"eval": ev}), tmp_path / "clip.png")
-    assert out.stat().st_size > 5000
+    fig = plots.clip_evidence({"eval": ev})
+    history, retrieval, probes = fig.axes
+    assert not history.patches and not history.get_lines() and not retrieval.patches  # notes, no data
+    assert any("no held-out product" in t.get_text() for t in retrieval.texts)
+    assert [p.get_height() for p in probes.patches] == [0.5, 0.4]  # probe beside the majority class
+    assert_png_has_content(plots.save(fig, tmp_path / "clip.png"))
+
+
+def _planted(items, signal):
+    """A cache of one-hot "photo embeddings": ``signal(row)`` picks the hot dimension of each article."""
+    rows = items[items["has_photo"]]
+    return {"article_id": torch.tensor(rows["article_id"].to_numpy()),
+            "embedding": torch.nn.functional.one_hot(torch.tensor([signal(r) for r in rows.to_dict("records")]),
+                                                     16).float()}
+
+
+def test_linear_probe_beats_the_majority_only_when_embeddings_carry_the_attribute(items):
+    colour = {c: i for i, c in enumerate(COLOURS)}
+    p = E.linear_probe(_planted(items, lambda r: colour[r["colour_group_name"]]), items, "colour_group_name")
+    assert (p["majority_class"], p["majority_baseline"], p["n_train"], p["n_test"]) == ("Red", 0.5, 8, 2)
+    assert p["accuracy"] == 1.0 and p["points_above_majority"] == 50.0
+    blind = E.linear_probe(_planted(items, lambda r: 0), items, "colour_group_name")  # every photo the same
+    assert blind["accuracy"] == blind["majority_baseline"] == 0.5
+
+
+def test_retrieval_finds_each_held_out_product_by_its_own_text(items, monkeypatch):
+    items = items.assign(split_unseen=np.where(items["product_code"] >= 12, "test", "train"))  # products 2-5
+    cache = _planted(items, lambda r: r["product_code"] - 10)
+
+    def texts_naming(shift):  # a text tower that reads "<type> <p>." as product 2 + (p - 2 + shift) % 4
+        def encode(model, tokenizer, texts):
+            codes = [2 + (int(re.match(r"\w+ (\d)\.", t).group(1)) - 2 + shift) % 4 for t in texts]
+            return torch.nn.functional.one_hot(torch.tensor(codes), 16).float()
+        return encode
+
+    monkeypatch.setattr(E, "encode_texts", texts_naming(0))
+    r = E.retrieval(None, None, cache, items)
+    assert r["n"] == 4 and r["chance"] == {"R@1": 0.25, "R@5": 1.0, "R@10": 1.0}
+    assert r["image_to_text"]["R@1"] == r["text_to_image"]["R@1"] == 1.0
+    monkeypatch.setattr(E, "encode_texts", texts_naming(1))  # every text points at another product
+    r = E.retrieval(None, None, cache, items)
+    assert r["image_to_text"]["R@1"] == r["text_to_image"]["R@1"] == 0.0

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import prepared_tables
+from conftest import ARTICLES, make_hm, prepared_tables
+from mmreason import data
 from mmreason import feedback as FB
 from mmreason import recommend as R
 
@@ -29,6 +31,47 @@ def prepared(tmp_path_factory):
     return prepared_tables(tmp_path_factory.mktemp("fb"))
 
 
+def busy_tables(root: Path, n_customers: int = 40, purchase_days: int = 6, seed: int = 0) -> Path:
+    """The tiny fixture plus ``n_customers`` customers buying 1-2 random articles on ``purchase_days``
+    random days of 2019, prepared by the real CLI into ``root/data``: ~1,200 pairs, enough for an AUC."""
+    hm = make_hm(root / "hm", broken_photo=False, missing_photo=False, bad_rows=False)
+    rng = np.random.default_rng(seed)
+    extra = [f"{i:064x}" for i in range(n_customers)]
+    customers = (hm / "customers.csv").read_text().splitlines()
+    customers += [f"{c},1.0,,ACTIVE,NONE,{20 + i % 40}.0,q{i}" for i, c in enumerate(extra)]
+    (hm / "customers.csv").write_text("\n".join(customers) + "\n")
+    lines = (hm / "transactions.csv").read_text().splitlines()
+    for c in extra:
+        for day in np.sort(rng.choice(300, size=purchase_days, replace=False)):
+            t_dat = (pd.Timestamp("2019-01-01") + pd.Timedelta(days=int(day))).date()
+            for a in rng.choice(len(ARTICLES), size=rng.integers(1, 3), replace=False):
+                lines.append(f"{t_dat},{c},{ARTICLES[a][0]},0.03,1")
+    (hm / "transactions.csv").write_text("\n".join(lines) + "\n")
+    assert data.main(["--hm-dir", str(hm), "--out", str(root / "data"), "--workers", "1"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory):
+    return busy_tables(tmp_path_factory.mktemp("fb_busy"))
+
+
+PLANT = " Zephyr."
+
+
+def logit(p):
+    """The scale the RL reward uses; P(buy) itself runs to 1e-16 here, too small for absolute tolerances."""
+    p = np.asarray(p, dtype=float)
+    return np.log(p) - np.log1p(-p)
+
+
+def plant_text_labels(pairs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Labels carried by the reason text alone: a random half of the pairs gets PLANT in its reason and
+    label 1, the rest label 0. Only a model that reads the text can beat AUC 0.5."""
+    planted = np.random.default_rng(seed).random(len(pairs)) < 0.5
+    return pairs.assign(label=planted.astype(int), reason=np.where(planted, pairs["reason"] + PLANT, pairs["reason"]))
+
+
 def test_pairs_are_symmetric_and_negatives_not_bought(prepared):
     ctx = R.load_context(prepared / "data")
     pairs = FB.build_pairs(ctx, negatives=3, seed=0, progress=False)
@@ -45,6 +88,24 @@ def test_pairs_are_symmetric_and_negatives_not_bought(prepared):
     merged = pos.merge(ex, on=["user", "item", "day"])
     assert len(merged) == len(pos) and (merged["reason_x"] == merged["reason_y"]).all()
     assert set(pairs["split"]) == {"train", "val", "test"}
+
+
+def test_negatives_are_not_bought_from_their_day_to_the_end_of_its_week(prepared):
+    ctx = R.load_context(prepared / "data")
+    pairs = FB.build_pairs(ctx, negatives=3, seed=0, progress=False)
+    neg = pairs[pairs["label"] == 0]
+    bought = pd.DataFrame({"user": ctx.i_user, "item": ctx.i_item, "bought": ctx.i_day})
+    clash = neg.merge(bought, on=["user", "item"])
+    later_that_week = clash[(clash["bought"] >= clash["day"]) & (clash["bought"] // 7 == clash["day"] // 7)]
+    assert later_that_week.empty, later_that_week
+    # The fixture's case: customer c bought the wrap dress on Saturday 2 Feb and the bikini top on Sunday,
+    # in one 7-day period, and nobody else bought anything that week.
+    c, dress, bikini = ctx.user_row["c" * 64], ctx.item_row[400000001], ctx.item_row[700000001]
+    saturday = int(R.day_number([pd.Timestamp("2019-02-02")])[0])
+    assert saturday // 7 == (saturday + 1) // 7
+    on = {d: set(neg.loc[(neg["user"] == c) & (neg["day"] == d), "item"]) for d in (saturday, saturday + 1)}
+    assert bikini not in on[saturday]  # bought the next day: not a non-purchase
+    assert dress in on[saturday + 1]  # bought the day before stays eligible (see build_pairs), the week's only one
 
 
 def test_features_use_only_earlier_purchases(prepared):
@@ -74,43 +135,78 @@ def test_features_use_only_earlier_purchases(prepared):
     assert "strap" in f.history_tokens(users[0], 2) and "wide" not in f.history_tokens(users[0], 2)
 
 
-def test_cli_trains_and_scores_arbitrary_text(prepared, tmp_path, capsys):
-    items = pd.read_parquet(prepared / "data" / "items.parquet")
+def test_cli_reports_auc_against_a_planted_signal_and_scores_arbitrary_text(busy, tmp_path, capsys, monkeypatch):
+    items = pd.read_parquet(busy / "data" / "items.parquet")
     emb = tmp_path / "emb.pt"
     torch.save({"article_id": torch.tensor(items["article_id"].to_numpy()),
                 "embedding": torch.randn(len(items), 16)}, emb)
+    real_pairs = FB.build_pairs
+    monkeypatch.setattr(FB, "build_pairs", lambda *a, **k: plant_text_labels(real_pairs(*a, **k)))
     out = tmp_path / "fb"
-    assert FB.main(["--data", str(prepared / "data"), "--out", str(out), "--negatives", "3", "--hash-features", "64",
+    # C = 1: the default 0.01 learns one planted word only to AUC ~0.65 (L2 outweighs a tf-idf value of ~0.2)
+    assert FB.main(["--data", str(busy / "data"), "--out", str(out), "--negatives", "2", "--C", "1",
                     "--embeddings", str(emb), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "| val |" in printed and "mean_abs_real_minus_empty" in printed
     m = json.loads((out / "metrics.json").read_text())
-    for split in ("train", "val", "test"):
-        assert {"with_text", "no_text_features", "empty_reasons", "text_only"} <= set(m["auc"][split])
-        assert m["text_sensitivity"][split]["mean_abs_real_minus_empty"] >= 0
+    for split in ("val", "test"):  # held-out days, ~190 pairs each
+        a, s = m["auc"][split], m["text_sensitivity"][split]
+        assert a["with_text"] > 0.8 and a["text_only"] > 0.8, a  # measured 0.97-0.99
+        for blind in ("no_text_features", "empty_reasons", "shuffled_reasons"):  # the label is in the text only
+            # measured 0.48-0.54; 0.15 is > 3 sd of a chance AUC on ~90 + 100 pairs (sd ~0.04)
+            assert a[blind] == pytest.approx(0.5, abs=0.15), (blind, a)
+        assert s["mean_p_pos_real"] > s["mean_p_neg_real"] + 0.2, s
+        assert s["mean_abs_real_minus_shuffled"] > 0.1, s  # another pair's reason moves the score
     assert "photo_sim" in m["dense_coefficients"]
     with pytest.raises(Exception, match="photo"):  # trained with photos: loading without them is refused
-        FB.FeedbackModel.load(out / "model.pkl", prepared / "data")
-    model = FB.FeedbackModel.load(out / "model.pkl", prepared / "data", R.load_photo_embeddings(emb))
-    texts = ["", "Matches your taste for black trousers: you bought the Skinny jeans last week.",
-             "🙂 totally unrelated words " * 50, "trousers trousers trousers", None]
+        FB.FeedbackModel.load(out / "model.pkl", busy / "data")
+    model = FB.FeedbackModel.load(out / "model.pkl", busy / "data", R.load_photo_embeddings(emb))
+    reason = "Matches your taste for black trousers: you bought the Skinny jeans last week."
+    texts = ["", reason, reason + PLANT, "🙂 totally unrelated words " * 50, "trousers trousers trousers", None]
     p = model.score_batch(["a" * 64] * len(texts), [500000001] * len(texts), texts)
-    assert p.shape == (5,) and ((p > 0) & (p < 1)).all()
-    one = model.score("b" * 64, 600000001, "A soft knit sweater", day="2019-06-07")
-    assert isinstance(one, float) and 0 < one < 1
-    assert model.score("a" * 64, 500000001, texts[1]) == pytest.approx(p[1])
+    assert p.shape == (6,)
+    assert p[2] > 10 * p[1]  # the planted word, read from arbitrary text, raises P(buy) (measured 40x)
+    lp = logit(p)
+    assert lp[5] == pytest.approx(lp[0], abs=1e-9)  # None reads as "": the same features, the same score
+    assert logit(model.score("a" * 64, 500000001, texts[2])) == pytest.approx(lp[2], abs=1e-9)  # one row or six
+    # As of the day b bought the sweater (history: one tee) vs a month later (tee and sweater): other features.
+    sweater = ["b" * 64, 600000001, "A soft knit sweater"]
+    assert abs(logit(model.score(*sweater, day="2019-05-07")) - logit(model.score(*sweater, day="2019-06-07"))) > 0.1
     with pytest.raises(KeyError):
         model.score("nobody", 500000001, "x")
     with pytest.raises(KeyError):
         model.score("a" * 64, 123, "x")
 
 
-def test_feedback_model_without_photos_or_text(prepared):
-    ctx = R.load_context(prepared / "data")
-    pairs = FB.build_pairs(ctx, negatives=2, seed=1, progress=False)
-    cfg = FB.FeedbackConfig(negatives=2, hash_features=32)
+def test_feedback_model_kinds_read_only_what_they_say(busy):
+    ctx = R.load_context(busy / "data")
+    pairs = plant_text_labels(FB.build_pairs(ctx, negatives=2, seed=1, progress=False), seed=1)
+    train, test = pairs[pairs["split"] == "train"], pairs[pairs["split"] == "test"]
+    cfg = FB.FeedbackConfig(negatives=2, C=1.0)  # C = 1: see the CLI test
     for kind in FB.KINDS:
-        m = FB.FeedbackModel(ctx, cfg, None, kind).fit(pairs[pairs["split"] == "train"])
-        p = m.predict(pairs[pairs["split"] == "test"], "test")
-        assert ((p > 0) & (p < 1)).all()
+        m = FB.FeedbackModel(ctx, cfg, None, kind).fit(train)
+        p, p_blank = m.predict(test, "test"), m.predict(test.assign(reason=""), "test")
+        auc = FB.auc(test["label"], p)
+        if kind == "no_text":  # the text is never read: blanking it changes nothing, and the label is in it
+            np.testing.assert_allclose(logit(p_blank), logit(p), rtol=0, atol=1e-9)  # the same features go in
+            assert auc == pytest.approx(0.5, abs=0.15), kind  # measured 0.50
+        else:
+            assert auc > 0.8, kind  # measured 0.98 (full), 0.99 (text_only)
+        if kind == "text_only":  # without text nothing is left to tell two pairs apart
+            assert np.ptp(logit(p_blank)) < 1e-9
         assert len(m.feature_names()) == m.clf.coef_.shape[1]
+
+
+def test_purchase_probability_moves_with_the_reason_text(busy):
+    """The RL reward is this model's logit P(buy | reason) at its default settings: a reason word that came
+    with purchases must raise it for every pair, also against another word of the same length."""
+    ctx = R.load_context(busy / "data")
+    pairs = plant_text_labels(FB.build_pairs(ctx, negatives=2, seed=2, progress=False), seed=2)
+    m = FB.FeedbackModel(ctx, FB.FeedbackConfig(negatives=2)).fit(pairs[pairs["split"] == "train"])
+    test = pairs[pairs["split"] == "test"]
+    plain = test.assign(reason=test["reason"].str.replace(PLANT, "", regex=False))
+    plain_, planted, other_word = (logit(m.predict(plain.assign(reason=plain["reason"] + w), "test"))
+                                   for w in ("", PLANT, " Quartz."))
+    assert (planted - plain_).min() > 0.1  # measured +0.18 to +0.40
+    # The word itself: measured only +0.03 to +0.07 at C = 0.01; the rest of the rise is the reason's length.
+    assert (planted - other_word).min() > 0.01

@@ -2,6 +2,7 @@
 plus quick checks of the figure functions they call."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -10,6 +11,10 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.text import Text
+from PIL import Image
 
 from conftest import make_hm, write_photo
 from mmreason import analysis, notebooks, paths, plots
@@ -50,10 +55,39 @@ def test_readme_shows_every_committed_figure():
 
 # ----------------------------------------------------------------------------- figure functions
 
+def _chromatic_share(png) -> float:
+    """Share of pixels with a hue (channels spread > 40): our data colours. Axes, text, grid are grey."""
+    with Image.open(png) as im:
+        a = np.asarray(im.convert("RGB"), dtype=np.int16)
+    return float((a.max(-1) - a.min(-1) > 40).mean())
+
+
+def assert_png_has_content(path) -> None:
+    """More coloured pixels than an empty, labelled axes of the same size (which has none): the file
+    size cannot tell, an empty axes saves at ~10 KB."""
+    with Image.open(path) as im:
+        w, h = im.size
+    empty = Figure(figsize=(w / plots.DPI, h / plots.DPI))
+    empty.subplots().set(title="an empty axes", xlabel="x", ylabel="y")
+    buf = io.BytesIO()
+    empty.savefig(buf, dpi=plots.DPI, facecolor="white")
+    # 0.002: the sparsest figure, the decoder scatter, is 0.005 coloured in fast mode, 0.006 committed
+    assert _chromatic_share(path) > _chromatic_share(buf) + 0.002, f"{path.name} looks empty"
+
+
 def _png(fig, tmp_path, name):
     out = plots.save(fig, tmp_path / name)
-    assert out.stat().st_size > 5000
+    assert_png_has_content(out)
     return out
+
+
+def _hbars(ax) -> list[tuple[float, float]]:
+    """(y centre, length) of each horizontal bar."""
+    return [(p.get_y() + p.get_height() / 2, p.get_width()) for p in ax.patches if isinstance(p, Rectangle)]
+
+
+def _texts(fig) -> str:
+    return "\n".join(t.get_text() for t in fig.findobj(Text) if t.get_text())
 
 
 def test_training_curves_from_csv_logs_of_a_resumed_run(tmp_path):
@@ -67,8 +101,19 @@ def test_training_curves_from_csv_logs_of_a_resumed_run(tmp_path):
     assert log["step"].tolist() == list(range(0, 100, 10))
     assert log.set_index("step").loc[50, "tokens_per_s"] == 901  # the resumed run's value wins
     assert log["val_loss"].notna().sum() == 2
-    _png(plots.training_curves(log, {"val_ppl": 7.4, "unigram_val_ppl": 266.0}), tmp_path, "curves.png")
-    _png(plots.training_curves(log.assign(tokens_per_s=np.nan)), tmp_path, "no_tps.png")  # not logged: a note
+    fig = plots.training_curves(log, {"val_ppl": 7.4, "unigram_val_ppl": 266.0})
+    loss, lr, tps = fig.axes
+    train_line, val_line = loss.get_lines()
+    assert train_line.get_xdata().tolist() == log["step"].tolist()
+    np.testing.assert_allclose(train_line.get_ydata(), [5 - s / 50 for s in range(0, 100, 10)])  # CSV round trip
+    assert val_line.get_xydata().tolist() == [[50, 4.0], [90, 3.0]]
+    np.testing.assert_allclose(lr.get_lines()[0].get_ydata(), [1e-3] * 10)
+    assert tps.get_lines()[0].get_ydata().tolist() == [900] * 5 + [901] * 5
+    assert "val ppl 7.40 vs unigram 266.0" in loss.get_title()
+    _png(fig, tmp_path, "curves.png")
+    fig = plots.training_curves(log.assign(tokens_per_s=np.nan))  # not logged: a note, no line
+    assert fig.axes[2].get_lines() == [] and "tokens/s not logged" in _texts(fig)
+    _png(fig, tmp_path, "no_tps.png")
 
 
 def test_decoding_and_ablation_charts(tmp_path):
@@ -76,12 +121,29 @@ def test_decoding_and_ablation_charts(tmp_path):
         {"decoder": name, "strategy": d.strategy, "temperature": d.temperature, "top_p": d.top_p,
          "bleu4": 14 - i, "cider": 0.4 - i / 20, "distinct2": 0.05 + i / 20, "usr": 0.8 + i / 40,
          "self_bleu4": 98 - 5 * i} for i, (name, d) in enumerate(analysis.DECODERS.items())])
-    _png(plots.accuracy_vs_diversity(sweep, 150), tmp_path, "sweep.png")
+    fig = plots.accuracy_vs_diversity(sweep, 150)
+    for ax, (y, x) in zip(fig.axes, [(y, x) for y in ("bleu4", "cider") for x in ("distinct2", "usr", "self_bleu4")]):
+        points = np.vstack([c.get_offsets() for c in ax.collections])  # one marker per decoder
+        np.testing.assert_allclose(points, sweep[[x, y]].to_numpy())
+    _png(fig, tmp_path, "sweep.png")
+
     psweep = pd.DataFrame({"decoder": ["greedy", "sample"], "personalised_share": [1.0, 1.0],
                            "cross_user_distance": [0.3, 0.6], "noise_distance": [0.0, 0.4], "articles": [25, 25]})
-    _png(plots.personalisation(psweep), tmp_path, "personalisation.png")
+    fig = plots.personalisation(psweep)
+    # greedy on top (y = 1), sample below (y = 0); between-users bar above the noise bar of each
+    bars = sorted((round(y, 6), w) for y, w in _hbars(fig.axes[0]))
+    assert bars == [(-0.2, 0.4), (0.2, 0.6), (0.8, 0.0), (1.2, 0.3)]
+    _png(fig, tmp_path, "personalisation.png")
+
     results = json.loads((paths.REPO_ROOT / "results" / "cpu" / "metrics.json").read_text())
-    _png(plots.baselines_ablations(results), tmp_path, "ablations.png")
+    fig = plots.baselines_ablations(results)
+    for ax, (label, key, _) in zip(fig.axes, plots.ABLATION_METRICS):
+        want = [v.get(key) for split in results["results"].values() for v in split.values()]
+        want = [np.nan if v is None else v for v in want]  # no value: JSON null or NaN
+        heights = [p.get_height() for p in ax.patches]
+        assert sorted(h for h in heights if not np.isnan(h)) == sorted(v for v in want if not np.isnan(v)), label
+        assert [t.get_text() for t in ax.texts].count("n/a") == sum(np.isnan(want)), label
+    _png(fig, tmp_path, "ablations.png")
 
 
 def test_case_study_figure_with_missing_photos(tmp_path):
@@ -94,7 +156,15 @@ def test_case_study_figure_with_missing_photos(tmp_path):
             "example": {"hook_kind": "colour", "user_profile": "age 25-34; 2 earlier purchases", "product": "name: x"},
             "decoders": {"greedy": {"candidates": ["x"], "chosen": None, "rejected": [("Red jeans.", ["wrong_colour"])]},
                          "beam": {"candidates": ["a", "b"], "chosen": "Black jeans.", "rejected": []}}}
-    _png(plots.case_study(case), tmp_path, "case.png")
+    fig = plots.case_study(case)
+    photos = [im.get_array().shape for ax in fig.axes for im in ax.get_images()]
+    assert photos.count((48, 32, 3)) == 1 and len(photos) == 3  # the one readable photo; two grey boxes
+    text = _texts(fig)
+    assert text.count("no photo") == 2 and "3 days ago" in text and "RECOMMENDED: Skinny jeans" in text
+    for line in ("greedy: no candidate passed the filter", "rejected (wrong_colour): Red jeans.", "beam: shown",
+                 "Black jeans."):
+        assert line in text, line
+    _png(fig, tmp_path, "case.png")
 
 
 # ----------------------------------------------------------------------------- the notebooks, fast mode
@@ -123,7 +193,8 @@ def test_notebook_runs_in_fast_mode_and_writes_its_figures(executed, name):
     assert name not in failures, failures[name]
     for figure in FIGURES[name]:
         path = root / "figures" / figure
-        assert path.exists() and path.stat().st_size > 5000, f"{name} did not write {figure}"
+        assert path.exists(), f"{name} did not write {figure}"
+        assert_png_has_content(path)
     nb = nbformat.read(root / "executed" / f"{name}.ipynb", as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= len(FIGURES[name])  # the figures are shown

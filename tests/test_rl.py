@@ -16,6 +16,7 @@ from mmreason import recommend as R
 from mmreason import rl, train
 from mmreason.collate import EOS, token_id
 from mmreason.explain import Explainer
+from mmreason.filters import Filter, vocab_from_items
 from mmreason.generate import DecodeConfig, decode
 from mmreason.lit import load_run
 from test_train import TINY
@@ -92,6 +93,94 @@ def test_sequence_log_probs_match_the_sampler(in_work):
         assert logp[row == r].sum().item() / n == pytest.approx(score, abs=1e-4)
 
 
+class PlantedReward:
+    """Stands in for ``rl.Reward``: call k returns the k-th planted reward vector, and records what it saw."""
+
+    def __init__(self, *rewards):
+        self.rewards, self.texts, self.rows = [np.asarray(r, dtype=float) for r in rewards], [], []
+
+    def __call__(self, texts, rows, hists):
+        r = self.rewards[len(self.texts)]
+        assert len(r) == len(texts) == len(rows)
+        self.texts.append(list(texts))
+        self.rows.append(list(rows))
+        zero = np.zeros(len(texts))
+        return {"reward": r, "feedback": zero + 0.5, "grounding": zero, "reference": zero, "passed": zero + 1}
+
+
+def _step(work, monkeypatch, reward, lr=0.0, train_mode=False, **config):
+    """One ``rl.rl_step`` from the supervised model, against a second copy of it as the reference.
+    Returns (its log row, the policy, the sequence batch it scored, the policy's (N, V) log-probs, targets, rows)."""
+    policy, data = load_run(work / "run")
+    reference, _ = load_run(work / "run")
+    if train_mode:
+        policy.train()  # as a caller that left dropout on
+    interactions = pd.read_parquet(data.artifacts.data_dir / "interactions.parquet")
+    prompts = rl.Prompts(data, data.frame("train"), interactions, data.artifacts.items)
+    seen, real = [], rl.token_logprobs
+
+    def recorded(model, batch):
+        seen.append((batch, *real(model, batch)))
+        return seen[-1][1:]
+
+    monkeypatch.setattr(rl, "token_logprobs", recorded)
+    optimizer = torch.optim.SGD(policy.model.parameters(), lr=lr)
+    cfg = rl.RLConfig(**{"max_new_tokens": 6, "grad_clip": 1e9, **config})
+    row = rl.rl_step(policy.model, reference.model, optimizer, prompts, reward, cfg, 0, data.tokenizer)
+    batch, logp_all, targets, rows = seen[0]  # the policy's call (the reference's is seen[1])
+    return row, policy, prompts, batch, logp_all.detach(), targets, rows
+
+
+def _seq_logp(logp_all, targets, rows, n):
+    return torch.zeros(n).index_add(0, rows, logp_all.gather(1, targets[:, None]).squeeze(1))
+
+
+def test_rl_step_leave_one_out_baseline_and_no_kl_at_step_0(work, monkeypatch):
+    planted = [1.0, 4.0, -2.0, 0.5, 0.5, 3.5]  # 2 prompts x 3 samples, prompt-major
+    row, *_, logp_all, targets, rows = _step(work, monkeypatch, PlantedReward(planted), train_mode=True,
+                                             prompts=2, samples=3, kl_coef=0.1)
+    # each sample against the mean reward of its prompt's two other samples
+    others = [[planted[j] for j in range(3 * (i // 3), 3 * (i // 3) + 3) if j != i] for i in range(6)]
+    adv = [planted[i] - np.mean(others[i]) for i in range(6)]
+    assert adv == [0.0, 4.5, -4.5, -1.5, -1.5, 3.0]
+    seq = _seq_logp(logp_all, targets, rows, 6)
+    # float32 terms of a few units that nearly cancel (advantages sum to 0 per prompt), summed in another
+    # order: rounding ~1e-6 absolute, so 1e-5 absolute; a wrong baseline moves pg_loss by ~2e-3
+    assert row["pg_loss"] == pytest.approx(-float((torch.tensor(adv) * seq).sum()) / rows.numel(), abs=1e-5)
+    assert row["reward"] == pytest.approx(np.mean(planted), rel=1e-6)
+    # The policy is the reference at step 0 and scores without dropout: the exact KL is 0 up to float32 rounding.
+    assert row["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_rl_step_greedy_baseline_scores_one_greedy_reason_per_prompt(work, monkeypatch):
+    planted, greedy = [1.0, 3.0, 0.0, -1.0], [2.0, -0.5]
+    reward = PlantedReward(planted, greedy)
+    row, policy, prompts, _, logp_all, targets, rows = _step(work, monkeypatch, reward, prompts=2, samples=2,
+                                                             baseline="greedy")
+    assert [len(t) for t in reward.texts] == [4, 2]
+    assert reward.rows[1] == reward.rows[0][::2]  # the same prompts, one greedy reason each
+    idx = [next(i for i, r in enumerate(prompts.rows) if r is row_) for row_ in reward.rows[1]]
+    tok = load_run(work / "run")[1].tokenizer
+    eos = token_id(tok, EOS)
+    again = decode(policy.model, prompts.batch(idx, eos), DecodeConfig("greedy", max_new_tokens=6), eos)
+    assert reward.texts[1] == [tok.decode(c[0][0], skip_special_tokens=True).strip() for c in again]
+    adv = torch.tensor([1.0 - 2.0, 3.0 - 2.0, 0.0 + 0.5, -1.0 + 0.5])  # each sample minus its prompt's greedy reward
+    seq = _seq_logp(logp_all, targets, rows, 4)
+    assert row["pg_loss"] == pytest.approx(-float((adv * seq).sum()) / rows.numel(), abs=1e-5)  # as above
+
+
+def test_rl_step_raises_the_log_prob_of_the_sample_above_its_baseline(work, monkeypatch):
+    reward = PlantedReward([1.0, 0.0])  # one prompt, two samples: advantages +1 and -1
+    row, policy, _, batch, logp_all, targets, rows = _step(work, monkeypatch, reward, lr=1e-2, prompts=1, samples=2,
+                                                           kl_coef=0.0)
+    assert reward.texts[0][0] != reward.texts[0][1]
+    before = _seq_logp(logp_all, targets, rows, 2)
+    with torch.no_grad():
+        after = _seq_logp(*rl.token_logprobs(policy.model, batch), 2)
+    # to first order in the learning rate the gap grows by lr * |grad(gap)|^2 / tokens > 0
+    assert float(after[0] - after[1]) > float(before[0] - before[1]) + 1e-3
+
+
 @pytest.mark.slow
 def test_rl_cli_runs_resumes_exactly_and_reports(in_work, capsys):
     assert rl.main(rl_args(in_work, in_work / "rl_a", "--steps", "2")) == 0
@@ -104,7 +193,10 @@ def test_rl_cli_runs_resumes_exactly_and_reports(in_work, capsys):
         assert {"distinct2", "usr", "copy_cider", "grounding_colour_precision", "first_choice_rejected"} <= set(
             m[part]["deployed"]["unseen"])
     log = pd.read_csv(in_work / "rl_a" / "log.csv")
-    assert log["step"].tolist() == [1, 2] and (log["kl"] >= 0).all() and "val_reward" in log
+    assert log["step"].tolist() == [1, 2] and "val_reward" in log
+    # step 1 scores the supervised model itself: KL 0 up to float32 rounding; step 2 scores the updated policy
+    assert log["kl"][0] == pytest.approx(0.0, abs=1e-6)
+    assert log["kl"][1] > 1e-5  # measured 4e-4 after one AdamW step at lr 1e-3
 
     # Interrupted after one step, then continued to two: the same weights as the straight run.
     assert rl.main(rl_args(in_work, in_work / "rl_b", "--steps", "1")) == 0
@@ -129,16 +221,40 @@ def test_rl_cli_errors_in_one_line(in_work, tmp_path, capsys):
         rl.RLConfig(samples=1)
 
 
-def test_explainer_and_recommend_explain(in_work, capsys):
+# Customer a's purchases in the fixture, as the filter reads a history (conftest.PURCHASES).
+HISTORY_A = {"n": 5, "colours": {"black", "light blue", "white"}, "types": {"trousers", "vest top", "t-shirt"},
+             "patterns": {"denim", "solid", "stripe"},
+             "names": {"skinny jeans", "strap top", "wide trousers", "striped tee"}}
+
+
+def test_explainer_and_recommend_explain(in_work, capsys, monkeypatch):
     ex = Explainer(in_work / "run", decode="greedy")
     out = ex.explain("a" * 64, [300000001, 700000001])
     assert [e.article_id for e in out] == [300000001, 700000001] and all(e.reason for e in out)
-    for e in out:  # greedy: one candidate; shown either because it passed or, flagged, because nothing did
-        assert (e.rejected == []) if e.passed_filter else (e.reason == e.rejected[0][0])
+    items = pd.read_parquet(in_work / "artifacts" / "data" / "hm" / "items.parquet").set_index("article_id")
+    filt = Filter(vocab_from_items(items.reset_index()))
+    for e in out:  # greedy: one candidate, shown; flagged exactly when the filter, on a's whole history, rejects it
+        causes = filt.check(e.reason, items.loc[e.article_id].to_dict(), HISTORY_A)
+        assert e.passed_filter == (not causes) and e.rejected == ([(e.reason, causes)] if causes else [])
     with pytest.raises(KeyError):
         ex.explain("a" * 64, [123])
     with pytest.raises(KeyError):
         ex.explain("nobody", [300000001])
+
+    # Planted candidates: the first that passes is shown, with those rejected before it; none passing, the best.
+    planted = {700000001: ["You bought the Wrap dress before. A padded bikini top.",  # a never bought it
+                           "Like the Striped tee you bought last. A padded bikini top."],  # her latest buy
+               300000001: ["A red dress in cotton jersey.", "Red again, and a dress."]}
+    with monkeypatch.context() as m:
+        m.setattr("mmreason.explain.generate_reasons",
+                  lambda model, tok, examples, *a, **k: [planted[x["article_id"]] for x in examples])
+        bikini, tee = ex.explain("a" * 64, [700000001, 300000001])
+    assert (bikini.reason, bikini.passed_filter) == (planted[700000001][1], True)
+    assert bikini.rejected == [(planted[700000001][0], ["wrong_type", "false_history"])]  # a bought no dress
+    assert (tee.reason, tee.passed_filter) == (planted[300000001][0], False)
+    assert [text for text, _ in tee.rejected] == planted[300000001]
+    assert all("wrong_colour" in causes and "wrong_type" in causes for _, causes in tee.rejected)
+
     data_dir = in_work / "artifacts" / "data" / "hm"
     args = ["--data", str(data_dir), "--out", str(in_work / "rec"), "--no-progress", "--user", "a" * 12,
             "--model", "popularity", "-k", "3", "--explain", "--generator", str(in_work / "run")]

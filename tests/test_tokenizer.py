@@ -128,15 +128,51 @@ def test_build_or_load_reuses_on_matching_fingerprint(corpus, tmp_path, monkeypa
     assert len(changed) > 1000
 
 
-def test_cli_trains_from_parquet_files(corpus, tmp_path):
+# Words of letters the filler corpus never uses, each in many held-out texts: frequent enough that a
+# BPE trained on those texts learns each as one token, so a leak shows in the vocabulary.
+LEAK_PROBES = {"held-out product copy": "Wyvzek", "held-out product example": "Zoxvyl", "later day": "Yxwezo"}
+
+
+def _frames_with_leak_probes(n: int = 40):
+    """_frames() plus ``n`` distinct texts per probe word, each only in rows training must skip."""
     items, examples, catalogue = _frames()
-    filler = pd.DataFrame({"product_code": 50, "prod_name": corpus, "detail_desc": corpus})
-    catalogue = pd.concat([catalogue, filler], ignore_index=True)
-    for name, df in [("items", items), ("examples", examples), ("catalogue", catalogue)]:
-        df.to_parquet(tmp_path / f"{name}.parquet")
-    tok = T.main(["--out", str(tmp_path / "tok"), "--vocab-size", "1100", "--items", str(tmp_path / "items.parquet"),
-                  "--examples", str(tmp_path / "examples.parquet"), "--catalogue", str(tmp_path / "catalogue.parquet")])
+    probe = LEAK_PROBES
+    catalogue = pd.concat([catalogue, pd.DataFrame({  # product 20 is held out (split_unseen == "val")
+        "product_code": 20, "prod_name": "Knit", "detail_desc": [f"A {probe['held-out product copy']} knit no {i}."
+                                                                  for i in range(n)]})], ignore_index=True)
+    examples = pd.concat([examples, pd.DataFrame({
+        "user_profile": "likes wool", "behaviour": "bought a coat", "product": "Coat",
+        "reason": [f"A {probe['held-out product example']} coat no {i}." for i in range(n)] +
+                  [f"A {probe['later day']} scarf no {i}." for i in range(n)],
+        "split_temporal": ["train"] * n + ["test"] * n, "split_unseen": ["test"] * n + ["train"] * n})],
+        ignore_index=True)
+    return items, examples, catalogue
+
+
+def _one_token(tok, word: str) -> bool:
+    return len(tok.encode(" " + word, add_special_tokens=False)) == 1
+
+
+def test_cli_trains_from_parquet_files_without_held_out_text(corpus, tmp_path):
+    def run(name, items, examples, catalogue):
+        filler = pd.DataFrame({"product_code": 50, "prod_name": corpus, "detail_desc": corpus})
+        catalogue = pd.concat([catalogue, filler], ignore_index=True)
+        d = tmp_path / name
+        d.mkdir()
+        for table, df in [("items", items), ("examples", examples), ("catalogue", catalogue)]:
+            df.to_parquet(d / f"{table}.parquet")
+        return T.main(["--out", str(d / "tok"), "--vocab-size", "1100", "--items", str(d / "items.parquet"),
+                       "--examples", str(d / "examples.parquet"), "--catalogue", str(d / "catalogue.parquet")])
+
+    items, examples, catalogue = _frames_with_leak_probes()
+    tok = run("split", items, examples, catalogue)
     assert len(tok) == 1100
-    assert "SECRET" not in "".join(tok.get_vocab())
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("tok", ".tok"))) == ["tok"]
-    assert (tmp_path / "tok" / "tokenizer.json").exists()
+    for where, word in LEAK_PROBES.items():  # spelt in pieces: the held-out texts were not trained on
+        assert not _one_token(tok, word), f"the tokenizer learnt {word!r} from {where} text"
+    # control: the same texts with nothing held out teach each probe word as one token
+    leaky = run("all_train", items.assign(split_unseen="train"),
+                examples.assign(split_temporal="train", split_unseen="train"), catalogue)
+    assert all(_one_token(leaky, word) for word in LEAK_PROBES.values())
+    d = tmp_path / "split"
+    assert sorted(p.name for p in d.iterdir() if p.name.startswith(("tok", ".tok"))) == ["tok"]
+    assert (d / "tok" / "tokenizer.json").exists()
