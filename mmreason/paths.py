@@ -43,16 +43,19 @@ def keyed(parent: Path, name: str, key: str, suffix: str = "") -> Path:
     return Path(parent) / f"{name}-{key}{suffix}"
 
 
-def in_artifacts(path) -> str:
-    """``path`` relative to the artifacts root when it lies inside (so a run still loads after the folder
-    moves with its artifacts), else absolute; ``from_artifacts`` reads it back."""
+def in_artifacts(path) -> dict:
+    """Where an artifact is, for a run's record: its absolute path, and its path relative to the artifacts
+    root when it lies inside (so the run still loads after the folder moves); ``from_artifacts`` reads it."""
     p, root = Path(path).resolve(), artifacts_dir().resolve()
-    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+    return {"path": str(p), "in_artifacts": str(p.relative_to(root)) if p.is_relative_to(root) else None}
 
 
-def from_artifacts(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else artifacts_dir() / p
+def from_artifacts(where: dict) -> Path:
+    """The recorded absolute path if it is there, else the same place under today's artifacts root."""
+    p = Path(where["path"])
+    if p.exists() or not where.get("in_artifacts"):
+        return p
+    return artifacts_dir() / where["in_artifacts"]
 
 
 def point_latest(pointer: Path, target: Path) -> None:

@@ -46,16 +46,14 @@ class Artifacts:
     def record(self) -> dict:
         """The exact artifacts (resolved paths) and their checksums: what a trained run depends on."""
         clip_file = self.clip_pretrained and Path(self.clip_pretrained).is_file()
-        return {  # paths inside the artifacts root are stored relative to it (paths.in_artifacts)
-            "tables": {"path": paths.in_artifacts(self.data_dir),
+        return {  # each place as paths.in_artifacts gives it: absolute, and relative to the artifacts root
+            "tables": {**paths.in_artifacts(self.data_dir),
                        "sha256": {n: clip_lib.sha256_file(self.data_dir / f"{n}.parquet") for n in RECORDED_TABLES}},
-            "tokenizer": {"path": paths.in_artifacts(self.tokenizer_dir) if self.tokenizer_dir else None,
-                          "sha256": _tokenizer_sha(self.tokenizer_dir)},
+            "tokenizer": {**paths.in_artifacts(self.tokenizer_dir), "sha256": _tokenizer_sha(self.tokenizer_dir)},
             "clip": {"model": self.clip_model,
-                     "path": paths.in_artifacts(self.clip_pretrained) if clip_file else self.clip_pretrained,
+                     **(paths.in_artifacts(self.clip_pretrained) if clip_file else {"path": self.clip_pretrained}),
                      "sha256": clip_lib.sha256_file(self.clip_pretrained) if clip_file else None},
-            "embeddings": {"path": paths.in_artifacts(self.cache["path"]),
-                           "sha256": embed_lib.content_sha256(self.cache)},
+            "embeddings": {**paths.in_artifacts(self.cache["path"]), "sha256": embed_lib.content_sha256(self.cache)},
         }
 
 
@@ -153,7 +151,7 @@ def load_recorded(record: dict, run: str = "the run", embed_workers: int = 2) ->
 
     paths.offline()
     tables = record["tables"]
-    data_dir = paths.from_artifacts(tables["path"])
+    data_dir = paths.from_artifacts(tables)
     for name, sha in tables["sha256"].items():
         f = data_dir / f"{name}.parquet"
         if not f.exists():
@@ -163,16 +161,16 @@ def load_recorded(record: dict, run: str = "the run", embed_workers: int = 2) ->
     t = data_lib.load_tables(data_dir, names=TABLES)
 
     rec = record["tokenizer"]
-    tok_dir = paths.from_artifacts(rec["path"]) if rec["path"] else None
-    if tok_dir is None or not (tok_dir / "tokenizer.json").exists():
+    tok_dir = paths.from_artifacts(rec)
+    if not (tok_dir / "tokenizer.json").exists():
         refuse("tokenizer", tok_dir, "is missing")
     if _tokenizer_sha(tok_dir) != rec["sha256"]:
         refuse("tokenizer", tok_dir, "has changed")
     tok = tok_lib.load_tokenizer(tok_dir, min_vocab=1)
 
     clip, emb = record["clip"], record["embeddings"]
-    clip_path = str(paths.from_artifacts(clip["path"])) if clip["sha256"] else clip["path"]  # a file, or a tag
-    path = paths.from_artifacts(emb["path"])
+    clip_path = str(paths.from_artifacts(clip)) if clip["sha256"] else clip["path"]  # a file, or a tag
+    path = paths.from_artifacts(emb)
     if path.exists():
         cache = embed_lib.read_embeddings(path) | {"path": str(path)}
     else:

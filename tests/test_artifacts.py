@@ -46,6 +46,19 @@ def test_an_unkeyed_artifact_from_an_older_version_is_moved_aside_not_lost(tmp_p
     assert "moving the unkeyed" in capsys.readouterr().out
 
 
+def test_a_recorded_place_is_found_after_the_artifacts_folder_moves(tmp_path, monkeypatch):
+    old_root, new_root = tmp_path / "a" / "artifacts", tmp_path / "b" / "artifacts"
+    (old_root / "clip" / "m-k").mkdir(parents=True)
+    monkeypatch.setenv("MMREASON_ARTIFACTS", str(old_root))
+    where = paths.in_artifacts(old_root / "clip" / "m-k")
+    assert where["in_artifacts"] == "clip/m-k" and paths.from_artifacts(where) == (old_root / "clip" / "m-k").resolve()
+    (old_root.parent).rename(tmp_path / "moved")  # the old place is gone ...
+    (new_root / "clip" / "m-k").mkdir(parents=True)
+    monkeypatch.setenv("MMREASON_ARTIFACTS", str(new_root))
+    assert paths.from_artifacts(where) == new_root / "clip" / "m-k"  # ... the same place under today's root
+    assert paths.in_artifacts(tmp_path / "elsewhere")["in_artifacts"] is None
+
+
 # ----------------------------------------------------------------------------- find_checkpoint
 
 def fake_ckpt(path: Path, settings: dict, best: str | None = None, step: int = 0) -> Path:
@@ -124,8 +137,8 @@ def evaluated_reasons(root: Path, name: str) -> list[dict]:
     return json.loads((out / "metrics.json").read_text())["samples"]
 
 
-def at(recorded_path: str) -> Path:
-    return paths.from_artifacts(recorded_path)
+def at(where: dict) -> Path:
+    return paths.from_artifacts(where)
 
 
 def recorded(run: Path) -> dict:
@@ -155,10 +168,10 @@ def test_another_configuration_never_changes_the_default_runs_inputs(in_work, ca
     assert rec_b["tables"] == rec_a["tables"]  # same raw data and settings: the same tables, shared
     for kind in ("tokenizer", "clip", "embeddings"):
         assert rec_b[kind]["path"] != rec_a[kind]["path"], kind  # built beside, not over, the default run's
-        assert at(rec_a[kind]["path"]).exists() and at(rec_b[kind]["path"]).exists(), kind
-        assert not Path(rec_a[kind]["path"]).is_absolute(), kind  # relative to the artifacts root: it can move
+        assert at(rec_a[kind]).exists() and at(rec_b[kind]).exists(), kind
+        assert rec_a[kind]["in_artifacts"] and not Path(rec_a[kind]["in_artifacts"]).is_absolute(), kind
     clip_link = in_work / "artifacts" / "clip" / "mmr-vit-tiny"
-    assert clip_link.resolve() == at(rec_b["clip"]["path"]).resolve().parent  # the link names the newest CLIP
+    assert clip_link.resolve() == at(rec_b["clip"]).resolve().parent  # the link names the newest CLIP
 
     # 3. the default run, evaluated again: exactly its own inputs, so exactly the same reasons
     assert recorded(run_a) == rec_a
@@ -167,14 +180,14 @@ def test_another_configuration_never_changes_the_default_runs_inputs(in_work, ca
     assert data.artifacts.record() == rec_a
 
     # 4. its photo-embedding cache deleted: rebuilt from its own CLIP, identical, so accepted
-    at(rec_a["embeddings"]["path"]).unlink()
+    at(rec_a["embeddings"]).unlink()
     _, data = load_run(run_a)
     assert data.artifacts.record() == rec_a and "recomputing it from the run's CLIP" in capsys.readouterr().out
     assert evaluated_reasons(in_work, "rebuilt") == before
 
     # 5. cache and CLIP both gone: refused in one line that says what and how
-    at(rec_a["embeddings"]["path"]).unlink()
-    at(rec_a["clip"]["path"]).unlink()
+    at(rec_a["embeddings"]).unlink()
+    at(rec_a["clip"]).unlink()
     _, data = load_run(run_a)
     with pytest.raises(DataError, match=r"was trained on the CLIP .* which is missing") as e:
         data.artifacts
