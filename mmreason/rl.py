@@ -26,7 +26,6 @@ and ``results/<run>/rl.{json,md}``. A rerun resumes from the last checkpoint of 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import sys

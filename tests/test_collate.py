@@ -5,7 +5,7 @@ from conftest import tiny_tokenizer
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from mmreason.collate import (BEHAVIOUR, EOS, PRODUCT, REASON, SPECIAL_TOKENS, USER, collate,
+from mmreason.collate import (BEHAVIOUR, EOS, PRODUCT, REASON, USER, collate,
                               encode_example)
 from mmreason.model import SEG_BEHAVIOUR, SEG_PRODUCT, SEG_REASON, SEG_USER, ModelConfig, ReasonModel
 
