@@ -451,19 +451,20 @@ def input_fingerprint(hm_dir: Path, args) -> str:
     return fingerprint(VERSION, stats, photo_stats, params)
 
 
-def default_out(args) -> Path:
-    """``artifacts/data/hm-<key>``: tables of other inputs or settings never overwrite these."""
-    return paths.keyed(paths.artifacts_dir() / "data", "hm", input_fingerprint(Path(args.hm_dir), args)[:10])
-
-
-def tables_dir(hm_dir) -> Path:
-    """Where ``python -m mmreason.data --hm-dir HM_DIR`` (default settings) writes its tables."""
-    return default_out(get_parser().parse_args(["--hm-dir", str(hm_dir)]))
-
-
 def prepare(args) -> tuple[dict, Path]:
-    hm_dir, out = Path(args.hm_dir), Path(args.out)
+    """The tables in ``args.out``, or by default in ``artifacts/data/hm-<key>`` (key: inputs and settings, so
+    tables of other inputs or settings never overwrite these; ``artifacts/data/hm`` links to the newest)."""
+    hm_dir = Path(args.hm_dir)
     fp = input_fingerprint(hm_dir, args)
+    if args.out is None:
+        out = paths.keyed(paths.artifacts_dir() / "data", "hm", fp[:10])
+        info, out = _prepare(args, hm_dir, out, fp)
+        paths.point_latest(paths.artifacts_dir() / "data" / "hm", out)
+        return info, out
+    return _prepare(args, hm_dir, Path(args.out), fp)
+
+
+def _prepare(args, hm_dir: Path, out: Path, fp: str) -> tuple[dict, Path]:
     manifest = out / "manifest.json"
     if manifest.exists() and not args.force:
         m = json.loads(manifest.read_text())
@@ -532,26 +533,28 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def prepare_tables(argv=None) -> Path:
+    """``python -m mmreason.data`` as a function: the folder of the prepared tables; ``DataError`` on bad input."""
     args = get_parser().parse_args(argv)
-    try:
-        if args.dataset == "amazon":
-            from mmreason import amazon
+    if args.dataset == "amazon":
+        from mmreason import amazon
 
-            args.amazon_dir = args.amazon_dir or str(paths.amazon_dir())
-            args.out = args.out or str(paths.artifacts_dir() / "data" / "amazon")
-            info, out = amazon.prepare(args)
-        else:
-            args.hm_dir = args.hm_dir or str(paths.hm_dir())
-            keyed = args.out is None
-            args.out = args.out or str(default_out(args))
-            info, out = prepare(args)
-            if keyed:
-                paths.point_latest(paths.artifacts_dir() / "data" / "hm", out)
+        args.amazon_dir = args.amazon_dir or str(paths.amazon_dir())
+        args.out = args.out or str(paths.artifacts_dir() / "data" / "amazon")
+        info, out = amazon.prepare(args)
+    else:
+        args.hm_dir = args.hm_dir or str(paths.hm_dir())
+        info, out = prepare(args)
+    print_summary(info, out)
+    return out
+
+
+def main(argv=None) -> int:
+    try:
+        prepare_tables(argv)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print_summary(info, out)
     return 0
 
 

@@ -106,9 +106,7 @@ def _ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
     paths.offline()
     hm_dir = hm_dir or str(paths.hm_dir())
     print(f"[pipeline] 1/4 tables from {hm_dir}")
-    if data_lib.main(["--hm-dir", hm_dir] + (["--out", str(data_dir)] if data_dir else [])) != 0:
-        raise DataError(f"data preparation from {hm_dir} failed (see the message above)")
-    data_dir = Path(data_dir) if data_dir else data_lib.tables_dir(hm_dir)
+    data_dir = data_lib.prepare_tables(["--hm-dir", hm_dir] + (["--out", str(data_dir)] if data_dir else []))
     t = data_lib.load_tables(data_dir, names=TABLES)
     items, examples = t["items"], t["examples"]
 
