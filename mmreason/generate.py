@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
+from mmreason import kvcache
 from mmreason.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, collate, encode_example, token_id
 from mmreason.model import SEG_REASON
 
@@ -71,8 +72,9 @@ def preset(name: str, **overrides) -> DecodeConfig:
 
 
 # --------------------------------------------------------------------------- model steps
-def _start(model, batch):
-    """Run the whole prompt once.
+def _start(model, batch, max_new_tokens: int):
+    """Run the whole prompt once (``kvcache``'s shared-prompt cache; Hugging Face's for GPT-2 variants it
+    does not reproduce).
 
     -> last logits (B, V), cache, mask (B, L), next position (B,), room (B,) = most tokens each row may
     generate within n_positions, and the largest position id (n_positions - 1).
@@ -84,10 +86,14 @@ def _start(model, batch):
     if int(lengths.max()) > n_positions:
         raise ValueError(f"prompt of {int(lengths.max())} tokens (prefix included) exceeds n_positions={n_positions}; "
                          "lower max_prompt_tokens")
-    out = model.gpt2(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    if kvcache.supports(model.gpt2):
+        logits, cache = kvcache.prompt_forward(model.gpt2, x, mask, pos, max_new_tokens)
+    else:
+        out = model.gpt2(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        logits, cache = out.logits[:, -1], out.cache
     # token j (1-based) is fed at position L-1+j, and only if token j+1 is wanted: at most n_positions-L+1 tokens
     room = n_positions - lengths + 1                                           # (B,)
-    return out.logits[:, -1], out.cache, mask, pos[:, -1] + 1, room, n_positions - 1
+    return logits, cache, mask, pos[:, -1] + 1, room, n_positions - 1
 
 
 def _step(model, ids, cache, mask, pos, max_pos):
@@ -95,6 +101,8 @@ def _step(model, ids, cache, mask, pos, max_pos):
     x = model.token_embeddings(ids[:, None], SEG_REASON)                       # (R, 1, C)
     mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)            # (R, L+1)
     # rows that are done may run past n_positions; their output is ignored, so clamp
+    if isinstance(cache, kvcache.KVCache):
+        return kvcache.step_forward(model.gpt2, cache, x[:, 0], pos.clamp(max=max_pos)), cache, mask, pos + 1
     out = model.gpt2(inputs_embeds=x, attention_mask=mask, position_ids=pos.clamp(max=max_pos)[:, None],
                      cache=cache, use_cache=True)
     return out.logits[:, -1], out.cache, mask, pos + 1
@@ -308,7 +316,7 @@ def decode(model, batch: dict, config: DecodeConfig, eos_id: int,
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         if config.strategy == "sample" and generator is None:
             generator = _generator(config, device)
-        start = _start(model, batch)
+        start = _start(model, batch, config.max_new_tokens)
         if config.strategy in ("beam", "diverse_beam"):
             return _beam(model, start, config, eos_id)
         return _greedy_or_sample(model, start, config, eos_id, generator)

@@ -35,7 +35,12 @@ class ModelConfig:
     n_embd: int = 64
     n_positions: int = 256
     vocab_size: int | None = None   # len(tokenizer); with pretrained_gpt2, None keeps the checkpoint's
-    dropout: float = 0.1
+    dropout: float = 0.1            # embeddings and residual branches
+    # Dropout on attention probabilities makes SDPA fall back to its unfused path on CPU (the (B, H, T, T)
+    # mask alone was 11% of a step); 0 measured 1.5x the training tokens/s (results/bench/cpu.md).
+    attn_dropout: float = 0.0
+    # GPT-2's "gelu_new" in one kernel instead of six elementwise ops: the same function (tanh approximation)
+    activation: str = "gelu_pytorch_tanh"
     pretrained_gpt2: str | None = None  # hub name or local directory (save_pretrained); None = from scratch
     train_mode: str = "full"        # "full" | "frozen" (ClipCap: only mapper/segments train) | "lora"
     lora_r: int = 8
@@ -84,7 +89,8 @@ def load_gpt2(config: ModelConfig) -> GPT2LMHeadModel:
             raise ValueError("ModelConfig.vocab_size must be set (len(tokenizer)) to build GPT-2 from scratch")
         gcfg = GPT2Config(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
                           n_positions=config.n_positions, vocab_size=config.vocab_size,
-                          resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+                          resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.attn_dropout,
+                          activation_function=config.activation,
                           bos_token_id=None, eos_token_id=None)  # GPT-2's 50256 is not in our vocabulary
         return GPT2LMHeadModel(gcfg)
     paths.offline()

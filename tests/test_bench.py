@@ -1,0 +1,37 @@
+"""``python -m mmreason.bench --tiny`` on a tiny trained run: every section is measured and written; our
+decoding gives Hugging Face ``generate``'s greedy ids on the same weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import make_hm, work_in
+from mmreason import bench, train
+from test_train import TINY
+
+
+@pytest.mark.slow
+def test_tiny_bench_writes_every_section(tmp_path, monkeypatch):
+    root = tmp_path / "w"
+    make_hm(root / "hm")
+    work_in(monkeypatch, root)
+    assert train.main([*TINY, "--data.pipeline.hm_dir", str(root / "hm"), "--trainer.max_epochs", "1",
+                       "--ckpt_path", "none", "--n_report", "0"]) == 0
+    out = tmp_path / "bench"
+    assert bench.main(["--run", str(root / "artifacts/runs/cpu"), "--tiny", "--out", str(out)]) == 0
+    r = json.loads((out / "cpu.json").read_text())
+    assert r["limit"]["fp32"] > 0 and r["limit"]["bf16"] > 0
+    runs = r["train"]["runs"]
+    assert {"plain | before | fp32", "plain | after | fp32", "plain | after | bf16 autocast",
+            "Lightning | after | fp32"} <= set(runs)
+    for v in runs.values():
+        assert v["tokens_per_s"] > v["scored_tokens_per_s"] > 0 and v["flops_per_token"] > 0
+    for name, v in r["decode"]["settings"].items():
+        assert v["ours"]["reasons_per_s"] > 0 and v["hf"]["reasons_per_s"] > 0 and v["ours"]["tokens"] > 0
+        if name.startswith("greedy"):
+            same, total = map(int, v["greedy_same_ids"].split("/"))
+            assert same == total > 0, f"{name}: our greedy ids differ from Hugging Face generate's"
+    assert all(x > 0 for x in r["clip"]["images_per_s"].values())
+    md = (out / "cpu.md").read_text()
+    assert "GFLOP/s" in md and "| Lightning | after | fp32 |" in md and "greedy, batch 64" in md
