@@ -356,6 +356,7 @@ def markdown(r: dict) -> str:
     t = r["train"]
     lines += ["", f"- Default settings against before, plain loop, fp32: **{t['speedup_after_vs_before']:.2f}x** tokens/s.",
               f"- Lightning `Trainer` against the plain loop (same settings): overhead **{t['lightning_overhead']:+.1%}**.",
+              f"- Padding: {t['padding_share']:.1%} of the positions in these batches are padding (length bucketing).",
               ""]
     lines += ["## Decoding", "", f"{r['decode']['n_prompts']} unseen-product test prompts, {r['decode']['max_new']} new "
               "tokens at most, n-gram ban 3; ours = `generate.decode`, HF = `GPT2LMHeadModel.generate` on the same "
@@ -424,7 +425,9 @@ def main(argv=None) -> int:
         runs[name] = fn()
         print(f"[bench]   {runs[name]['tokens_per_s']:,.0f} tokens/s", flush=True)
     plain = statistics.mean([runs["plain | after | fp32"]["tokens_per_s"], runs["plain | after | fp32 (again)"]["tokens_per_s"]])
+    padded = sum(b["attention_mask"].numel() for b in batches)
     r["train"] = {"batches": steps, "warmup": warmup, "batch_size": data.batch_size, "runs": runs,
+                  "padding_share": 1 - sum(int(b["attention_mask"].sum()) for b in batches) / padded,
                   "speedup_after_vs_before": runs["plain | after | fp32"]["tokens_per_s"]
                   / runs["plain | before | fp32"]["tokens_per_s"],
                   "lightning_overhead": plain / runs["Lightning | after | fp32"]["tokens_per_s"] - 1}

@@ -5,19 +5,17 @@ Why not Hugging Face's forward with its ``DynamicCache``: at the sizes we decode
 building, per-layer cache concatenation, and, for beam search, copying the whole cache (prompt included,
 ~200 MB per step at batch 64 x 4 beams) to reorder beams. Here:
 
-- the prompt's keys/values are stored once per example, (B, H, L, D); beams and samples of one example
-  read the same rows, so reordering beams never touches them;
-- the generated part is preallocated, (B*K, H, max_new, D), written in place; reordering copies its
-  first t positions only;
-- one decoding step is a few matmuls per layer over the same GPT-2 modules (LoRA layers included), so
-  the weights are Hugging Face's and the parity test pins the logits to Hugging Face's forward.
+- the cache is preallocated, (B*K, H, L + max_new, D) per layer, and written in place; the prompt's
+  keys/values are the same in every beam of an example and stay put, so reordering beams copies the
+  generated positions only;
+- one decoding step is, per layer, the block's own modules (LoRA layers included) and one fused
+  ``scaled_dot_product_attention`` over the cache, so the weights are Hugging Face's and the parity test
+  pins the logits to Hugging Face's forward.
 
 ``KVCache`` has the two methods the decoding loops call on a cache (``batch_repeat_interleave``,
 ``reorder_cache``), so ``generate.py``'s loops are the same whichever cache they get.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -36,17 +34,20 @@ def supports(gpt2) -> bool:
 
 
 class KVCache:
-    """Keys/values of the prompt (one row per example) and of the generated tokens (one row per beam)."""
+    """Keys/values of the prompt and the generated tokens, one row per beam (or sample), preallocated.
+
+    The prompt's keys/values are copied into every beam's row once, at the first step; beams never move
+    across examples, so reordering beams copies the generated positions only.
+    """
 
     def __init__(self, prompt_k: list, prompt_v: list, prompt_mask: torch.Tensor, max_new: int):
         self.pk, self.pv = prompt_k, prompt_v                                  # L x (B, H, Lp, D)
-        self.prompt_bias = torch.zeros(prompt_mask.shape, dtype=prompt_k[0].dtype, device=prompt_mask.device)
-        self.prompt_bias.masked_fill_(~prompt_mask.bool(), float("-inf"))      # (B, Lp): padding never attended
-        B, H, _, D = prompt_k[0].shape
-        self.B, self.H, self.D, self.max_new = B, H, D, max_new
+        self.prompt_mask = prompt_mask.bool()                                  # (B, Lp)
+        B, H, Lp, D = prompt_k[0].shape
+        self.B, self.H, self.Lp, self.D, self.max_new = B, H, Lp, D, max_new
         self.K = 1                                                             # rows per example
         self.t = 0                                                             # generated tokens cached
-        self.gk = self.gv = None                                               # L x (B*K, H, max_new, D)
+        self.k = self.v = self.mask = None                                     # L x (B*K, H, Lp+max_new, D)
 
     def batch_repeat_interleave(self, n: int) -> None:
         """Each example gets n rows (beams or samples): rows b*n .. b*n+n-1. Only before the first step."""
@@ -56,16 +57,26 @@ class KVCache:
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
         """Row r continues from row beam_idx[r]; beams never move across examples."""
-        if self.gk is None or not self.t:
+        if self.k is None or not self.t:
             return
-        for layer in range(len(self.gk)):
-            self.gk[layer][:, :, :self.t] = self.gk[layer][beam_idx, :, :self.t]
-            self.gv[layer][:, :, :self.t] = self.gv[layer][beam_idx, :, :self.t]
+        gen = slice(self.Lp, self.Lp + self.t)
+        for layer in range(len(self.k)):
+            self.k[layer][:, :, gen] = self.k[layer][beam_idx, :, gen]
+            self.v[layer][:, :, gen] = self.v[layer][beam_idx, :, gen]
 
-    def _alloc(self, like: torch.Tensor, n_layer: int) -> None:
-        shape = (self.B * self.K, self.H, self.max_new, self.D)
-        self.gk = [like.new_zeros(shape) for _ in range(n_layer)]
-        self.gv = [like.new_zeros(shape) for _ in range(n_layer)]
+    def _alloc(self) -> None:
+        R, Lp = self.B * self.K, self.Lp
+        self.k, self.v = [], []
+        for pk, pv in zip(self.pk, self.pv):
+            k = pk.new_empty(R, self.H, Lp + self.max_new, self.D)
+            v = torch.empty_like(k)
+            k[:, :, :Lp] = pk.repeat_interleave(self.K, 0)
+            v[:, :, :Lp] = pv.repeat_interleave(self.K, 0)
+            self.k.append(k), self.v.append(v)
+        self.pk = self.pv = None
+        mask = self.prompt_mask.new_ones(R, Lp + self.max_new)
+        mask[:, :Lp] = self.prompt_mask.repeat_interleave(self.K, 0)          # padding never attended
+        self.mask = mask[:, None, None, :]                                     # (R, 1, 1, Lp+max_new)
 
 
 def _heads(x: torch.Tensor, H: int) -> torch.Tensor:
@@ -105,27 +116,18 @@ def step_forward(gpt2, cache: KVCache, inputs_embeds: torch.Tensor, position_ids
     tr, H = hf.transformer, hf.config.n_head
     if cache.t >= cache.max_new:
         raise RuntimeError(f"KV cache holds {cache.max_new} generated tokens; decoding asked for more")
-    if cache.gk is None:
-        cache._alloc(inputs_embeds, len(tr.h))
-    B, K, D, t = cache.B, cache.K, cache.D, cache.t
+    if cache.k is None:
+        cache._alloc()
+    R, D, n = inputs_embeds.size(0), cache.D, cache.Lp + cache.t + 1        # n: positions attended
     x = inputs_embeds + tr.wpe(position_ids)                                   # (R, C)
-    scale = 1.0 / math.sqrt(D)
+    mask = cache.mask[..., :n]                                                 # (R, 1, 1, n)
     for i, blk in enumerate(tr.h):
         q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(hf.config.n_embd, dim=1)  # (R, C) each
-        q, k, v = (z.view(B * K, H, D) for z in (q, k, v))
-        cache.gk[i][:, :, t] = k
-        cache.gv[i][:, :, t] = v
-        qe = q.view(B, K, H, D)
-        s_prompt = torch.einsum("bkhd,bhld->bkhl", qe, cache.pk[i]) * scale   # (B, K, H, Lp)
-        s_prompt = s_prompt + cache.prompt_bias[:, None, None, :]
-        gk = cache.gk[i][:, :, :t + 1]                                         # (R, H, t+1, D)
-        s_gen = torch.einsum("rhd,rhtd->rht", q, gk).view(B, K, H, t + 1) * scale
-        w = torch.cat([s_prompt, s_gen], dim=-1).softmax(-1)                   # (B, K, H, Lp+t+1)
-        Lp = s_prompt.size(-1)
-        y = torch.einsum("bkhl,bhld->bkhd", w[..., :Lp], cache.pv[i])          # (B, K, H, D)
-        y = y.reshape(B * K, H, D) + torch.einsum("rht,rhtd->rhd", w[..., Lp:].reshape(B * K, H, t + 1),
-                                                  cache.gv[i][:, :, :t + 1])
-        x = x + blk.attn.c_proj(y.reshape(B * K, H * D))
+        cache.k[i][:, :, n - 1] = k.view(R, H, D)
+        cache.v[i][:, :, n - 1] = v.view(R, H, D)
+        y = F.scaled_dot_product_attention(q.view(R, H, 1, D), cache.k[i][:, :, :n], cache.v[i][:, :, :n],
+                                           attn_mask=mask)                     # (R, H, 1, D)
+        x = x + blk.attn.c_proj(y.view(R, H * D))
         x = x + blk.mlp(blk.ln_2(x))
     cache.t += 1
     return hf.lm_head(tr.ln_f(x))                                              # (R, V)
