@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 
 from mmreason import metrics as M
-from mmreason.filters import Filter
-from mmreason.generate import DecodeConfig, generate_reasons, preset
+from mmreason.filters import Filter, vocab_from_items
+from mmreason.generate import DecodeConfig, preset
+from mmreason.shown import Shown, shown_reasons
 
 # The decoders the diversity notebook compares: deterministic search, then sampling at rising temperature
 # and with a nucleus. One candidate per example for sampling; beam searches keep 4 (for the filter).
@@ -105,12 +106,16 @@ def clip_evidence(artifacts, clip_model: str | None = None) -> dict:
 
 # ----------------------------------------------------------------------------- decoding
 
-def generate(module, data, frame: pd.DataFrame, decode: DecodeConfig, batch_size: int = 160) -> list[list[str]]:
-    """Ranked candidate reasons for every row of ``frame`` (examples, or probe rows with swapped users)."""
-    photo, has = data.artifacts.photo_lookup(frame["article_id"].to_numpy())
-    examples = [data.prompt_example(r) for r in frame.to_dict("records")]
-    return generate_reasons(module.model, data.tokenizer, examples, photo, has, decode, batch_size=batch_size,
-                            max_prompt_tokens=data.max_prompt_tokens, progress=False)
+def generate(module, data, frame: pd.DataFrame, decode: DecodeConfig, batch_size: int = 160,
+             items: pd.DataFrame | None = None, hist: list[dict] | None = None, filt: Filter | None = None,
+             constrain: bool = True) -> list[Shown]:
+    """The shown reason (``shown.shown_reasons``: ranked candidates, filter verdict) for every row of
+    ``frame`` (examples, or probe rows with swapped users). items default: the run's items table."""
+    items = data.artifacts.items if items is None else items
+    arts = items.set_index("article_id").loc[frame["article_id"]].reset_index().to_dict("records")
+    filt = filt if filt is not None else Filter(vocab_from_items(items))
+    return shown_reasons(module, data, frame.to_dict("records"), arts, decode, filt, hist, constrain=constrain,
+                         batch_size=batch_size)
 
 
 def _within_set_distinct2(candidates: list[list[str]]) -> float:
@@ -134,10 +139,11 @@ def decoding_sweep(module, data, frame: pd.DataFrame, items: pd.DataFrame, hist:
     for name, decode in decoders.items():
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        cands = generate(module, data, frame, decode)
+        shown = generate(module, data, frame, decode, items=items, hist=hist, filt=filt)
         seconds = time.perf_counter() - t0
+        cands = [s.candidates for s in shown]
         hyps = [c[0] for c in cands]
-        selected = [filt.select(c, a, h) for c, a, h in zip(cands, arts, hist)]
+        selected = [s.selected for s in shown]
         rows.append({
             "decoder": name, "strategy": decode.strategy, "temperature": decode.temperature, "top_p": decode.top_p,
             "bleu4": M.bleu(hyps, refs, 4), "cider": M.cider(hyps, refs), "distinct2": M.distinct(hyps, 2),
@@ -162,7 +168,7 @@ def personalisation_sweep(module, data, probe: pd.DataFrame, decoders: dict[str,
                           seed: int = 0) -> pd.DataFrame:
     """Do different users get different reasons for the same article, beyond decoding noise?
 
-    Per decoder: metrics.personalisation on the top candidate (personalised_share, cross_user_distance:
+    Per decoder: metrics.personalisation on the shown reason (personalised_share, cross_user_distance:
     mean token-Jaccard distance between users' reasons) and noise_distance: the same distance between two
     draws for the *same* user and article (0 for deterministic decoders). What users change is the gap.
     """
@@ -170,8 +176,9 @@ def personalisation_sweep(module, data, probe: pd.DataFrame, decoders: dict[str,
     for name, decode in decoders.items():
         torch.manual_seed(seed)
         sampling = decode.strategy == "sample"
-        cands = generate(module, data, probe, replace(decode, num_return_sequences=2 if sampling else 1))
-        p = M.personalisation([c[0] for c in cands], probe["customer_id"].tolist(), probe["article_id"].tolist())
+        shown = generate(module, data, probe, replace(decode, num_return_sequences=2 if sampling else 1))
+        cands = [s.candidates for s in shown]
+        p = M.personalisation([s.reason for s in shown], probe["customer_id"].tolist(), probe["article_id"].tolist())
         noise = [_token_distance(c[0], c[1]) for c in cands if len(c) > 1] if sampling else [0.0]
         rows.append({"decoder": name, "personalised_share": p["personalised_share"],
                      "cross_user_distance": p["cross_user_distance"], "noise_distance": float(np.mean(noise)),
@@ -217,13 +224,13 @@ def case_studies(module, data, cases: pd.DataFrame, interactions: pd.DataFrame, 
     decoded = {}
     for name, decode in decoders.items():
         torch.manual_seed(seed)
-        decoded[name] = generate(module, data, cases, decode)
+        decoded[name] = generate(module, data, cases, decode, items=items, hist=hist, filt=filt)
     out = []
     for i, row in enumerate(cases.to_dict("records")):
         per_decoder = {}
         for name in decoders:
-            chosen, rejected = filt.select(decoded[name][i], arts[i], hist[i])
-            per_decoder[name] = {"candidates": decoded[name][i], "chosen": chosen, "rejected": rejected}
+            chosen, rejected = decoded[name][i].selected
+            per_decoder[name] = {"candidates": decoded[name][i].candidates, "chosen": chosen, "rejected": rejected}
         out.append({"customer_id": row["customer_id"], "day": row["t_dat"], "example": row, "article": arts[i],
                     "recent": recent_purchases(interactions, items, row["customer_id"], row["t_dat"], n_recent),
                     "silver": row["reason"], "decoders": per_decoder})

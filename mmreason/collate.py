@@ -1,7 +1,9 @@
 """Examples -> token ids, segment ids and labels -> padded (B, T) tensors.
 
 One encoded example reads
-    <|user|> user_profile <|behaviour|> behaviour <|product|> product <|reason|> reason <|endoftext|>
+    <|user|> user_profile <|behaviour|> evidence behaviour <|product|> product <|reason|> reason <|endoftext|>
+(evidence: the facts the reason may state, data.py / reasons.build_hook; empty for tables and runs without it,
+which then encode exactly as before it existed).
 The photo is not a token: the model puts its k prefix embeddings in front of all this.
 Only the reason and its EOS are scored; every other label is -100 (never 0, which is GPT-2's "!").
 """
@@ -18,10 +20,14 @@ from mmreason.tokenizer import PROMPT_TOKENS as SPECIAL_TOKENS  # the five marke
 
 PAD = EOS
 
-# (example field, marker token, segment id), in prompt order
-PROMPT_PARTS = [("user_profile", USER, SEG_USER), ("behaviour", BEHAVIOUR, SEG_BEHAVIOUR),
-                ("product", PRODUCT, SEG_PRODUCT)]
-DEFAULT_MAX_PROMPT_TOKENS = {"user_profile": 48, "behaviour": 64, "product": 48}
+# (example field, marker token or None, segment id), in prompt order: the evidence opens the behaviour segment
+PROMPT_PARTS = [("user_profile", USER, SEG_USER), ("evidence", BEHAVIOUR, SEG_BEHAVIOUR),
+                ("behaviour", None, SEG_BEHAVIOUR), ("product", PRODUCT, SEG_PRODUCT)]
+# evidence: above its longest text in bytes, so it is never cut (data.PROMPT_BUDGET, audited there)
+DEFAULT_MAX_PROMPT_TOKENS = {"user_profile": 48, "evidence": 224, "behaviour": 64, "product": 48}
+# Delexicalised targets (ReasonDataModule(slots=True)): the hook's cited purchase name is this slot, which
+# the shown-reason path (mmreason/shown.py) fills from the example's evidence after decoding.
+NAME_SLOT = "<name>"
 
 
 def token_id(tokenizer, token: str) -> int:
@@ -42,10 +48,13 @@ def encode_example(tokenizer, example: Mapping, max_prompt_tokens: int | Mapping
         max_prompt_tokens = {field: max_prompt_tokens for field, _, _ in PROMPT_PARTS}
     ids, segs = [], []
     for field, marker, seg in PROMPT_PARTS:
-        text_ids = tokenizer.encode(example.get(field) or "", add_special_tokens=False)
-        text_ids = text_ids[:max_prompt_tokens[field]]
-        ids += [token_id(tokenizer, marker)] + text_ids
-        segs += [seg] * (1 + len(text_ids))
+        text = example.get(field) or ""
+        # a run from before the evidence segment names no cap for it: it is not in that run's prompt
+        cap = max_prompt_tokens.get(field, 0 if field == "evidence" else None)
+        text_ids = tokenizer.encode(text, add_special_tokens=False)[:cap] if text and cap != 0 else []
+        head = [token_id(tokenizer, marker)] if marker is not None else []
+        ids += head + text_ids
+        segs += [seg] * (len(head) + len(text_ids))
     ids.append(token_id(tokenizer, REASON))
     segs.append(SEG_REASON)
     labels = [-100] * len(ids)

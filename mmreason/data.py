@@ -8,8 +8,12 @@ fingerprint of the input files and the settings; ``artifacts/data/hm`` points to
 * ``items``        one row per article: attributes, copy, photo path, serialised ``product`` text, and the
                    unseen-products split (whole ``product_code`` groups held out).
 * ``interactions`` one row per (customer, article, day) with the quantity bought.
-* ``examples``     one row per interaction with the model inputs (``user_profile``, ``behaviour``,
-                   ``product``), the silver ``reason`` target and its provenance, and both splits.
+* ``examples``     one row per interaction with the model inputs (``user_profile``, ``evidence``,
+                   ``behaviour``, ``product``), the silver ``reason`` target and its provenance (``hook_facts``:
+                   every fact the hook states; ``cited_name``: the purchase it names), and both splits.
+
+The summary carries the audit (``audit``): every fact each target states is readable in the prompt the
+model receives, after truncation.
 
 Profiles and behaviour use only purchases strictly *before* the example's day. See ``reasons.py`` for
 how silver targets are built. A rerun over unchanged input reuses the tables (``manifest.json``).
@@ -35,7 +39,7 @@ from mmreason import paths
 from mmreason.io import DataError, Report, atomic_dir, file_stat, fingerprint
 from mmreason.reasons import Purchase, build_hook, product_copy
 
-VERSION = 5  # bump when the tables' content changes, so stale tables are rebuilt
+VERSION = 6  # bump when the tables' content changes, so stale tables are rebuilt
 
 TEXT_COLUMNS = [
     "prod_name", "product_type_name", "product_group_name", "graphical_appearance_name",
@@ -45,6 +49,12 @@ TEXT_COLUMNS = [
 ARTICLE_COLUMNS = ["article_id", "product_code", *TEXT_COLUMNS, "detail_desc"]
 TRANSACTION_COLUMNS = ["t_dat", "customer_id", "article_id", "price", "sales_channel_id"]
 CUSTOMER_COLUMNS = ["customer_id", "FN", "Active", "club_member_status", "fashion_news_frequency", "age"]
+# Token ceilings of the prompt segments (collate.DEFAULT_MAX_PROMPT_TOKENS, configs/*.yaml), set from the
+# data. The evidence segment holds every fact a target states (reasons.build_hook), so it is never cut: its
+# ceiling is above its longest text in bytes (204 on the full H&M data), and a byte-level BPE spends at
+# least one byte per token (one more for an added prefix space). The audit below checks exactly that.
+PROMPT_BUDGET = {"user_profile": 64, "evidence": 224, "behaviour": 48, "product": 48}
+PROMPT_SEGMENTS = ("user_profile", "evidence", "behaviour", "product")  # in prompt order
 PROFILE_FIELDS = {  # items column -> label in the profile text
     "product_type_name": "types", "colour_group_name": "colours", "graphical_appearance_name": "patterns",
     "section_name": "sections", "garment_group_name": "garment groups",
@@ -317,8 +327,7 @@ def user_context(tables: dict[str, pd.DataFrame], customer_id: str, day, n_behav
     day = pd.Timestamp(day)
     inter = tables["interactions"]
     cuts = cuts or price_cuts(inter)
-    past = inter[(inter["customer_id"] == customer_id) & (inter["t_dat"] < day)]
-    past = past.sort_values(["t_dat", "article_id"], kind="stable")            # the order build_tables adds them
+    past = _past(inter, customer_id, day)
     items = tables["items"].set_index("article_id")
     counts = {col: Counter() for col in PROFILE_FIELDS}
     channels, price_sum = Counter(), 0.0
@@ -328,12 +337,34 @@ def user_context(tables: dict[str, pd.DataFrame], customer_id: str, day, n_behav
             counts[col][a[col]] += 1
         channels[r.sales_channel_id] += 1
         price_sum += r.price
-    history = [Purchase(int(r.article_id), (day - r.t_dat).days, *(items.at[r.article_id, f] for f in (
-        "prod_name", "product_type_name", "colour_group_name", "graphical_appearance_name",
-        "garment_group_name", "section_name"))) for r in past.iloc[::-1].itertuples(index=False)]
+    history = _purchases(past, items, day)
     customer = row.iloc[0].to_dict()
     return {"user_profile": profile_text(customer, counts, len(past), channels, price_sum, cuts),
             "behaviour": behaviour_text(history, n_behaviour), "history": history}
+
+
+def _past(interactions: pd.DataFrame, customer_id: str, day: pd.Timestamp) -> pd.DataFrame:
+    past = interactions[(interactions["customer_id"] == customer_id) & (interactions["t_dat"] < day)]
+    return past.sort_values(["t_dat", "article_id"], kind="stable")            # the order build_tables adds them
+
+
+def _purchases(past: pd.DataFrame, items: pd.DataFrame, day: pd.Timestamp) -> list[Purchase]:
+    return [Purchase(int(r.article_id), (day - r.t_dat).days, *(items.at[r.article_id, f] for f in (
+        "prod_name", "product_type_name", "colour_group_name", "graphical_appearance_name",
+        "garment_group_name", "section_name"))) for r in past.iloc[::-1].itertuples(index=False)]
+
+
+def history_before(interactions: pd.DataFrame, items: pd.DataFrame, customer_id: str, day) -> list[Purchase]:
+    """A customer's purchases strictly before ``day``, most recent first (``items`` indexed by article_id)."""
+    day = pd.Timestamp(day)
+    return _purchases(_past(interactions, customer_id, day), items, day)
+
+
+def evidence_fields(article: dict, history: list[Purchase]) -> dict:
+    """The prompt's evidence for ``article`` and a customer's earlier purchases, as ``build_tables`` writes
+    it: {"evidence", "cited_name"} (reasons.build_hook's rule)."""
+    hook = build_hook(article, history)
+    return {"evidence": hook.evidence_text, "cited_name": hook.cited_name}
 
 
 def build_tables(articles, customers, transactions, photos: dict[int, str], *, n_behaviour=5, seed=0,
@@ -378,6 +409,7 @@ def build_tables(articles, customers, transactions, photos: dict[int, str], *, n
                     "customer_id": cid, "article_id": r.article_id, "product_code": a["product_code"],
                     "t_dat": day, "quantity": r.quantity, "user_profile": profile, "behaviour": behaviour,
                     "product": a["product"], "photo_path": a["photo_path"], "has_photo": a["has_photo"],
+                    "evidence": hook.evidence_text, "hook_facts": list(hook.facts), "cited_name": hook.cited_name,
                     "hook": hook.text, "item_copy": copy, "copy_source": copy_source,
                     "reason": f"{hook.text} {copy}".strip(), "hook_kind": hook.kind,
                     "hook_fields": list(hook.fields), "hook_evidence": list(hook.evidence),
@@ -420,6 +452,63 @@ def target_features(reason: str, article: dict) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- audit: every stated fact is in the prompt
+
+def visible_prompt(example: dict, caps: dict[str, int] = PROMPT_BUDGET, tokenizer=None,
+                   fields=PROMPT_SEGMENTS) -> str:
+    """The prompt text the model receives after each segment is cut to ``caps[segment]`` tokens.
+
+    With a tokenizer (anything with ``encode(text, add_special_tokens=False)`` and ``decode(ids)``): exactly
+    its first cap tokens. Without one: the first cap - 1 bytes, which is what any byte-level BPE keeps at
+    least (each token spells >= 1 byte; one may be an added prefix space), so a fact found there is visible
+    whatever tokenizer the run trains. A segment without a cap is not in the prompt.
+    """
+    parts = []
+    for field in fields:
+        text, cap = example.get(field) or "", caps.get(field)
+        if cap is None or not isinstance(text, str):
+            continue
+        if tokenizer is None:
+            parts.append(text.encode()[:max(cap - 1, 0)].decode("utf-8", "ignore"))
+        else:
+            parts.append(tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)[:cap]))
+    return " | ".join(parts)
+
+
+def target_facts(example: dict) -> list[str]:
+    """Every fact a silver target states: the hook's (name, count, time, values) and the article's values
+    that the whole target names (``features``)."""
+    hook = example.get("hook_facts")
+    feats = example.get("features")
+    return [str(f) for f in (list(hook) if hook is not None else []) + (list(feats) if feats is not None else [])]
+
+
+def audit(examples: pd.DataFrame, caps: dict[str, int] = PROMPT_BUDGET, tokenizer=None,
+          fields=PROMPT_SEGMENTS, max_listed: int = 5) -> dict:
+    """Is each fact each target states readable in the prompt the model receives (``visible_prompt``)?
+
+    -> {"targets", "targets_all_visible" (share), "facts", "facts_visible" (share), "mode", "invisible": the
+    first few (example_id, fact)}. Case-insensitive, on word boundaries.
+    """
+    n_targets = all_ok = n_facts = seen = 0
+    invisible = []
+    for r in examples.to_dict("records"):
+        facts = target_facts(r)
+        low = visible_prompt(r, caps, tokenizer, fields).lower()
+        ok = [bool(re.search(rf"(?<!\w){re.escape(f.lower())}(?!\w)", low)) for f in facts]
+        n_targets += 1
+        n_facts += len(facts)
+        seen += sum(ok)
+        all_ok += all(ok)
+        if not all(ok) and len(invisible) < max_listed:
+            invisible += [(int(r.get("example_id", -1)), f) for f, o in zip(facts, ok) if not o][:max_listed - len(invisible)]
+    return {"targets": n_targets, "targets_all_visible_n": all_ok, "facts_visible_n": seen,
+            "targets_all_visible": all_ok / n_targets if n_targets else float("nan"),
+            "facts": n_facts, "facts_visible": seen / n_facts if n_facts else float("nan"),
+            "mode": "tokens" if tokenizer is not None else "bytes (any byte-level BPE)", "caps": dict(caps),
+            "invisible": invisible}
+
+
 def summary(tables: dict[str, pd.DataFrame], report: Report) -> dict:
     ex = tables["examples"]
     out = {
@@ -437,6 +526,13 @@ def summary(tables: dict[str, pd.DataFrame], report: Report) -> dict:
         "hook_kinds": ex["hook_kind"].value_counts().to_dict(),
         "problems": report.counts(),
     }
+    if len(ex):
+        a = audit(ex)
+        # counts, not a rounded share: 0.9996 must not print as 1.000
+        out["audit_targets_all_facts_visible"] = f"{a['targets_all_visible_n']:,} of {a['targets']:,}"
+        out["audit_facts_visible"] = f"{a['facts_visible_n']:,} of {a['facts']:,} ({a['mode']}, caps {a['caps']})"
+        out["audit_invisible_examples"] = a["invisible"]
+        out["evidence_max_bytes"] = int(ex["evidence"].str.encode("utf-8").str.len().max())
     return out
 
 

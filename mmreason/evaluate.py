@@ -9,8 +9,9 @@ Systems, on two test sets (``temporal``: each user's last purchase day, products
 * ``photo_only`` the generator without the product-attribute segment (photo, profile, behaviour);
 * ``full``       the generator with everything.
 
-Reasons from the generators are decoded with beam search and post-filtered (``filters.py``): the
-first candidate that passes is shown. Metrics are computed on the whole reason and separately on the
+Reasons from the generators come from the one shown-reason path (``shown.py``): beam search with the
+decoding constraint (``constraints.py``; ``--no-constrain`` turns it off for the ablation), then the
+post-filter (``filters.py``): the first candidate that passes is shown. Metrics are computed on the whole reason and separately on the
 hook and the product copy, each system's as it wrote them: the template's two parts, retrieval's text
 as copy alone (it has no hook), the generators' first sentence as hook (they learn the silver layout,
 a one-sentence hook before the copy). Targets are *silver* (``reasons.py``).
@@ -33,10 +34,12 @@ import torch
 
 from mmreason import metrics as M
 from mmreason import paths
+from mmreason.data import evidence_fields, history_before
 from mmreason.filters import Filter, rejection_report, vocab_from_items
-from mmreason.generate import generate_reasons, preset
+from mmreason.generate import preset
 from mmreason.io import DataError, write_report
 from mmreason.lit import ReasonDataModule, ReasonModule, find_checkpoint, load_run
+from mmreason.shown import history_sets, shown_reasons
 
 CONFIG = paths.REPO_ROOT / "configs" / "cpu.yaml"
 # Model variants and the training overrides that make them; "full" is the default training run.
@@ -44,8 +47,13 @@ VARIANTS = {
     "full": ("artifacts/runs/cpu", []),
     "text_only": ("artifacts/runs/text_only", ["--model.config.use_photo", "false"]),
     "photo_only": ("artifacts/runs/photo_only", ["--data.prompt_fields", "[user_profile, behaviour]"]),
+    # the ablation of issue 13 (not in the default systems): the prompt before the data audit, and
+    # delexicalised targets (the cited name as a slot filled from the evidence)
+    "no_evidence": ("artifacts/runs/no_evidence", ["--data.prompt_fields", "[user_profile, behaviour, product]"]),
+    "slots": ("artifacts/runs/slots", ["--data.slots", "true"]),
 }
 SYSTEMS = ["template", "retrieval", "text_only", "photo_only", "full"]
+ABLATION = ["no_evidence", "slots"]
 ATTR_FIELDS = {"colour": "colour_group_name", "type": "product_type_name", "pattern": "graphical_appearance_name"}
 
 
@@ -126,20 +134,16 @@ def load_variant(name: str) -> tuple[ReasonModule, ReasonDataModule] | None:
     return load_run(root) if find_checkpoint(root) is not None else None
 
 
-def model_reasons(module, data, frame, items, hist, filt: Filter, decode, product_override=None, progress=True):
-    lookup = data.artifacts.photo_lookup
+def model_reasons(module, data, frame, items, hist, filt: Filter, decode, product_override=None, progress=True,
+                  constrain=True):
+    """The shown reasons (``shown.shown_reasons``) for ``frame`` and the filter's rejection report."""
     rows = frame.to_dict("records")
     if product_override is not None:
         for r, p in zip(rows, product_override):
             r["product"] = p
-    examples = [data.prompt_example(r) for r in rows]
-    photo, has = lookup(frame["article_id"].to_numpy())
-    cands = generate_reasons(module.model, data.tokenizer, examples, photo, has, decode, batch_size=48,
-                             max_prompt_tokens=data.max_prompt_tokens, progress=progress)
     arts = items.set_index("article_id").loc[frame["article_id"]].reset_index().to_dict("records")
-    results = [filt.select(c, a, h) for c, a, h in zip(cands, arts, hist)]
-    reasons = [chosen if chosen is not None else rejected[0][0] for chosen, rejected in results]
-    return reasons, rejection_report(results)
+    shown = shown_reasons(module, data, rows, arts, decode, filt, hist, constrain=constrain, progress=progress)
+    return [s.reason for s in shown], rejection_report([s.selected for s in shown])
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -170,9 +174,12 @@ def score(hyps, frame, items, hist, vocab, with_embedding=True, parts=None) -> d
     return out
 
 
-def probe_rows(frame: pd.DataFrame, n_articles: int = 40, n_users: int = 4, seed: int = 0) -> pd.DataFrame:
+def probe_rows(frame: pd.DataFrame, n_articles: int = 40, n_users: int = 4, seed: int = 0,
+               interactions: pd.DataFrame | None = None, items: pd.DataFrame | None = None) -> pd.DataFrame:
     """The first ``n_articles`` articles of users with history, each paired with ``n_users`` such users
-    drawn at random: the article's columns with the user's profile and behaviour."""
+    drawn at random: the article's columns with the user's profile and behaviour (as of ``user_day``).
+    The evidence is the pair's own (``data.evidence_fields`` for the article and the user's purchases
+    before user_day) when ``interactions`` and ``items`` are given, else blank: never another pair's."""
     rng = np.random.default_rng(seed)
     with_hist = frame[frame["n_history"] > 0]
     arts = with_hist.drop_duplicates("article_id").head(n_articles)
@@ -180,19 +187,27 @@ def probe_rows(frame: pd.DataFrame, n_articles: int = 40, n_users: int = 4, seed
     rows = []
     for a in arts.to_dict("records"):
         for u in users.iloc[rng.choice(len(users), size=min(n_users, len(users)), replace=False)].to_dict("records"):
-            rows.append({**a, "customer_id": u["customer_id"], "user_profile": u["user_profile"], "behaviour": u["behaviour"]})
+            rows.append({**a, "customer_id": u["customer_id"], "user_profile": u["user_profile"], "behaviour": u["behaviour"],
+                         "user_day": u["t_dat"], "evidence": "", "cited_name": ""})
+    if interactions is not None and items is not None:
+        by_id = items.set_index("article_id")
+        for r in rows:
+            past = history_before(interactions, by_id, r["customer_id"], r["user_day"])
+            r.update(evidence_fields(by_id.loc[r["article_id"]].to_dict(), past))
     return pd.DataFrame(rows)
 
 
-def personalisation_probe(module, data, frame, n_articles=40, n_users=4, seed=0) -> dict:
-    """The same articles shown to several users with history: do their reasons differ, and how much?"""
-    probe = probe_rows(frame, n_articles, n_users, seed)
+def personalisation_probe(module, data, frame, interactions, items, filt: Filter, n_articles=40, n_users=4, seed=0,
+                          constrain=True) -> dict:
+    """The same articles shown to several users with history: do their shown reasons differ, and how much?
+    Each (article, user) pair gets the evidence and the filter's history of that user as of the user's day."""
+    probe = probe_rows(frame, n_articles, n_users, seed, interactions, items)
     rows = probe.to_dict("records")
-    photo, has = data.artifacts.photo_lookup(probe["article_id"].to_numpy())
-    hyps = [c[0] for c in generate_reasons(module.model, data.tokenizer, [data.prompt_example(r) for r in rows],
-                                           photo, has, preset("greedy"), batch_size=48,
-                                           max_prompt_tokens=data.max_prompt_tokens, progress=False)]
-    p = M.personalisation(hyps, probe["customer_id"].tolist(), probe["article_id"].tolist())
+    by_id = items.set_index("article_id")
+    arts = [by_id.loc[r["article_id"]].to_dict() | {"article_id": r["article_id"]} for r in rows]
+    hists = [history_sets(history_before(interactions, by_id, r["customer_id"], r["user_day"])) for r in rows]
+    shown = shown_reasons(module, data, rows, arts, preset("greedy"), filt, hists, constrain=constrain)
+    p = M.personalisation([s.reason for s in shown], probe["customer_id"].tolist(), probe["article_id"].tolist())
     return {f"probe_{k}": v for k, v in p.items()}
 
 
@@ -222,7 +237,8 @@ def fmt(v) -> str:
 
 def markdown(results: dict, dropout: dict, meta: dict) -> str:
     lines = [f"# Evaluation ({meta['run']}, silver targets)", "",
-             f"{meta['n']} examples per test set (seed {meta['seed']}), decoding `{meta['decode']}` + filter. "
+             f"{meta['n']} examples per test set (seed {meta['seed']}), decoding `{meta['decode']}`"
+             f"{' + constraint' if meta.get('constrain', True) else ' (unconstrained)'} + filter. "
              "BLEU/ROUGE on a 0-100 scale, CIDEr raw (0-10), the rest 0-1.", ""]
     for title, cols in TABLES.items():
         lines += [f"## {title}", "", "| split | system | " + " | ".join(c for c, _ in cols) + " |",
@@ -271,7 +287,9 @@ def get_parser():
     p.add_argument("--n", type=int, default=600, help="examples per test set (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--decode", default="beam", help="decoding preset for the generators (greedy, beam, sample, ...)")
-    p.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
+    p.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS + ABLATION)
+    p.add_argument("--no-constrain", dest="constrain", action="store_false",
+                   help="decode without the constraint (constraints.py): the ablation's unconstrained rows")
     p.add_argument("--train", action="store_true", help="train the model variants that have no checkpoint yet")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="extra flags for mmreason.train")
     p.add_argument("--no-embedding", action="store_true", help="skip the sentence-embedding similarity")
@@ -317,7 +335,7 @@ def main(argv=None) -> int:
             report, parts = {}, None  # parts None: a generator's hook is its first sentence
             if system in VARIANTS:
                 module, vdata = loaded[system]
-                hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode)
+                hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode, constrain=args.constrain)
             else:
                 parts = baseline_parts(system, frame, items, art.photo_lookup)
                 hyps = [f"{hook} {copy}".strip() for hook, copy in parts]
@@ -326,7 +344,8 @@ def main(argv=None) -> int:
                 m["filter_rejection_rate"] = report["first_choice_rejected_rate"]  # the best candidate failed
                 m["filter_report"] = report
             if system in VARIANTS and split == "temporal":
-                m.update(personalisation_probe(*loaded[system], frame, seed=args.seed))
+                m.update(personalisation_probe(*loaded[system], frame, interactions, items, filt, seed=args.seed,
+                                               constrain=args.constrain))
             results[split][system] = m
             samples += [{"split": split, "system": system, "article_id": int(a), "generated": h, "silver": r}
                         for a, h, r in list(zip(frame["article_id"], hyps, frame["reason"]))[:5]]
@@ -336,9 +355,12 @@ def main(argv=None) -> int:
                 if system in loaded:
                     module, vdata = loaded[system]
                     for label, product in (("with attributes", None), ("colour+pattern dropped", dropped)):
-                        hyps, _ = model_reasons(module, vdata, frame, items, hist, filt, preset("greedy"), product)
+                        # unconstrained: the constraint knows the article's colour, which this test hides
+                        hyps, _ = model_reasons(module, vdata, frame, items, hist, filt, preset("greedy"), product,
+                                                constrain=False)
                         dropout[f"{system}, {label}"] = dropout_scores(hyps, frame, items, vocab)
-    meta = {"run": args.run, "n": args.n, "seed": args.seed, "decode": args.decode, "seconds": round(time.time() - t0)}
+    meta = {"run": args.run, "n": args.n, "seed": args.seed, "decode": args.decode, "constrain": args.constrain,
+            "seconds": round(time.time() - t0)}
     out = Path(args.out or paths.REPO_ROOT / "results" / args.run)
     table = markdown(results, dropout, meta)
     write_report(out, "metrics", {"meta": meta, "results": results, "attribute_dropout": dropout, "samples": samples},

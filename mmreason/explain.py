@@ -1,9 +1,10 @@
 """Reasons for articles a recommender picked: the last step of profile -> candidates -> ranking -> reasons.
 
 ``Explainer`` loads a trained generator run and writes one reason per (customer, article) as of a day:
-the prompt is built exactly as ``mmreason.data`` builds training examples (profile and behaviour from
-the customer's purchases strictly before that day, the article's product text and photo embedding),
-decoded with a preset (beam by default) and post-filtered: the first candidate that passes
+the prompt is built exactly as ``mmreason.data`` builds training examples (profile, evidence and
+behaviour from the customer's purchases strictly before that day, the article's product text and photo
+embedding), and the shown reason comes from the one path (``shown.shown_reasons``): decoded with a preset
+(beam by default) under the decoding constraint, then post-filtered: the first candidate that passes
 ``filters.Filter`` is shown; if none passes, the best one is shown and flagged.
 
     from mmreason.explain import Explainer
@@ -19,9 +20,10 @@ import pandas as pd
 import torch
 
 from mmreason import paths
-from mmreason.data import load_tables, price_cuts, user_context
+from mmreason.data import evidence_fields, load_tables, price_cuts, user_context
 from mmreason.filters import Filter, vocab_from_items
-from mmreason.generate import DecodeConfig, generate_reasons, preset
+from mmreason.generate import DecodeConfig, preset
+from mmreason.shown import history_sets, shown_reasons
 
 DEFAULT_RUN = Path("runs") / "cpu"  # under artifacts/: the default `python -m mmreason.train` run
 
@@ -34,16 +36,8 @@ class Explanation:
     rejected: list[tuple[str, list[str]]] = field(default_factory=list)  # candidates before it, with causes
 
 
-def history_sets(history) -> dict:
-    """Purchases (``reasons.Purchase``) -> what the filter checks history claims against."""
-    return {"n": len(history), "colours": {p.colour_group_name.lower() for p in history},
-            "types": {p.product_type_name.lower() for p in history},
-            "patterns": {p.graphical_appearance_name.lower() for p in history},
-            "names": {p.prod_name.lower() for p in history}}
-
-
 class Explainer:
-    def __init__(self, run=None, decode: DecodeConfig | str = "beam", batch_size: int = 32):
+    def __init__(self, run=None, decode: DecodeConfig | str = "beam", batch_size: int = 32, constrain: bool = True):
         from mmreason.lit import load_run  # lightning is only needed once a generator is used
 
         run = Path(run) if run is not None else paths.artifacts_dir() / DEFAULT_RUN
@@ -55,7 +49,7 @@ class Explainer:
         self.filter = Filter(vocab_from_items(self.tables["items"]))
         if isinstance(decode, str):
             decode = preset(decode, num_return_sequences=4) if decode != "greedy" else preset(decode)
-        self.decode, self.batch_size = decode, batch_size
+        self.decode, self.batch_size, self.constrain = decode, batch_size, constrain
 
     def next_day(self) -> pd.Timestamp:
         """The day after the data ends: every purchase is history."""
@@ -71,20 +65,14 @@ class Explainer:
             raise KeyError(f"unknown article_id {unknown[0]}")
         day = pd.Timestamp(day) if day is not None else self.next_day()
         ctx = user_context(self.tables, customer_id, day, cuts=self.cuts)
+        articles = [self.items.loc[a].to_dict() | {"article_id": a} for a in article_ids]
         rows = [{"user_profile": ctx["user_profile"], "behaviour": ctx["behaviour"],
-                 "product": self.items.at[a, "product"], "article_id": a} for a in article_ids]
-        examples = [self.data.prompt_example(r) for r in rows]
-        photo, has = self.data.artifacts.photo_lookup(article_ids)
-        cands = generate_reasons(self.module.model, self.data.tokenizer, examples, photo, has, self.decode,
-                                 batch_size=self.batch_size, max_prompt_tokens=self.data.max_prompt_tokens,
-                                 progress=progress)
+                 "product": self.items.at[a, "product"], "article_id": a,
+                 **evidence_fields(art, ctx["history"])} for a, art in zip(article_ids, articles)]
         hist = history_sets(ctx["history"])
-        out = []
-        for a, c in zip(article_ids, cands):
-            article = self.items.loc[a].to_dict() | {"article_id": a}
-            chosen, rejected = self.filter.select(c, article, hist)
-            out.append(Explanation(a, chosen if chosen is not None else rejected[0][0], chosen is not None, rejected))
-        return out
+        shown = shown_reasons(self.module, self.data, rows, articles, self.decode, self.filter, [hist] * len(rows),
+                              constrain=self.constrain, batch_size=self.batch_size, progress=progress)
+        return [Explanation(a, s.reason, s.passed, s.rejected) for a, s in zip(article_ids, shown)]
 
     def __call__(self, customer_id: str, article_ids, day=None) -> list[str]:
         return [e.reason for e in self.explain(customer_id, article_ids, day)]

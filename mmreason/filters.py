@@ -152,6 +152,20 @@ def _repeated_sentence(sentences: list[str]) -> bool:
     return len(set(long)) < len(long)
 
 
+def _article_truths(article: Mapping) -> tuple[dict[str, set[str]], set[str], str]:
+    """(the article's values per field, all of them, its own words) as `check` compares against them."""
+    truths = {f: {_norm(article.get(c)) for c in cols} - {""} for f, cols in FIELDS.items()}
+    return truths, set().union(*truths.values()), _own_text(article)
+
+
+def _fits_article(value: str, truths: set[str], all_truths: set[str], own_text: str) -> bool:
+    """A named value that is no contradiction of the article (see the module docstring)."""
+    return (not truths                                  # the article's value is unknown
+            or any(_compatible(value, t) for t in truths)
+            or value in all_truths
+            or f" {value} " in own_text)
+
+
 class _Bought:
     """What the user's earlier purchases back up, per field: a value in the history's set for the field,
     or words of an earlier purchase's name ("names", optional: hooks cite them, e.g. "the Denim TRS").
@@ -207,9 +221,7 @@ class Filter:
 
         claims = set(history_claims(reason, self.claim_patterns))  # tokenised, space-joined sentences
         bought = _Bought(history) if history is not None else None
-        truths = {f: {_norm(article.get(c)) for c in cols} - {""} for f, cols in FIELDS.items()}
-        all_truths = set().union(*truths.values())
-        own_text = _own_text(article)
+        truths, all_truths, own_text = _article_truths(article)
         named_in_claims = {f: set() for f in FIELDS}
         for field in FIELDS:
             wrong = False
@@ -218,10 +230,7 @@ class Filter:
                 for value in mentioned_values(s.split(), self.index[field]):
                     if in_claim:
                         named_in_claims[field].add(value)
-                    excused = (not truths[field]                  # the article's value is unknown
-                               or any(_compatible(value, t) for t in truths[field])
-                               or value in all_truths
-                               or f" {value} " in own_text
+                    excused = (_fits_article(value, truths[field], all_truths, own_text)
                                or (in_claim and (bought is None or bought.names_it(field, value))))
                     wrong |= not excused
             if wrong:
@@ -238,6 +247,13 @@ class Filter:
             if not bought.n or unbacked or made_up:
                 causes.append("false_history")
         return causes
+
+    def contradicting(self, article: Mapping) -> dict[str, set[str]]:
+        """Per field, the vocabulary values that ``check`` holds against any sentence that claims no
+        history: what constrained decoding (mmreason/constraints.py) must never let a reason say."""
+        truths, all_truths, own_text = _article_truths(article)
+        return {f: {v for v in self.index[f].values() if not _fits_article(v, truths[f], all_truths, own_text)}
+                for f in FIELDS}
 
     def select(self, candidates: Sequence[str], article: Mapping,
                history: Mapping | None) -> tuple[str | None, list[tuple[str, list[str]]]]:

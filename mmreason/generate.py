@@ -4,9 +4,12 @@ Our own loop, because the model is fed through `inputs_embeds` (photo prefix + s
 transformers 5 no longer ships group beam search. The prompt (prefix + left-padded text) runs once;
 each step then feeds one token per row with `model.token_embeddings(ids, SEG_REASON)`.
 
-Scores are sums of *processed* log-probabilities (after the repetition penalty and n-gram ban, before
-temperature / top-k / top-p and before the diversity penalty), divided by len**length_penalty, where len
-counts the scored tokens including EOS. So a score means the same thing whatever the strategy.
+Scores are sums of *processed* log-probabilities (after the repetition penalty, n-gram ban and the
+constraint, before temperature / top-k / top-p and before the diversity penalty), divided by
+len**length_penalty, where len counts the scored tokens including EOS. So a score means the same thing
+whatever the strategy. Per-example constraints (``constraints.py``: cited names from a trie of the
+evidence's names, no colour / type / pattern word that contradicts the article) mask the same log-probs
+for every strategy.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from tqdm.auto import tqdm
 
 from mmreason import kvcache
 from mmreason.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, collate, encode_example, token_id
+from mmreason.constraints import Constrainer, Constraint
 from mmreason.model import SEG_REASON
 
 log = logging.getLogger(__name__)
@@ -109,7 +113,7 @@ def _step(model, ids, cache, mask, pos, max_pos):
 
 
 # --------------------------------------------------------------------------- logit processing
-def _logprobs(logits, tokens, config: DecodeConfig):
+def _logprobs(logits, tokens, config: DecodeConfig, constrainer: Constrainer | None = None):
     """(R, V) logits and (R, t) tokens generated so far -> processed log-probs (R, V).
 
     Both penalties look at the generated reason only, not the prompt: the prompt holds the product copy,
@@ -129,7 +133,11 @@ def _logprobs(logits, tokens, config: DecodeConfig):
         else:
             hit = torch.ones(grams.shape[:2], dtype=torch.bool, device=tokens.device)
         banned = torch.zeros_like(lp).scatter_add_(1, grams[:, :, -1], hit.float())
-        lp = lp.masked_fill(banned > 0, float("-inf"))
+        lp, unbanned = lp.masked_fill(banned > 0, float("-inf")), lp
+    else:
+        unbanned = lp
+    if constrainer is not None:
+        lp = constrainer.mask(lp, unbanned)
     return lp
 
 
@@ -152,7 +160,7 @@ def _norm(total: float, length: int, length_penalty: float) -> float:
 
 
 # --------------------------------------------------------------------------- greedy and sampling
-def _greedy_or_sample(model, start, config, eos_id, generator):
+def _greedy_or_sample(model, start, config, eos_id, generator, make_constrainer=None):
     logits, cache, mask, pos, room, max_pos = start
     n = config.num_return_sequences if config.strategy == "sample" else 1
     if n > 1:  # n independent rows per example: b*n + j
@@ -165,8 +173,9 @@ def _greedy_or_sample(model, start, config, eos_id, generator):
     lengths = torch.zeros(R, dtype=torch.long, device=logits.device)           # scored tokens
     done = torch.zeros(R, dtype=torch.bool, device=logits.device)
     ended = torch.zeros(R, dtype=torch.bool, device=logits.device)             # stopped at EOS
+    constrainer = make_constrainer(n) if make_constrainer else None
     for _ in range(int(limit.max())):
-        lp = _logprobs(logits, tokens, config)
+        lp = _logprobs(logits, tokens, config, constrainer)
         if config.strategy == "greedy":
             nxt = lp.argmax(-1)
         else:  # done rows get a harmless uniform row: an all -inf row cannot be sampled
@@ -176,6 +185,8 @@ def _greedy_or_sample(model, start, config, eos_id, generator):
         scores += torch.where(live, lp.gather(1, nxt[:, None]).squeeze(1), torch.zeros_like(scores))
         lengths += live.long()
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        if constrainer is not None:
+            constrainer.advance(nxt.tolist())
         ended |= live & (nxt == eos_id)
         done |= (nxt == eos_id) | (lengths >= limit)
         if done.all():
@@ -193,7 +204,7 @@ def _greedy_or_sample(model, start, config, eos_id, generator):
 
 
 # --------------------------------------------------------------------------- (diverse) beam search
-def _beam(model, start, config, eos_id):
+def _beam(model, start, config, eos_id, make_constrainer=None):
     """Beam search; with strategy="diverse_beam", Vijayakumar et al.'s group beam search with Hamming diversity.
 
     Each of G groups keeps S = num_beams/G beams and its own S finished hypotheses; groups step in turn and a
@@ -215,6 +226,7 @@ def _beam(model, start, config, eos_id):
     hyps = [[[] for _ in range(G)] for _ in range(B)]                          # (search_norm, true_norm, ids)
     group_done = [[False] * G for _ in range(B)]
     base = torch.arange(B, device=dev)[:, None] * K                            # (B, 1)
+    constrainer = make_constrainer(K) if make_constrainer else None
 
     def add(b, g, s_sum, t_sum, ids, length):
         h = hyps[b][g]
@@ -223,7 +235,7 @@ def _beam(model, start, config, eos_id):
         del h[S:]
 
     for step in range(max(limit)):
-        lp = _logprobs(logits, tokens, config).view(B, K, V)
+        lp = _logprobs(logits, tokens, config, constrainer).view(B, K, V)
         live = ~torch.tensor(group_done, device=dev)                           # (B, G)
         new_src = torch.empty(B, K, dtype=torch.long, device=dev)
         new_tok, new_search, new_true = torch.empty_like(new_src), torch.empty_like(search), torch.empty_like(true)
@@ -253,6 +265,8 @@ def _beam(model, start, config, eos_id):
             picked.scatter_add_(1, new_tok[:, sl], torch.ones(B, S, device=dev))
         beam_idx = (base + new_src).view(-1)                                   # (B*K,)
         tokens = torch.cat([tokens[beam_idx], new_tok.view(-1, 1)], dim=1)
+        if constrainer is not None:
+            constrainer.advance(new_tok.view(-1).tolist(), beam_idx.tolist())
         search, true = new_search, new_true
         length, search_h, true_h, tokens_h = step + 1, search.tolist(), true.tolist(), None
         for b in range(B):
@@ -301,13 +315,16 @@ def _generator(config: DecodeConfig, device) -> torch.Generator:
 
 @torch.no_grad()
 def decode(model, batch: dict, config: DecodeConfig, eos_id: int,
-           generator: torch.Generator | None = None) -> list[list[tuple[list[int], float]]]:
+           generator: torch.Generator | None = None, constraints: list[Constraint | None] | None = None,
+           tokenizer=None) -> list[list[tuple[list[int], float]]]:
     """Decode a left-padded prompt batch (collate(..., padding_side="left") plus photo_embedding (B, D) and
     has_photo (B,)). -> per example, candidates (token ids without EOS, score) ranked best first.
 
     greedy: one candidate; sample: num_return_sequences samples; beam / diverse_beam: up to
     min(num_return_sequences, num_beams) distinct hypotheses. Rows stop at EOS or after max_new_tokens
     (or when GPT-2's n_positions is reached); a candidate that did not stop at EOS is truncated.
+    constraints: one ``constraints.Constraint`` (or None) per example, applied at every step of every
+    strategy; ``tokenizer`` is then needed (to read citation phrases).
     """
     was_training = model.training
     model.eval()
@@ -317,20 +334,28 @@ def decode(model, batch: dict, config: DecodeConfig, eos_id: int,
         if config.strategy == "sample" and generator is None:
             generator = _generator(config, device)
         start = _start(model, batch, config.max_new_tokens)
+        make = None
+        if constraints is not None and any(c is not None for c in constraints):
+            if tokenizer is None:
+                raise ValueError("decode with constraints needs the tokenizer")
+            V = start[0].size(-1)
+            make = lambda per_example: Constrainer(constraints, per_example, V, tokenizer, device)  # noqa: E731
         if config.strategy in ("beam", "diverse_beam"):
-            return _beam(model, start, config, eos_id)
-        return _greedy_or_sample(model, start, config, eos_id, generator)
+            return _beam(model, start, config, eos_id, make)
+        return _greedy_or_sample(model, start, config, eos_id, generator, make)
     finally:
         model.train(was_training)
 
 
 def generate_reasons(model, tokenizer, examples: list[dict], photo_embeddings: torch.Tensor | None,
                      has_photo: torch.Tensor | None, config: DecodeConfig, batch_size: int = 32,
-                     max_prompt_tokens=DEFAULT_MAX_PROMPT_TOKENS, progress: bool = True) -> list[list[str]]:
+                     max_prompt_tokens=DEFAULT_MAX_PROMPT_TOKENS, progress: bool = True,
+                     constraints: list[Constraint | None] | None = None) -> list[list[str]]:
     """Reasons for examples (dicts with user_profile / behaviour / product), ranked best first per example.
 
     photo_embeddings (N, D) and has_photo (N,) are row-aligned with examples (None with use_photo=False).
     Examples are decoded in order of prompt length, so batches carry little padding; output keeps input order.
+    constraints: row-aligned with examples (see ``decode``); the shown-reason path (``shown.py``) builds them.
     """
     eos_id = token_id(tokenizer, EOS)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
@@ -350,7 +375,8 @@ def generate_reasons(model, tokenizer, examples: list[dict], photo_embeddings: t
             rows = torch.tensor(idx)
             batch["photo_embedding"] = None if photo_embeddings is None else photo_embeddings[rows]
             batch["has_photo"] = None if has_photo is None else has_photo[rows]
-            for j, cands in zip(idx, decode(model, batch, config, eos_id, generator), strict=True):
+            cons = None if constraints is None else [constraints[j] for j in idx]
+            for j, cands in zip(idx, decode(model, batch, config, eos_id, generator, cons, tokenizer), strict=True):
                 results[j] = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids, _ in cands]
                 n_tokens += sum(len(ids) for ids, _ in cands)
             bar.update(len(idx))

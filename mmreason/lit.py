@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mmreason.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, collate, encode_example
+from mmreason.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, NAME_SLOT, collate, encode_example
 from mmreason.io import DataError
 from mmreason.model import ModelConfig, ReasonModel
 from mmreason.pipeline import PipelineConfig, load_recorded
@@ -26,7 +26,7 @@ from mmreason.pipeline import ensure as ensure_artifacts
 
 # Peak dense bf16 throughput of the cards we are lent, for model-FLOPs utilisation.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-PROMPT_FIELDS = ("user_profile", "behaviour", "product")
+PROMPT_FIELDS = ("user_profile", "evidence", "behaviour", "product")
 
 
 # ----------------------------------------------------------------------------- data
@@ -100,14 +100,16 @@ class Collator:
 class ReasonDataModule(L.LightningDataModule):
     """Examples of one split scheme (``temporal`` or ``unseen`` products) as batches for the model.
 
-    ``prompt_fields`` chooses the text segments (drop ``product`` for the photo-only ablation);
+    ``prompt_fields`` chooses the text segments (drop ``product`` for the photo-only ablation, ``evidence``
+    for the prompt before the data audit); ``slots`` writes the hook's cited purchase name as
+    ``collate.NAME_SLOT`` in the targets (delexicalised; ``shown.py`` fills it after decoding);
     ``limit_*`` take a seeded subset for fast runs. Artifacts are made on first use by ``pipeline``.
     """
 
     def __init__(self, split: str = "temporal", batch_size: int = 32, eval_batch_size: int = 64, num_workers: int = 0,
                  max_prompt_tokens: dict[str, int] | None = None, max_reason_tokens: int = 96,
                  prompt_fields: list[str] = list(PROMPT_FIELDS), limit_train: int = 0, limit_val: int = 0,
-                 seed: int = 0, pipeline: PipelineConfig | None = None):
+                 seed: int = 0, pipeline: PipelineConfig | None = None, slots: bool = False):
         super().__init__()
         self.save_hyperparameters()
         if split not in ("temporal", "unseen"):
@@ -115,7 +117,7 @@ class ReasonDataModule(L.LightningDataModule):
         self.split, self.batch_size, self.eval_batch_size, self.num_workers = split, batch_size, eval_batch_size, num_workers
         self.max_prompt_tokens = dict(max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS)
         self.max_reason_tokens, self.prompt_fields = max_reason_tokens, list(prompt_fields)
-        self.limit_train, self.limit_val, self.seed = limit_train, limit_val, seed
+        self.limit_train, self.limit_val, self.seed, self.slots = limit_train, limit_val, seed, slots
         self.pipeline_config = pipeline or PipelineConfig()
         self._artifacts = None
         self.recorded: dict | None = None  # set by load_run: the exact artifacts a trained run used
@@ -167,8 +169,11 @@ class ReasonDataModule(L.LightningDataModule):
         return self.frames[stage]
 
     def prompt_example(self, row: dict) -> dict:
-        return {f: (row[f] if f in self.prompt_fields else "") for f in PROMPT_FIELDS} | {
-            "reason": row.get("reason"), "article_id": row["article_id"]}
+        reason = row.get("reason")
+        if self.slots and reason is not None:
+            reason = delexicalise(reason, row.get("hook"), row.get("cited_name"))
+        return {f: ((row.get(f) or "") if f in self.prompt_fields else "") for f in PROMPT_FIELDS} | {
+            "reason": reason, "article_id": row["article_id"]}
 
     def dataset(self, stage: str) -> ReasonDataset:
         if stage not in self.datasets:
@@ -216,6 +221,13 @@ class ReasonDataModule(L.LightningDataModule):
         logp = np.log(counts / counts.sum())
         toks = [t for e in self.dataset(stage).encoded for t, l in zip(e["input_ids"], e["labels"]) if l != -100]
         return float(np.exp(-logp[toks].mean()))
+
+
+def delexicalise(reason: str, hook: str | None, name: str | None) -> str:
+    """The target with the hook's cited purchase name replaced by ``NAME_SLOT`` (the copy is left alone)."""
+    if not name or not hook or not reason.startswith(hook):
+        return reason
+    return hook.replace(name, NAME_SLOT, 1) + reason[len(hook):]
 
 
 # ----------------------------------------------------------------------------- module
@@ -296,17 +308,15 @@ class ReasonModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None:
             return
-        from mmreason.generate import DecodeConfig, generate_reasons
+        from mmreason.generate import DecodeConfig
+        from mmreason.shown import sample_reasons
 
         df = dm.frame("val").head(self.hparams.n_samples)
-        ds = dm.dataset("val")
-        examples = [dm.prompt_example(r) for r in df.to_dict("records")]
-        outs = generate_reasons(self.model, dm.tokenizer, examples, ds.photo[: len(df)].to(self.device),
-                                ds.has_photo[: len(df)].to(self.device),
-                                DecodeConfig(strategy="greedy", max_new_tokens=self.hparams.sample_max_new_tokens,
-                                             no_repeat_ngram_size=3), progress=False, max_prompt_tokens=dm.max_prompt_tokens)
-        lines = [f"[epoch {self.current_epoch}] article {r['article_id']}\n  generated: {o[0]}\n  silver:    {r['reason']}"
-                 for r, o in zip(df.to_dict("records"), outs)]
+        shown = sample_reasons(self.model, dm, df, DecodeConfig(strategy="greedy", no_repeat_ngram_size=3,
+                                                                 max_new_tokens=self.hparams.sample_max_new_tokens))
+        lines = [f"[epoch {self.current_epoch}] article {r['article_id']}\n  generated: {o.reason}"
+                 f"{'' if o.passed else ' (failed the filter)'}\n  silver:    {r['reason']}"
+                 for r, o in zip(df.to_dict("records"), shown)]
         text = "\n".join(lines)
         print(text, flush=True)
         tb = getattr(self.logger, "experiment", None)

@@ -9,10 +9,17 @@ how many earlier buys, how long ago), never a coin flip, so the same evidence al
 Priority of evidence (the first that holds is used):
   type+colour  > type+pattern > type > pattern > colour > garment group > section
 then, for users with history that shares nothing, or no history at all, an impersonal section hook.
+
+The same rule writes the prompt's *evidence* (``Hook.evidence_text``): the article's citeable values and
+the purchases the hook rests on, in the hook's own words (count, name, "2 months ago"). A target is then
+only ever about facts its prompt holds: the hook once cited the most recent matching purchase from the
+whole history while the behaviour listed only the last 5 (49.7% of cited names were in the prompt).
+``Hook.facts`` lists every fact the hook states, for the audit in ``data.audit``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 # Attribute fields a hook may rest on: (field in the items table, short name used in records).
 HOOK_FIELDS = {
@@ -47,6 +54,9 @@ class Hook:
     fields: tuple[str, ...]  # short field names the claim rests on
     evidence: tuple[int, ...]  # article_ids of the earlier purchases it cites (most recent first)
     personalised: bool
+    evidence_text: str = ""  # the prompt's evidence segment: what the hook may state, in its words
+    facts: tuple[str, ...] = ()  # every fact the hook states (a name, "twice", "2 months ago", "black")
+    cited_name: str = ""  # the earlier purchase the hook names ("" if none)
 
 
 def when(days: int) -> str:
@@ -71,7 +81,47 @@ def _times(n: int) -> str:
     return "once" if n == 1 else ("twice" if n == 2 else f"{n} times")
 
 
+def _dedupe(values) -> list[str]:
+    out, seen = [], set()
+    for v in values:
+        if v and v.lower() not in seen:
+            seen.add(v.lower())
+            out.append(v)
+    return out
+
+
+# the article's values a target may name (data.FEATURE_COLUMNS), in the order the evidence lists them
+ARTICLE_FACT_FIELDS = ("product_type_name", "colour_group_name", "graphical_appearance_name",
+                       "perceived_colour_master_name", "garment_group_name", "section_name")
+
+
+def article_evidence(article: dict) -> str:
+    """The article's citeable values, short: "Trousers, Black, Solid, Ladies Denim"."""
+    return ", ".join(_dedupe(str(article.get(f) or "").strip() for f in ARTICLE_FACT_FIELDS))
+
+
+def _stated(text: str, candidates) -> tuple[str, ...]:
+    """The candidate facts that ``text`` states (case-insensitive, on word boundaries)."""
+    low = text.lower()
+    return tuple(c for c in _dedupe(candidates)
+                 if re.search(rf"(?<!\w){re.escape(c.lower())}(?!\w)", low))
+
+
 def build_hook(article: dict, history: list[Purchase]) -> Hook:
+    """The hook (and the evidence it rests on, see ``Hook``) for ``article`` and earlier purchases ``history``."""
+    hook = _build_hook(article, history)
+    art = article_evidence(article)
+    if hook.personalised:
+        name = hook.cited_name
+        evidence = f"{art}. {hook.facts[0]} bought {hook.facts[1]}, most recently the {name} {hook.facts[2]}."
+        facts = _stated(hook.text, [name, *hook.facts])
+    else:
+        evidence = f"{art}. " + ("nothing shared with earlier buys." if history else "first purchase.")
+        facts = _stated(hook.text, [article.get("section_name") or ""])
+    return replace(hook, evidence_text=evidence, facts=facts)
+
+
+def _build_hook(article: dict, history: list[Purchase]) -> Hook:
     """The hook for recommending ``article`` to a user whose earlier purchases are ``history``.
 
     ``history`` holds only purchases strictly before the example's day, most recent first.
@@ -122,7 +172,11 @@ def build_hook(article: dict, history: list[Purchase]) -> Hook:
             text = f"From {section}, where you found the {name} {ago}." if n == 1 else \
                 f"More from {section}, where you have shopped {_times(n)}, most recently for the {name}."
         short = tuple(HOOK_FIELDS[f] for f in fields)
-        return Hook(text, kind, short, tuple(p.article_id for p in hits[:5]), True)
+        values = " ".join(str(a[f]) for f in fields[::-1])  # "black trousers", "striped dress"
+        # facts (for build_hook): the values as the evidence says them, the count, the time, then each value
+        facts = (values.lower() if kind not in ("garment_group", "section") else values, _times(n), ago,
+                 *(str(a[f]) for f in fields))
+        return Hook(text, kind, short, tuple(p.article_id for p in hits[:5]), True, facts=facts, cited_name=name)
     if history:
         return Hook(f"Something new for you from {section}." if section else "Something new for you.",
                     "new_section" if section else "none", ("section",) if section else (), (), False)

@@ -76,7 +76,8 @@ def resolve_ckpt(choice: str | None, trainer, model: ReasonModule, data: ReasonD
 
 def report(module: ReasonModule, data: ReasonDataModule, n: int, out_dir: Path | None) -> dict:
     """Validation perplexity vs a unigram model, and a few test users' reasons next to their targets."""
-    from mmreason.generate import DecodeConfig, generate_reasons
+    from mmreason.generate import DecodeConfig
+    from mmreason.shown import sample_reasons
 
     val_loss = module.trainer.callback_metrics.get("val/loss") if module._trainer else None
     summary = {"unigram_val_ppl": data.unigram_perplexity("val")}
@@ -86,19 +87,15 @@ def report(module: ReasonModule, data: ReasonDataModule, n: int, out_dir: Path |
     test = data.frame("test")
     # Prefer users with history: that is where a reason can be personal.
     pick = test[test["personalised"]].drop_duplicates("customer_id").head(n) if "personalised" in test else test.head(n)
-    ds = data.dataset("test")
-    idx = torch.as_tensor(pick.index.to_numpy().copy())
-    examples = [data.prompt_example(r) for r in pick.to_dict("records")]
     module.model.eval()
-    outs = generate_reasons(module.model.cpu(), data.tokenizer, examples, ds.photo[idx], ds.has_photo[idx],
-                            DecodeConfig(strategy="greedy", no_repeat_ngram_size=3), progress=False,
-                            max_prompt_tokens=data.max_prompt_tokens)
+    shown = sample_reasons(module.model.cpu(), data, pick, DecodeConfig(strategy="greedy", no_repeat_ngram_size=3))
     samples = []
-    for r, o in zip(pick.to_dict("records"), outs):
-        samples.append({"customer_id": r["customer_id"], "article_id": int(r["article_id"]), "generated": o[0],
-                        "silver": r["reason"]})
+    for r, o in zip(pick.to_dict("records"), shown):
+        samples.append({"customer_id": r["customer_id"], "article_id": int(r["article_id"]), "generated": o.reason,
+                        "passed_filter": o.passed, "silver": r["reason"]})
         print(f"\n[user {r['customer_id'][:10]}… article {r['article_id']}] {r['product']}\n"
-              f"  behaviour: {r['behaviour'][:160]}\n  generated: {o[0]}\n  silver:    {r['reason']}")
+              f"  behaviour: {r['behaviour'][:160]}\n  generated: {o.reason}"
+              f"{'' if o.passed else ' (failed the filter)'}\n  silver:    {r['reason']}")
     summary["samples"] = samples
     print(f"\n[train] validation perplexity {summary.get('val_ppl', float('nan')):.2f} "
           f"(unigram baseline {summary['unigram_val_ppl']:.2f})")

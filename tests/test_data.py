@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import tiny_tokenizer
 
 from mmreason import data
 from mmreason.reasons import Purchase, build_hook, when
@@ -50,6 +51,33 @@ def test_hook_without_shared_history_or_without_history_is_impersonal():
     assert not h.personalised and h.kind == "new_section" and h.evidence == () and "Womens Casual" in h.text
     h = build_hook(ARTICLE, [])
     assert not h.personalised and h.kind == "cold_section" and "you bought" not in h.text.lower()
+
+
+def test_hook_evidence_states_every_fact_the_hook_does():
+    history = [_p(1, 65, prod_name="Luna skinny."), _p(2, 100), _p(3, 3, product_type_name="Dress")]
+    hook = build_hook(ARTICLE, history)
+    assert hook.cited_name == "Luna skinny" and hook.kind == "type+colour"
+    assert set(hook.facts) == {"Luna skinny", "twice", "2 months ago", "black trousers", "Trousers", "Black"}
+    for fact in hook.facts:
+        assert fact.lower() in hook.text.lower() and fact.lower() in hook.evidence_text.lower()
+    cold = build_hook(ARTICLE, [])
+    assert cold.facts == ("Womens Casual",) and "Womens Casual" in cold.evidence_text and not cold.cited_name
+
+
+def test_audit_counts_a_fact_only_where_the_model_can_read_it():
+    row = {"example_id": 7, "user_profile": "age 25-34", "behaviour": "Luna skinny (Trousers, Black, 65 days ago)",
+           "evidence": "Trousers, Black. black trousers bought twice, most recently the Luna skinny 2 months ago.",
+           "product": "name: New trousers; type: Trousers", "hook_facts": ["Luna skinny", "twice", "2 months ago"],
+           "features": ["trousers", "black"]}
+    ex = pd.DataFrame([row])
+    assert data.audit(ex)["targets_all_visible"] == 1.0
+    no_evidence = data.audit(ex, fields=("user_profile", "behaviour", "product"))
+    assert no_evidence["facts_visible_n"] == 3 and no_evidence["invisible"] == [(7, "twice"), (7, "2 months ago")]
+    cut = data.audit(ex, caps=data.PROMPT_BUDGET | {"evidence": 30, "behaviour": 8})  # bytes: the name is gone
+    assert cut["targets_all_visible"] == 0.0 and (7, "Luna skinny") in cut["invisible"]
+    tok = tiny_tokenizer([row["evidence"], row["behaviour"]])
+    assert data.audit(ex, tokenizer=tok)["targets_all_visible"] == 1.0
+    assert data.audit(ex, caps=data.PROMPT_BUDGET | {"evidence": 5}, tokenizer=tok)["targets_all_visible"] == 0.0
 
 
 def test_when_reads_naturally():
@@ -234,8 +262,26 @@ def test_real_slice_of_hm(tmp_path, real_hm, capsys):
         for aid in r.hook_evidence:
             for f in r.hook_fields:
                 assert items.loc[aid, cols[f]] == items.loc[r.article_id, cols[f]]
-    assert "users_with_history" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "users_with_history" in out
     assert_context_rebuilds_examples(t, ex.sample(n=min(150, len(ex)), random_state=0))
+    # The audit (issue 13): every fact every target states is in the prompt the model receives, after the
+    # caps cut it: by the byte bound (any byte-level BPE) that the CLI prints, and exactly with a BPE
+    # trained on the slice. The prompt before the audit (no evidence, old caps) fails it: the test can fail.
+    assert f"audit_targets_all_facts_visible: {len(ex):,} of {len(ex):,}" in out
+    assert data.audit(ex)["targets_all_visible"] == 1.0
+    tok = tiny_tokenizer(pd.concat([ex[c] for c in ("user_profile", "behaviour", "product", "reason")]).unique().tolist())
+    exact = data.audit(ex, tokenizer=tok)
+    assert exact["targets_all_visible"] == 1.0 and exact["facts"] > 2 * len(ex), exact
+    before = data.audit(ex, caps={"user_profile": 64, "behaviour": 48, "product": 48}, tokenizer=tok,
+                        fields=("user_profile", "behaviour", "product"))
+    assert before["targets_all_visible"] < 0.8
+    # the evidence is what data.evidence_fields rebuilds for the same article and history (explain, probe)
+    items = t["items"].set_index("article_id")
+    for r in ex.sample(n=min(100, len(ex)), random_state=1).itertuples():
+        past = data.history_before(t["interactions"], items, r.customer_id, r.t_dat)
+        assert data.evidence_fields(items.loc[r.article_id].to_dict(), past) == {"evidence": r.evidence,
+                                                                                 "cited_name": r.cited_name}
 
 
 def assert_context_rebuilds_examples(t, examples):

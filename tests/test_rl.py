@@ -246,7 +246,7 @@ def test_explainer_and_recommend_explain(in_work, capsys, monkeypatch):
                            "Like the Striped tee you bought last. A padded bikini top."],  # her latest buy
                300000001: ["A red dress in cotton jersey.", "Red again, and a dress."]}
     with monkeypatch.context() as m:
-        m.setattr("mmreason.explain.generate_reasons",
+        m.setattr("mmreason.shown.generate_reasons",  # the one shown-reason path decodes
                   lambda model, tok, examples, *a, **k: [planted[x["article_id"]] for x in examples])
         bikini, tee = ex.explain("a" * 64, [700000001, 300000001])
     assert (bikini.reason, bikini.passed_filter) == (planted[700000001][1], True)

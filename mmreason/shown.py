@@ -1,0 +1,105 @@
+"""The one path from a prompt to the reason a person is shown: decode -> constrain -> fill -> filter -> choose.
+
+    decode     generate.generate_reasons with the run's tokenizer, prompt caps and photo embeddings;
+    constrain  (constrain=True, the default) constraints.build per example: cited names only from the
+               evidence (a trie), no colour / type / pattern word that contradicts the article;
+    fill       a run trained on delexicalised targets (ReasonDataModule(slots=True)) writes
+               collate.NAME_SLOT where the hook names a purchase: it becomes the evidence's name;
+    filter     filters.Filter.check on every candidate, best-ranked first;
+    choose     the first candidate that passes; if none does, the best-ranked one, flagged.
+
+Evaluation (evaluate.model_reasons and the personalisation probe), the notebooks' sweeps and case studies
+(analysis), RL's before/after scores, the Explainer (``recommend --explain``, serving) and training
+samples all call ``shown_reasons``; nothing else turns candidates into a shown reason.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mmreason.collate import NAME_SLOT
+from mmreason.constraints import build as build_constraint
+from mmreason.filters import Filter, vocab_from_items
+from mmreason.generate import DecodeConfig, generate_reasons
+
+_SLOT_RE = re.compile(r"\s*".join(re.escape(ch) for ch in NAME_SLOT))  # the slot as decoded, spaces or not
+
+
+@dataclass
+class Shown:
+    reason: str                  # what is shown: the first candidate that passes, else the best-ranked one
+    passed: bool                 # False: no candidate passed (the best-ranked one is shown, flagged)
+    rejected: list[tuple[str, list[str]]] = field(default_factory=list)  # candidates before it, with causes
+    candidates: list[str] = field(default_factory=list)  # every candidate, ranked, slots filled
+
+    @property
+    def selected(self) -> tuple[str | None, list[tuple[str, list[str]]]]:
+        """(chosen or None, rejected): ``Filter.select``'s result, for ``filters.rejection_report``."""
+        return (self.reason if self.passed else None), self.rejected
+
+
+def history_sets(history) -> dict:
+    """Purchases (``reasons.Purchase``) -> what the filter checks history claims against."""
+    return {"n": len(history), "colours": {p.colour_group_name.lower() for p in history},
+            "types": {p.product_type_name.lower() for p in history},
+            "patterns": {p.graphical_appearance_name.lower() for p in history},
+            "names": {p.prod_name.lower() for p in history}}
+
+
+def evidence_names(row: Mapping) -> list[str]:
+    """The earlier purchases a reason for ``row`` may name: the one its evidence cites (``cited_name``)."""
+    name = row.get("cited_name")
+    return [name] if isinstance(name, str) and name else []
+
+
+def fill_slots(text: str, names: Sequence[str]) -> str:
+    """NAME_SLOT -> the evidence's name (nothing to fill it with: dropped, and the filter judges the rest)."""
+    return _SLOT_RE.sub(names[0] if names else "", text) if NAME_SLOT[0] in text else text
+
+
+def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mapping], decode: DecodeConfig,
+                  filt: Filter, histories: Sequence[Mapping | None] | None = None, constrain: bool = True,
+                  photo=None, has_photo=None, batch_size: int = 48, progress: bool = False) -> list[Shown]:
+    """The shown reason for every row.
+
+    model: a ``ReasonModel`` (or a module holding one as ``.model``); data: the run's ``ReasonDataModule``
+    (tokenizer, prompt fields and caps, slots, photo embeddings); rows: dicts with article_id and the
+    prompt fields (user_profile, evidence, behaviour, product) and cited_name; articles: the article's
+    columns per row; histories: per row what ``filters.Filter.check`` reads (None: claims unchecked).
+    photo / has_photo: row-aligned embeddings, looked up by article_id when not given.
+    """
+    model = getattr(model, "model", model)
+    histories = list(histories) if histories is not None else [None] * len(rows)
+    if not len(rows) == len(articles) == len(histories):
+        raise ValueError(f"{len(rows)} rows, {len(articles)} articles, {len(histories)} histories")
+    if photo is None:
+        photo, has_photo = data.artifacts.photo_lookup([int(r["article_id"]) for r in rows])
+    names = [evidence_names(r) for r in rows]
+    slots = bool(getattr(data, "slots", False))
+    constraints = None
+    if constrain:
+        cache: dict = {}
+        # a slot run spells the slot where the hook names a purchase: that is what the trie allows
+        constraints = [build_constraint(data.tokenizer, a, [NAME_SLOT] if (slots and n) else n, filt, cache)
+                       for a, n in zip(articles, names)]
+    cands = generate_reasons(model, data.tokenizer, [data.prompt_example(dict(r)) for r in rows], photo, has_photo,
+                             decode, batch_size=batch_size, max_prompt_tokens=data.max_prompt_tokens,
+                             progress=progress, constraints=constraints)
+    out = []
+    for c, a, h, n in zip(cands, articles, histories, names):
+        c = [fill_slots(t, n) for t in c]
+        chosen, rejected = filt.select(c, a, h)
+        shown = chosen if chosen is not None else (rejected[0][0] if rejected else "")
+        out.append(Shown(shown, chosen is not None, rejected, c))
+    return out
+
+
+def sample_reasons(model, data, frame, decode: DecodeConfig, constrain: bool = True) -> list[Shown]:
+    """Shown reasons for a few rows of a data module's frame (training samples): articles from the run's
+    items table, history claims unchecked (the training tables carry no purchase lists)."""
+    items = data.artifacts.items
+    by_id = items.set_index("article_id")
+    rows = frame.to_dict("records")
+    arts = [by_id.loc[int(r["article_id"])].to_dict() | {"article_id": int(r["article_id"])} for r in rows]
+    return shown_reasons(model, data, rows, arts, decode, Filter(vocab_from_items(items)), constrain=constrain)

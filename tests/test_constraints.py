@@ -1,0 +1,178 @@
+"""Constrained decoding (constraints.py inside generate's loop) and the one shown-reason path (shown.py).
+
+A tiny random model is pushed, by a forward hook on its logits, to write what the constraint must stop
+(a contradicting colour, a made-up purchase name): unconstrained it does, so each test can fail."""
+import re
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import tiny_tokenizer
+from test_generate import EXAMPLES, tiny_model
+
+from mmreason import metrics as M
+from mmreason.collate import EOS, NAME_SLOT, collate, encode_example, token_id
+from mmreason.constraints import build
+from mmreason.filters import Filter
+from mmreason.generate import DecodeConfig, decode
+from mmreason.shown import fill_slots, shown_reasons
+
+SENTENCES = [
+    "matches your taste for red dress: you have bought them twice, most recently the Luna skinny 2 months ago.",
+    "black trousers in navy blue or striped; a red dress like the Lotta top you bought.",
+    "soft cotton jersey with a round neckline and long sleeves.",
+]
+FILTER = Filter({"colour": {"black", "red", "navy blue"}, "type": {"trousers", "dress"}, "pattern": {"striped"}})
+ARTICLE = {"colour_group_name": "Red", "perceived_colour_master_name": "Red", "product_type_name": "Dress",
+           "graphical_appearance_name": "Solid", "prod_name": "Wrap", "detail_desc": "A wrap dress in jersey."}
+STRATEGIES = [DecodeConfig("greedy", max_new_tokens=24),
+              DecodeConfig("beam", num_beams=3, num_return_sequences=3, max_new_tokens=24),
+              DecodeConfig("diverse_beam", num_beams=4, num_beam_groups=2, num_return_sequences=4, max_new_tokens=24),
+              DecodeConfig("sample", num_return_sequences=3, seed=0, max_new_tokens=24)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer(SENTENCES)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_model(tokenizer)
+
+
+@pytest.fixture
+def batch(tokenizer):
+    encoded = [encode_example(tokenizer, ex, with_reason=False) for ex in EXAMPLES]
+    out = collate(encoded, pad_id=tokenizer.pad_token_id, padding_side="left")
+    out["photo_embedding"] = torch.randn(len(EXAMPLES), 8, generator=torch.Generator().manual_seed(1))
+    out["has_photo"] = torch.tensor([True, False, True])
+    return out
+
+
+class Script:
+    """A forward hook that adds +40 to the logit of script[t] at generation step t (then of ".", then of
+    EOS), so the model writes ``text`` unless something stops it."""
+
+    def __init__(self, model, tokenizer, text):
+        dot = tokenizer.encode(".", add_special_tokens=False)
+        self.ids = tokenizer.encode(text, add_special_tokens=False) + dot * 4 + [token_id(tokenizer, EOS)]
+        self.step = 0
+        self.handle = model.gpt2.register_forward_hook(self)
+
+    def __call__(self, module, args, out):
+        out.logits[:, -1, self.ids[min(self.step, len(self.ids) - 1)]] += 40.0
+        self.step += 1
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def decoded(model, tokenizer, batch, config, text, constraints=None):
+    with Script(model, tokenizer, text):
+        result = decode(model, batch, config, token_id(tokenizer, EOS), constraints=constraints, tokenizer=tokenizer)
+    return [[tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in cands] for cands in result]
+
+
+def words(text):
+    return set(M.tokenize(text))
+
+
+@pytest.mark.parametrize("config", STRATEGIES, ids=lambda c: c.strategy)
+def test_contradicting_values_cannot_be_written_by_any_strategy(model, tokenizer, batch, config):
+    text = " black trousers, striped, in navy blue."
+    free = decoded(model, tokenizer, batch, config, text)
+    assert all({"black", "trousers"} <= words(c[0]) for c in free)  # pushed: unconstrained it says them
+    cons = [build(tokenizer, ARTICLE, [], FILTER)] * len(EXAMPLES)
+    for cands in decoded(model, tokenizer, batch, config, text, cons):
+        for c in cands:
+            assert not words(c) & {"black", "trousers", "striped"}, c
+            assert "navy blue" not in " ".join(M.tokenize(c)), c
+            assert not {"wrong_colour", "wrong_type", "wrong_pattern"} & set(FILTER.check(c, ARTICLE, None)), c
+
+
+@pytest.mark.parametrize("config", STRATEGIES, ids=lambda c: c.strategy)
+def test_cited_names_come_from_the_evidence_trie(model, tokenizer, batch, config):
+    text = " most recently the Lotta top 2 months ago."
+    free = decoded(model, tokenizer, batch, config, text)
+    assert M.name_citation_precision([c[0] for c in free], [["luna skinny"]] * len(free))["name_citation_precision"] == 0
+    cons = [build(tokenizer, ARTICLE, ["Luna skinny"], FILTER)] * len(EXAMPLES)
+    out = decoded(model, tokenizer, batch, config, text, cons)
+    flat = [c for cands in out for c in cands]
+    cited = [c for s in flat for c in M.cited_purchases(" ".join(M.tokenize(s)))]
+    assert all(M.cites_a_purchase(c, ["luna skinny"]) for c in cited), flat  # every citation is the evidence's
+    if config.strategy == "greedy":  # pushed to cite, greedy cites, and only the evidence's name, whole
+        assert all(re.match(r" most recently the Luna skinny(?![A-Za-z0-9])", c[0]) for c in out), out
+        assert len(cited) == len(flat)
+
+
+def test_without_evidence_names_a_citation_cannot_be_completed(model, tokenizer, batch):
+    text = " most recently the Lotta top."
+    cons = [build(tokenizer, ARTICLE, [], FILTER)] * len(EXAMPLES)
+    for config in STRATEGIES:
+        for cands in decoded(model, tokenizer, batch, config, text, cons):
+            for c in cands:
+                assert not M.cited_purchases(" ".join(M.tokenize(c))), c
+
+
+def test_constraint_off_or_none_decodes_as_before(model, tokenizer, batch):
+    eos = token_id(tokenizer, EOS)
+    for config in STRATEGIES:
+        config = replace(config, max_new_tokens=8)
+        plain = decode(model, batch, config, eos)
+        none = decode(model, batch, config, eos, constraints=[None] * len(EXAMPLES), tokenizer=tokenizer)
+        assert [[ids for ids, _ in c] for c in plain] == [[ids for ids, _ in c] for c in none]
+
+
+def test_fill_slots():
+    assert fill_slots("most recently the <name> 2 days ago.", ["Luna skinny"]) == "most recently the Luna skinny 2 days ago."
+    assert fill_slots("most recently the < name > ago.", ["Luna"]) == "most recently the Luna ago."
+    assert fill_slots("no slot here.", []) == "no slot here."
+
+
+def _data(tokenizer, slots):
+    return SimpleNamespace(
+        tokenizer=tokenizer, slots=slots, max_prompt_tokens={"user_profile": 48, "evidence": 64, "behaviour": 64,
+                                                             "product": 48},
+        prompt_example=lambda r: {k: r.get(k, "") for k in ("user_profile", "evidence", "behaviour", "product")}
+        | {"article_id": r["article_id"]},
+        artifacts=SimpleNamespace(photo_lookup=lambda ids: (torch.zeros(len(ids), 8), torch.zeros(len(ids), dtype=torch.bool))))
+
+
+@pytest.mark.parametrize("slots", [False, True])
+def test_shown_path_constrains_fills_filters_and_chooses(model, tokenizer, slots):
+    rows = [dict(ex, cited_name="Luna skinny", evidence="red dress bought twice, most recently the Luna skinny")
+            for ex in EXAMPLES]
+    hist = {"n": 2, "colours": {"red"}, "types": {"dress"}, "patterns": {"solid"}, "names": {"luna skinny"}}
+    # pushed to name a purchase the user never made; with slots the trie allows only the slot, filled after
+    text = " Red dress, most recently the Lotta top."
+    with Script(model, tokenizer, text):
+        shown = shown_reasons(model, _data(tokenizer, slots), rows, [ARTICLE] * 3, DecodeConfig("greedy", max_new_tokens=40),
+                              FILTER, [hist] * 3)
+    for s in shown:
+        assert "most recently the Luna skinny" in s.reason and NAME_SLOT not in s.reason, s
+        assert s.passed and FILTER.check(s.reason, ARTICLE, hist) == []
+    with Script(model, tokenizer, text):
+        free = shown_reasons(model, _data(tokenizer, slots), rows, [ARTICLE] * 3, DecodeConfig("greedy", max_new_tokens=40),
+                             FILTER, [hist] * 3, constrain=False)
+    assert all(not s.passed and "false_history" in s.rejected[0][1] for s in free)
+
+
+def test_one_path_from_candidates_to_the_shown_reason():
+    """Only shown.py turns candidates into a shown reason: no other module decodes reasons with
+    generate_reasons or chooses with Filter.select (RL's policy sampling calls decode for gradients)."""
+    root = Path(__file__).resolve().parents[1] / "mmreason"
+    offenders = []
+    for f in sorted(root.glob("*.py")):
+        if f.name in ("shown.py", "generate.py", "filters.py"):
+            continue
+        text = f.read_text()
+        if re.search(r"\bgenerate_reasons\(|\.select\(", text):
+            offenders.append(f.name)
+    assert offenders == []
