@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from mmreason import paths
+from mmreason import paths, pii
 from mmreason.lit import ReasonDataModule, ReasonModule
 
 CONFIG_DIR = paths.REPO_ROOT / "configs"
@@ -95,11 +95,13 @@ def report(module: ReasonModule, data: ReasonDataModule, n: int, out_dir: Path |
                             max_prompt_tokens=data.max_prompt_tokens)
     samples = []
     for r, o in zip(pick.to_dict("records"), outs):
-        samples.append({"customer_id": r["customer_id"], "article_id": int(r["article_id"]), "generated": o[0],
+        samples.append({"customer_id": r["customer_id"][:pii.ID_PREFIX], "article_id": int(r["article_id"]), "generated": o[0],
                         "silver": r["reason"]})
-        print(f"\n[user {r['customer_id'][:10]}… article {r['article_id']}] {r['product']}\n"
+        print(f"\n[user {r['customer_id'][:pii.ID_PREFIX]}… article {r['article_id']}] {r['product']}\n"
               f"  behaviour: {r['behaviour'][:160]}\n  generated: {o[0]}\n  silver:    {r['reason']}")
     summary["samples"] = samples
+    if module.accounting is not None:
+        summary["privacy"] = module.accounting.summary(module.global_step)
     print(f"\n[train] validation perplexity {summary.get('val_ppl', float('nan')):.2f} "
           f"(unigram baseline {summary['unigram_val_ppl']:.2f})")
     if out_dir is not None:
