@@ -204,7 +204,7 @@ class ReasonDataModule(L.LightningDataModule):
             sampler = privacy.PoissonBatchSampler(len(ds), batch_size, self.seed)
         else:
             sampler = BucketSampler([len(e["input_ids"]) for e in ds.encoded], batch_size, shuffle, self.seed,
-                                rank=rank, world=world)
+                                    rank=rank, world=world)
         pad_id = self.tokenizer.convert_tokens_to_ids(EOS)
         return DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(ds, pad_id), num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
@@ -365,7 +365,6 @@ class ReasonModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
 
     def on_train_end(self):
         if self.accounting is not None:

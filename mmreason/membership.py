@@ -39,8 +39,8 @@ from mmreason.io import DataError, write_report
 from mmreason.lit import Collator, ReasonDataset, find_checkpoint, load_run
 from mmreason.privacy import epsilon, example_losses, held_out_customers
 
-DEFAULT_RUNS = ["artifacts/runs/cpu", "artifacts/runs/privacy-nodp", "artifacts/runs/privacy-dp8",
-                "artifacts/runs/privacy-dp1"]
+DEFAULT_RUNS = ["artifacts/runs/cpu", "artifacts/runs/privacy-nodp", "artifacts/runs/privacy-nodp-40",
+                "artifacts/runs/privacy-dp8", "artifacts/runs/privacy-dp1"]  # README, privacy: how each is trained
 
 
 def attack_population(examples: pd.DataFrame, holdout: float, n_customers: int, per_customer: int,
@@ -192,9 +192,9 @@ def get_parser():
     p = argparse.ArgumentParser(prog="python -m mmreason.membership", description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="run folders or checkpoints")
     p.add_argument("--holdout", type=float, default=0.2, help="the held-out customer fraction the runs used")
-    p.add_argument("--customers", type=int, default=250, help="customers per group")
+    p.add_argument("--customers", type=int, default=200, help="customers per group")
     p.add_argument("--per-customer", type=int, default=5, help="examples per customer at most")
-    p.add_argument("--n-gen", type=int, default=100, help="unseen-product test examples decoded for utility (0: none)")
+    p.add_argument("--n-gen", type=int, default=80, help="unseen-product test examples decoded for utility (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for cpu.json / cpu.md (default results/privacy)")
     return p

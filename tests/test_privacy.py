@@ -230,7 +230,8 @@ def dp_runs(tmp_path_factory):
 @pytest.mark.slow
 def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch, capsys):
     work_in(monkeypatch, dp_runs)
-    common = [*TINY, "--data.pipeline.hm_dir", str(dp_runs / "hm"), "--data.holdout_customers", "0.5"]
+    common = [*TINY, "--data.pipeline.hm_dir", str(dp_runs / "hm"), "--data.holdout_customers", "0.5",
+              "--trainer.max_epochs", "10"]  # a fixture epoch is one Poisson batch: max_steps decides
     assert train.main(["--config", str(train.CONFIG_DIR / "dp.yaml"), *common, "--trainer.max_steps", "3",
                        "--model.dp.target_epsilon", "2", "--trainer.default_root_dir", "artifacts/runs/dp"]) == 0
     out = capsys.readouterr().out
