@@ -164,7 +164,7 @@ def load_customers(hm_dir: Path, report: Report) -> pd.DataFrame:
     df = df.loc[~empty]
     dup = df["customer_id"].duplicated()
     for line, cid in zip(df.loc[dup, "_line"], df.loc[dup, "customer_id"]):
-        report.error("duplicate", f"{name}:{line}: customer_id {cid[:12]}… appears more than once (kept the first)")
+        report.error("duplicate", f"{name}:{line}: customer_id {cid[:10]}… appears more than once (kept the first)")
     df = df.loc[~dup].copy()
     # NaNs in these fields are real (the customer did not say); keep them as missing, not as errors.
     df["age"] = pd.to_numeric(df["age"].where(df["age"] != ""), errors="coerce")
@@ -196,7 +196,7 @@ def load_transactions(hm_dir: Path, report: Report, articles: pd.DataFrame, cust
         report.error("unknown_id", f"{name}:{line}: unknown article_id {aid}")
     unknown_c = ~df["customer_id"].isin(customers["customer_id"])
     for line, cid in zip(df.loc[unknown_c & ~unknown_a, "_line"], df.loc[unknown_c & ~unknown_a, "customer_id"]):
-        report.error("unknown_id", f"{name}:{line}: unknown customer_id {cid[:12]}…")
+        report.error("unknown_id", f"{name}:{line}: unknown customer_id {cid[:10]}…")
     return df.loc[~unknown_a & ~unknown_c].reset_index(drop=True)
 
 

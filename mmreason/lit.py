@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mmreason import privacy
 from mmreason.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, NAME_SLOT, collate, encode_example
 from mmreason.io import DataError
 from mmreason.model import ModelConfig, ReasonModel
@@ -104,14 +105,22 @@ class ReasonDataModule(L.LightningDataModule):
     for the prompt before the data audit); ``slots`` writes the hook's cited purchase name as
     ``collate.NAME_SLOT`` in the targets (delexicalised; ``shown.py`` fills it after decoding);
     ``limit_*`` take a seeded subset for fast runs. Artifacts are made on first use by ``pipeline``.
+    Privacy (``privacy.py``): ``sampling: poisson`` draws DP-SGD's batches; ``holdout_customers`` keeps a
+    hashed fraction of customers out of training (the membership test's non-members).
     """
 
     def __init__(self, split: str = "temporal", batch_size: int = 32, eval_batch_size: int = 64, num_workers: int = 0,
                  max_prompt_tokens: dict[str, int] | None = None, max_reason_tokens: int = 96,
                  prompt_fields: list[str] = list(PROMPT_FIELDS), limit_train: int = 0, limit_val: int = 0,
-                 seed: int = 0, pipeline: PipelineConfig | None = None, slots: bool = False):
+                 seed: int = 0, pipeline: PipelineConfig | None = None, slots: bool = False,
+                 sampling: str = "bucket", holdout_customers: float = 0.0):
         super().__init__()
-        self.save_hyperparameters()
+        # privacy settings are recorded only when set, so runs from before them still resume (train.resolve_ckpt)
+        self.save_hyperparameters(ignore=[k for k, v, d in (("sampling", sampling, "bucket"),
+                                                             ("holdout_customers", holdout_customers, 0.0)) if v == d])
+        if sampling not in ("bucket", "poisson"):
+            raise ValueError(f"sampling must be 'bucket' or 'poisson', not {sampling!r}")
+        self.sampling, self.holdout_customers = sampling, holdout_customers
         if split not in ("temporal", "unseen"):
             raise ValueError(f"split must be 'temporal' or 'unseen', not {split!r}")
         self.split, self.batch_size, self.eval_batch_size, self.num_workers = split, batch_size, eval_batch_size, num_workers
@@ -162,11 +171,16 @@ class ReasonDataModule(L.LightningDataModule):
             if self.split == "temporal" and stage == "train":
                 # Keep held-out products out of training in both schemes, so one model serves both tests.
                 df = df[df["split_unseen"] == "train"]
+            if self.holdout_customers and stage == "train":
+                df = df[~df["customer_id"].isin(self.held_out_customers())]
             limit = {"train": self.limit_train, "val": self.limit_val}.get(stage, 0)
             if limit and len(df) > limit:
                 df = df.sample(n=limit, random_state=self.seed).sort_index()
             self.frames[stage] = df.reset_index(drop=True)
         return self.frames[stage]
+
+    def held_out_customers(self) -> set[str]:
+        return privacy.held_out_customers(self.artifacts.examples["customer_id"], self.holdout_customers, self.seed)
 
     def prompt_example(self, row: dict) -> dict:
         reason = row.get("reason")
@@ -191,8 +205,11 @@ class ReasonDataModule(L.LightningDataModule):
     def _loader(self, stage, batch_size, shuffle):
         ds = self.dataset(stage)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        sampler = BucketSampler([len(e["input_ids"]) for e in ds.encoded], batch_size, shuffle, self.seed,
-                                rank=rank, world=world)
+        if shuffle and self.sampling == "poisson":
+            sampler = privacy.PoissonBatchSampler(len(ds), batch_size, self.seed)
+        else:
+            sampler = BucketSampler([len(e["input_ids"]) for e in ds.encoded], batch_size, shuffle, self.seed,
+                                    rank=rank, world=world)
         pad_id = self.tokenizer.convert_tokens_to_ids(EOS)
         return DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(ds, pad_id), num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
@@ -239,9 +256,11 @@ class ReasonModule(L.LightningModule):
                  clip_dim: int | None = None, lr: float = 1e-3, min_lr_ratio: float = 0.1, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, lr_decay_steps: int | None = None,
                  n_samples: int = 3,
-                 sample_max_new_tokens: int = 64, compile: bool = False, fused_adamw: bool = True):
+                 sample_max_new_tokens: int = 64, compile: bool = False, fused_adamw: bool = True,
+                 dp: privacy.DPConfig | None = None):
         super().__init__()
         config = config or ModelConfig()
+        self.dp = privacy.DPConfig(**dp) if isinstance(dp, dict) else dp  # DP-SGD when set (privacy.py)
         if model is None:
             if vocab_size is not None and config.pretrained_gpt2 is None:
                 config.vocab_size = vocab_size
@@ -252,6 +271,10 @@ class ReasonModule(L.LightningModule):
         self.config = model.config
         self.save_hyperparameters(ignore=["model"])
         self.hparams["config"] = asdict(self.config)  # the resolved config, so a checkpoint rebuilds the same model
+        if self.dp is not None:
+            self.hparams["dp"] = asdict(self.dp)
+            privacy.prepare_model(self.model)
+        self.accounting = None  # set by privacy.make_private
         # kept out of the module tree, so the compiled wrapper adds no second copy to the state dict
         # torch.compile(self.model) would compile forward() alone, and training calls reason_loss
         self.__dict__["_reason_loss"] = torch.compile(self.model.reason_loss) if compile else self.model.reason_loss
@@ -272,7 +295,11 @@ class ReasonModule(L.LightningModule):
                                           batch["segment_ids"], batch["attention_mask"], batch["labels"])
 
     def training_step(self, batch, batch_idx):
-        loss, n_tokens = self(batch)
+        if self.dp is not None:  # per-example losses, so per-example gradients can be clipped
+            loss = privacy.example_losses(self._compiled, batch)[0].mean()
+            self.log("dp/epsilon", self.accounting.epsilon(self.global_step + 1), prog_bar=True)
+        else:
+            loss, n_tokens = self(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=False)
         self._tokens += int(batch["attention_mask"].sum()) + self.config.prefix_len * batch["input_ids"].size(0)
@@ -331,7 +358,7 @@ class ReasonModule(L.LightningModule):
     def _fused(self) -> bool | None:
         """AdamW's fused kernel (one pass over all parameters; 1.35x the training tokens/s of the default
         per-tensor loop on 2 CPU cores) where torch has it for this device and dtype."""
-        if not self.hparams.get("fused_adamw", True):
+        if not self.hparams.get("fused_adamw", True) or self.dp is not None:  # Opacus wraps a plain AdamW
             return None
         ok = self.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in self.model.parameters())
         return True if ok else None
@@ -344,6 +371,8 @@ class ReasonModule(L.LightningModule):
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr,
                                 betas=tuple(self.hparams.betas), fused=self._fused())
+        if self.dp is not None:
+            opt = privacy.make_private(self, opt)
         # lr_decay_steps pins the schedule's length (nanoGPT's lr_decay_iters); default: the whole run
         total = max(1, int(self.hparams.lr_decay_steps or self.trainer.estimated_stepping_batches))
         warmup, floor = min(self.hparams.warmup_steps, total // 10 + 1), self.hparams.min_lr_ratio
@@ -356,6 +385,14 @@ class ReasonModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_end(self):
+        if self.accounting is not None:
+            print(self.accounting.line(self.global_step), flush=True)
+
+    def on_save_checkpoint(self, checkpoint):
+        if self.accounting is not None:  # epsilon as of this checkpoint's step, for whoever loads it
+            checkpoint["privacy"] = self.accounting.summary(self.global_step)
 
 
 def _settings(ckpt: dict) -> tuple:

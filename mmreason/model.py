@@ -157,7 +157,9 @@ class ReasonModel(nn.Module):
             has_photo = torch.ones(x.size(0), dtype=torch.bool, device=x.device)
         x = torch.where(has_photo.view(-1, 1).bool(), x, self.no_photo.expand_as(x))
         prefix = self.mapper(x)                                                  # (B, k, C)
-        return prefix + self.segment.weight[SEG_PHOTO]
+        # through the embedding's forward, not .weight[...], so per-example gradient hooks (DP) see it
+        seg = torch.full((x.size(0), 1), SEG_PHOTO, dtype=torch.long, device=x.device)
+        return prefix + self.segment(seg)                                        # (B, k, C) + (B, 1, C)
 
     def embed_prefix(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask):
         """-> (inputs_embeds (B, k+T, C), attention_mask (B, k+T), position_ids (B, k+T)).

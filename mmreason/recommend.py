@@ -655,7 +655,7 @@ def recommend_for_user(model_name: str, user_id: str, k: int = 10, *, split: str
     cid = ctx.resolve_user(user_id)
     task = ctx.task(split, [cid])
     if not task.customers:
-        raise UnknownUser(f"customer {cid[:12]}… has no {split} day with earlier purchases")
+        raise UnknownUser(f"customer {cid[:10]}… has no {split} day with earlier purchases")
     if model_name in LEARNED:
         photo = photo_matrix(photo_embeddings, ctx.items["article_id"])
         fn = two_tower(ctx, config or TwoTowerConfig(), photo, out_dir, split, fit_on=fit_on).scores
@@ -756,7 +756,7 @@ def main(argv=None, explain_fn: ExplainFn | None = None) -> int:
                 frame = _explain(args, cid, frame, explain_fn)
             cols = [c for c in ["rank", "article_id", "prod_name", "product_type_name", "colour_group_name", "score",
                                 "already_bought", "bought", "reason", "filter"] if c in frame]
-            print(f"[recommend] {args.model} for customer {cid[:12]}… ({split} day; already-bought articles "
+            print(f"[recommend] {args.model} for customer {cid[:10]}… ({split} day; already-bought articles "
                   f"{'excluded' if frame['excluded_bought'].iloc[0] else 'kept'})")
             print(markdown_table(frame[cols].to_dict("records"), cols))
             return 0

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from mmreason import paths
+from mmreason import paths, pii
 from mmreason.lit import ReasonDataModule, ReasonModule
 
 CONFIG_DIR = paths.REPO_ROOT / "configs"
@@ -91,12 +91,14 @@ def report(module: ReasonModule, data: ReasonDataModule, n: int, out_dir: Path |
     shown = sample_reasons(module.model.cpu(), data, pick, DecodeConfig(strategy="greedy", no_repeat_ngram_size=3))
     samples = []
     for r, o in zip(pick.to_dict("records"), shown):
-        samples.append({"customer_id": r["customer_id"], "article_id": int(r["article_id"]), "generated": o.reason,
+        samples.append({"customer_id": r["customer_id"][:pii.ID_PREFIX], "article_id": int(r["article_id"]), "generated": o.reason,
                         "passed_filter": o.passed, "silver": r["reason"]})
-        print(f"\n[user {r['customer_id'][:10]}… article {r['article_id']}] {r['product']}\n"
+        print(f"\n[user {r['customer_id'][:pii.ID_PREFIX]}… article {r['article_id']}] {r['product']}\n"
               f"  behaviour: {r['behaviour'][:160]}\n  generated: {o.reason}"
               f"{'' if o.passed else ' (failed the filter)'}\n  silver:    {r['reason']}")
     summary["samples"] = samples
+    if module.accounting is not None:
+        summary["privacy"] = module.accounting.summary(module.global_step)
     print(f"\n[train] validation perplexity {summary.get('val_ppl', float('nan')):.2f} "
           f"(unigram baseline {summary['unigram_val_ppl']:.2f})")
     if out_dir is not None:

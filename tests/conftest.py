@@ -87,6 +87,22 @@ def work_in(mp: pytest.MonkeyPatch, root: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_personal_data_in_outputs(tmp_path_factory):
+    """After the session: no text file the commands wrote under the tests' folders names a customer (beyond
+    the 10 characters the README shows), an Amazon reviewer or an age (``mmreason.pii``). Skipped: the
+    raw inputs the fixtures write (customers and transactions) and files a test plants on purpose."""
+    yield
+    from mmreason import pii
+
+    real = pii.PersonalData.from_data(REAL_HM, REAL_HM.parent / "amazon_fashion5" / "AMAZON_FASHION_5.json.gz")
+    personal = pii.PersonalData([*CUSTOMERS, "e" * 64, *real.id_pieces], ["Jane Doe", "Bob Roe", *real.names])
+    files = [p for p in tmp_path_factory.getbasetemp().rglob("*") if p.is_file()
+             and p.name not in ("customers.csv", "transactions.csv") and "planted" not in p.parts]
+    findings = personal.scan_paths(files)
+    assert not findings, "personal data in outputs:\n" + "\n".join(map(str, findings[:20]))
+
+
 @pytest.fixture
 def hm_dir(tmp_path) -> Path:
     return make_hm(tmp_path / "hm")

@@ -1,0 +1,248 @@
+"""Loss-based membership inference against trained generators: ``python -m mmreason.membership``.
+
+How much does a generator give away about who was in its training data? The attack (Yeom et al. 2018)
+scores an example by the model's loss on its reason: lower loss, "member". Its AUC is 0.5 when the
+model behaves the same on members and non-members, 1.0 when it separates them perfectly.
+
+Members and non-members come from one population: ``privacy.held_out_customers`` keeps a hashed 20% of
+customers (``--holdout``, the value the runs were trained with) out of training, whole. Both groups are
+drawn from training-stage examples (temporal split ``train``, products seen in training), so they cover
+the same period and, customers being assigned at random, the same articles' distribution. Up to
+``--per-customer`` examples of each of ``--customers`` customers per group are scored. Two AUCs per run:
+
+* example: each example's score alone (the unit DP-SGD protects here);
+* customer: the mean score over a customer's examples (the unit a customer cares about).
+
+Controls, in the same table: the reason's length in tokens as a model-free "attack" (0.5 if the groups
+match), and a run trained on every customer (``artifacts/runs/cpu``): for it both groups are members,
+so any distance from 0.5 is a difference between the groups, not leakage. 95% intervals: bootstrap
+over customers. Utility beside it: validation perplexity, and copy CIDEr and attribute grounding of
+greedy reasons (no post-filter) for ``--n-gen`` unseen-product test examples.
+Writes ``<out>/cpu.json`` and ``<out>/cpu.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from mmreason import paths
+from mmreason.collate import EOS, encode_example
+from mmreason.io import DataError, write_report
+from mmreason.lit import Collator, ReasonDataset, find_checkpoint, load_run
+from mmreason.privacy import epsilon, example_losses, held_out_customers
+
+DEFAULT_RUNS = ["artifacts/runs/cpu", "artifacts/runs/privacy-nodp", "artifacts/runs/privacy-nodp-40",
+                "artifacts/runs/privacy-dp8", "artifacts/runs/privacy-dp1"]  # README, privacy: how each is trained
+
+
+def attack_population(examples: pd.DataFrame, holdout: float, n_customers: int, per_customer: int,
+                      seed: int = 0) -> pd.DataFrame:
+    """Training-stage examples of ``n_customers`` held-out and as many member customers (``member`` column),
+    at most ``per_customer`` each, drawn with ``seed``."""
+    df = examples[(examples["split_temporal"] == "train") & (examples["split_unseen"] == "train")]
+    out = held_out_customers(examples["customer_id"], holdout, seed)
+    df = df.assign(member=~df["customer_id"].isin(out))
+    rng = np.random.default_rng(seed)
+    parts = []
+    for member in (True, False):
+        custs = np.sort(df.loc[df["member"] == member, "customer_id"].unique())
+        custs = rng.permutation(custs)[:n_customers]
+        g = df[df["customer_id"].isin(set(custs))]
+        parts.append(g.sample(frac=1.0, random_state=seed).groupby("customer_id").head(per_customer))
+    if any(len(p) == 0 for p in parts):
+        raise DataError(f"no {'member' if not len(parts[0]) else 'held-out'} customers with training examples "
+                        f"(holdout {holdout})")
+    return pd.concat(parts).sort_values("example_id").reset_index(drop=True)
+
+
+@torch.no_grad()
+def losses(module, data, frame: pd.DataFrame, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's mean reason-token loss under ``module`` (N,), and its number of reason tokens (N,)."""
+    tok = data.tokenizer
+    encoded = [encode_example(tok, data.prompt_example(r), data.max_prompt_tokens, data.max_reason_tokens)
+               for r in frame.to_dict("records")]
+    photo, has = data.artifacts.photo_lookup(frame["article_id"].to_numpy())
+    ds = ReasonDataset(encoded, photo, has)
+    collate = Collator(ds, tok.convert_tokens_to_ids(EOS))
+    order = np.argsort([len(e["input_ids"]) for e in encoded], kind="stable")  # little padding
+    loss, n = np.zeros(len(frame)), np.zeros(len(frame), dtype=int)
+    module.model.eval()
+    for s in tqdm(range(0, len(order), batch_size), desc="membership losses", leave=False):
+        idx = order[s:s + batch_size].tolist()
+        ll, nn_ = example_losses(module.model, collate(idx))
+        loss[idx], n[idx] = ll.numpy(), nn_.numpy()
+    return loss, n
+
+
+def auc_with_interval(score: np.ndarray, member: np.ndarray, groups: np.ndarray, n_boot: int = 200,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """ROC AUC of ``score`` for ``member``, and a 95% bootstrap interval resampling whole ``groups``."""
+    auc = float(roc_auc_score(member, score))
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    rows = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rows[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        if member[idx].all() or not member[idx].any():
+            continue
+        boots.append(roc_auc_score(member[idx], score[idx]))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return auc, float(lo), float(hi)
+
+
+def attack(frame: pd.DataFrame, loss: np.ndarray) -> dict:
+    """Example- and customer-level AUC of the loss attack (score = -loss)."""
+    member = frame["member"].to_numpy()
+    cust = frame["customer_id"].to_numpy()
+    ex = auc_with_interval(-loss, member, cust)
+    per = pd.DataFrame({"c": cust, "s": -loss, "m": member}).groupby("c").agg(s=("s", "mean"), m=("m", "first"))
+    cu = auc_with_interval(per["s"].to_numpy(), per["m"].to_numpy(), per.index.to_numpy())
+    return {"example_auc": ex[0], "example_auc_ci": ex[1:], "customer_auc": cu[0], "customer_auc_ci": cu[1:],
+            "member_loss": float(loss[member].mean()), "nonmember_loss": float(loss[~member].mean())}
+
+
+@torch.no_grad()
+def val_perplexity(module, data) -> float:
+    """exp of the token-weighted mean reason-token loss over the run's validation set."""
+    module.model.eval()
+    total, count = 0.0, 0
+    for b in tqdm(data.val_dataloader(), desc="val ppl", leave=False):
+        loss, n = module.model.reason_loss(b["photo_embedding"], b["has_photo"], b["input_ids"], b["segment_ids"],
+                                           b["attention_mask"], b["labels"])
+        total, count = total + float(loss) * int(n), count + int(n)
+    return float(np.exp(total / max(count, 1)))
+
+
+def utility(module, data, n_gen: int, seed: int) -> dict:
+    """Validation perplexity; copy CIDEr and attribute grounding of greedy reasons on unseen products."""
+    from mmreason.evaluate import histories, score, test_frame
+    from mmreason.filters import vocab_from_items
+    from mmreason.generate import generate_reasons, preset
+
+    out = {"val_ppl": val_perplexity(module, data)}
+    if n_gen:
+        art = data.artifacts
+        frame = test_frame(art.examples, "unseen", n_gen, seed)
+        photo, has = art.photo_lookup(frame["article_id"].to_numpy())
+        hyps = [c[0] for c in generate_reasons(module.model, data.tokenizer,
+                                               [data.prompt_example(r) for r in frame.to_dict("records")],
+                                               photo, has, preset("greedy"), max_prompt_tokens=data.max_prompt_tokens,
+                                               progress=False)]
+        inter = pd.read_parquet(art.data_dir / "interactions.parquet")
+        m = score(hyps, frame, art.items, histories(frame, inter, art.items), vocab_from_items(art.items),
+                  with_embedding=False)
+        out |= {k: m[k] for k in ("copy_cider", "grounding_overall_precision", "grounding_colour_precision",
+                                  "grounding_colour_mention_rate")}
+        out["generated"] = hyps[:3]
+    return out
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    def ci(x):
+        return f"[{x[0]:.3f}, {x[1]:.3f}]"
+
+    lines = [f"Membership inference (loss attack) and utility; {meta['n_members']} member and "
+             f"{meta['n_nonmembers']} held-out examples ({meta['customers']} customers per group, up to "
+             f"{meta['per_customer']} each); length-only control AUC {meta['length_auc']:.3f}. "
+             f"Utility: {meta['n_gen']} unseen-product test examples, greedy, no filter.", "",
+             "| run | training | epsilon (delta=1/N, per example) | example AUC [95%] | customer AUC [95%] | "
+             "val ppl | copy CIDEr | attr. precision | colour precision |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        eps = f"{r['epsilon']:.2f}" if r.get("epsilon") is not None else "inf (no DP)"
+        lines.append(f"| {r['name']} | {r['training']} | {eps} | {r['example_auc']:.3f} {ci(r['example_auc_ci'])} | "
+                     f"{r['customer_auc']:.3f} {ci(r['customer_auc_ci'])} | {r['val_ppl']:.2f} | "
+                     f"{r.get('copy_cider', float('nan')):.3f} | {r.get('grounding_overall_precision', float('nan')):.3f} | "
+                     f"{r.get('grounding_colour_precision', float('nan')):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def describe(module, data, ckpt: dict) -> tuple[str, float | None]:
+    """(what the run was trained on, its epsilon if DP) from its checkpoint."""
+    steps = int(ckpt.get("global_step", 0))
+    hold = float(data.hparams.get("holdout_customers", 0.0))
+    who = "every customer" if not hold else f"{1 - hold:.0%} of customers"
+    dp = module.hparams.get("dp")
+    if not dp:
+        return f"{steps} steps of {data.batch_size}, {who}", None
+    acc = ckpt.get("privacy")
+    if acc is None:  # checkpoints from before the accounting was saved: a finished run's noise was set for its steps
+        from opacus.accountants.utils import get_noise_multiplier
+
+        n = len(data.dataset("train"))
+        q, delta = min(1.0, data.batch_size / n), dp.get("delta") or 1.0 / n
+        sigma = dp.get("noise_multiplier") or get_noise_multiplier(
+            target_epsilon=dp["target_epsilon"], target_delta=delta, sample_rate=q, steps=steps,
+            accountant=dp.get("accountant", "rdp"), epsilon_tolerance=0.005)
+        acc = {"noise_multiplier": sigma, "epsilon": epsilon(sigma, q, steps, delta, dp.get("accountant", "rdp"))}
+    return (f"DP-SGD, {steps} Poisson steps of ~{data.batch_size}, clip {dp['max_grad_norm']}, "
+            f"noise {acc['noise_multiplier']:.3f}, {who}", float(acc["epsilon"]))
+
+
+def get_parser():
+    p = argparse.ArgumentParser(prog="python -m mmreason.membership", description=__doc__.split("\n")[0])
+    p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="run folders or checkpoints")
+    p.add_argument("--holdout", type=float, default=0.2, help="the held-out customer fraction the runs used")
+    p.add_argument("--customers", type=int, default=200, help="customers per group")
+    p.add_argument("--per-customer", type=int, default=5, help="examples per customer at most")
+    p.add_argument("--n-gen", type=int, default=80, help="unseen-product test examples decoded for utility (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for cpu.json / cpu.md (default results/privacy)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    paths.offline()
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    rows, frame, length_auc = [], None, None
+    try:
+        for run in args.runs:
+            path = find_checkpoint(run)
+            if path is None:
+                raise DataError(f"{run}: no checkpoint (train it first; see README, privacy)")
+            module, data = load_run(path)
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            if frame is None:
+                frame = attack_population(data.artifacts.examples, args.holdout, args.customers, args.per_customer,
+                                          args.seed)
+            hold = float(data.hparams.get("holdout_customers", 0.0))
+            if hold and (hold != args.holdout or data.seed != args.seed):
+                raise DataError(f"{run} held out {hold} of customers with seed {data.seed}, "
+                                f"not --holdout {args.holdout} --seed {args.seed}")
+            print(f"[membership] {run}: {len(frame)} examples")
+            loss, n_tok = losses(module, data, frame)
+            if length_auc is None:
+                length_auc = float(roc_auc_score(frame["member"], n_tok))
+            training, eps = describe(module, data, ckpt)
+            row = {"name": run, "training": training, "epsilon": eps} | attack(frame, loss)
+            row |= utility(module, data, args.n_gen, args.seed)
+            print(f"[membership] {run}: example AUC {row['example_auc']:.3f}, customer AUC {row['customer_auc']:.3f}, "
+                  f"val ppl {row['val_ppl']:.2f}")
+            rows.append(row)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    meta = {"n_members": int(frame["member"].sum()), "n_nonmembers": int((~frame["member"]).sum()),
+            "customers": args.customers, "per_customer": args.per_customer, "holdout": args.holdout,
+            "length_auc": length_auc, "n_gen": args.n_gen, "seed": args.seed, "seconds": round(time.time() - t0)}
+    out = Path(args.out or paths.REPO_ROOT / "results" / "privacy")
+    table = markdown(rows, meta)
+    write_report(out, "cpu", {"meta": meta, "runs": rows}, table)
+    print(table)
+    print(f"[membership] wrote {out / 'cpu.json'} and cpu.md ({meta['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

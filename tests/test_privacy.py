@@ -1,0 +1,269 @@
+"""Privacy: DP-SGD's per-example gradients, sampling and accounting; the membership attack; personal data
+in outputs. End to end: ``train --config configs/dp.yaml`` and ``membership`` on the tiny fixture."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from conftest import CUSTOMERS, make_hm, work_in
+from mmreason import membership, pii, privacy, train
+from mmreason.model import ModelConfig, ReasonModel
+
+
+# ----------------------------------------------------------------------------- DP-SGD
+
+def _batch(B=3, T=7, V=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, 5:] = 0  # one right-padded row
+    labels = ids.clone()
+    labels[:, :3] = -100
+    labels[0, 5:] = -100
+    return {"photo_embedding": torch.randn(B, 8, generator=g), "has_photo": torch.tensor([True, False, True]),
+            "input_ids": ids, "segment_ids": torch.randint(1, 5, (B, T), generator=g), "attention_mask": mask,
+            "labels": labels}
+
+
+def _model(mapper="mlp"):
+    torch.manual_seed(0)
+    m = ReasonModel(ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, clip_dim=8, prefix_len=2,
+                                dropout=0.0, mapper=mapper))
+    with torch.no_grad():
+        m.segment.weight.normal_()  # zero at init: make the photo segment's gradient visible
+    privacy.prepare_model(m)
+    return m
+
+
+@pytest.mark.parametrize("mapper", ["mlp", "transformer"])
+def test_per_example_gradients_are_each_examples_own_gradient(mapper):
+    """Opacus' hooks give, for every trainable parameter (tied embeddings, the photo segment, the mapper),
+    exactly the gradient of each example's loss computed alone."""
+    from opacus import GradSampleModule
+
+    m, batch = _model(mapper), _batch()
+    alone = []
+    for i in range(3):
+        m.zero_grad()
+        privacy.example_losses(m, {k: v[i:i + 1] for k, v in batch.items()})[0].sum().backward()
+        alone.append({k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad})
+    m.zero_grad()
+    GradSampleModule(m, batch_first=True, loss_reduction="mean")
+    privacy.example_losses(m, batch)[0].mean().backward()
+    checked = 0
+    for k, p in m.named_parameters():
+        if p.requires_grad:
+            for i in range(3):
+                torch.testing.assert_close(p.grad_sample[i], alone[i][k], atol=1e-6, rtol=1e-4, msg=f"{k}[{i}]")
+            checked += 1
+    assert checked == sum(1 for p in m.parameters() if p.requires_grad) and not m.no_photo.requires_grad
+    assert m.segment.weight.grad_sample[0, 0].abs().sum() > 0  # the photo segment row is seen per example
+
+
+def test_example_losses_average_to_the_models_token_loss_on_equal_lengths():
+    m, batch = _model(), _batch()
+    batch["labels"][0, 5:] = batch["input_ids"][0, 5:]  # every row scores 4 tokens
+    batch["attention_mask"][0, 5:] = 1
+    per, n = privacy.example_losses(m, batch)
+    loss, count = m.reason_loss(*(batch[k] for k in ("photo_embedding", "has_photo", "input_ids", "segment_ids",
+                                                     "attention_mask", "labels")))
+    assert n.tolist() == [4, 4, 4] and int(count) == 12
+    torch.testing.assert_close(per.mean(), loss, atol=1e-6, rtol=1e-5)
+
+
+def test_poisson_sampler_is_independent_per_draw_and_resumes():
+    s = privacy.PoissonBatchSampler(1000, 50, seed=3)
+    batches = list(s)
+    assert len(batches) == len(s) == 20 and all(batches)
+    sizes = [len(b) for b in batches]
+    assert min(sizes) != max(sizes) and 40 < np.mean(sizes) < 60  # Poisson: sizes vary around q * N
+    assert all(len(set(b)) == len(b) for b in batches)
+    s.skip = 5
+    assert list(s) == batches[5:]  # resuming mid-epoch draws what the uninterrupted run drew
+    s.set_epoch(1)
+    assert list(s) != batches
+
+
+def test_held_out_customers_are_stable_and_near_the_fraction():
+    ids = [f"{i:064x}" for i in range(2000)]
+    out = privacy.held_out_customers(ids, 0.2)
+    assert out == privacy.held_out_customers(list(reversed(ids)), 0.2)  # order does not matter
+    assert 0.17 < len(out) / len(ids) < 0.23 and out != privacy.held_out_customers(ids, 0.2, seed=1)
+    assert privacy.held_out_customers(ids, 0.0) == set()
+
+
+def test_accountant_epsilon_grows_with_steps_and_falls_with_noise():
+    e = [privacy.epsilon(1.0, 0.01, s, 1e-5) for s in (0, 10, 100, 1000)]
+    assert e[0] == 0 and e[1] < e[2] < e[3]
+    assert privacy.epsilon(2.0, 0.01, 100, 1e-5) < e[2]
+    with pytest.raises(ValueError):
+        privacy.DPConfig(target_epsilon=None, noise_multiplier=None)
+
+
+# ----------------------------------------------------------------------------- membership attack
+
+def test_auc_with_interval_on_planted_scores():
+    member = np.array([True] * 50 + [False] * 50)
+    groups = np.arange(100) // 2
+    auc, lo, hi = membership.auc_with_interval(member.astype(float), member, groups)
+    assert auc == lo == hi == 1.0
+    auc, lo, hi = membership.auc_with_interval(np.zeros(100), member, groups)
+    assert auc == 0.5
+    rng = np.random.default_rng(0)
+    auc, lo, hi = membership.auc_with_interval(rng.normal(size=100) + member, member, groups)
+    assert 0.6 < auc < 0.9 and lo < auc < hi
+
+
+def test_attack_scores_lower_loss_as_member_per_example_and_per_customer():
+    frame = pd.DataFrame({"customer_id": list("aabbccdd"), "member": [True] * 4 + [False] * 4})
+    loss = np.array([1.0, 2.25, 1.5, 2.5, 2.0, 2.2, 2.1, 2.3])  # members lower on average, not each example
+    out = membership.attack(frame, loss)
+    assert out["customer_auc"] == 1.0 and out["example_auc"] == 9 / 16  # 9 of 16 pairs ordered right
+    assert out["member_loss"] == pytest.approx(1.8125) and out["nonmember_loss"] == pytest.approx(2.15)
+
+
+def test_attack_population_splits_by_whole_customers():
+    ids = [f"{i:064x}" for i in range(200)]
+    ex = pd.DataFrame({"example_id": range(2000), "customer_id": np.repeat(ids, 10),
+                       "split_temporal": ["train"] * 8 * 200 + ["test"] * 2 * 200,
+                       "split_unseen": "train"})
+    ex["split_temporal"] = np.tile(["train"] * 8 + ["test"] * 2, 200)
+    pop = membership.attack_population(ex, 0.2, n_customers=30, per_customer=3)
+    out = privacy.held_out_customers(ids, 0.2)
+    assert (pop["split_temporal"] == "train").all()
+    assert set(pop.loc[~pop["member"], "customer_id"]) <= out and not set(pop.loc[pop["member"], "customer_id"]) & out
+    per = pop.groupby("customer_id").size()
+    assert per.max() == 3 and pop.groupby("member")["customer_id"].nunique().tolist() == [30, 30]
+
+
+# ----------------------------------------------------------------------------- personal data
+
+@pytest.fixture
+def personal():
+    words = ["wildcat", "mark"]  # catalogue words: a one-word name that is one is not flagged
+    return pii.PersonalData(CUSTOMERS + ["0123456789abcdef" * 4],
+                            ["Jane Doe", "Amazon Customer", "Wildcat", "Mark", "JP", "Tonya B."], words)
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("customer " + "0123456789abcdef" * 4, "customer_id"),
+    ("user 0123456789a… bought", "customer_id"),           # an 11-character prefix: longer than the README's 10
+    ("id ...89abcdef0123...", "customer_id"),              # any other 11-character piece
+    ("thanks, jane doe!", "reviewer_name"),
+    ("as Tonya B. said", "reviewer_name"),
+    ("perfect for a 34-year-old", None),                    # "year-old" with a hyphen only: see the next
+    ("perfect at 34 years old", "age"),
+    ("profile: aged 41; club active", "age"),
+    ('{"age": 23.0}', "age"),
+])
+def test_scan_text_finds_personal_data(personal, text, kind):
+    found = {f.kind for f in personal.scan_text(text, "x")}
+    if kind is None:
+        return
+    assert kind in found, (text, found)
+
+
+@pytest.mark.parametrize("text", [
+    "user 0123456789… (10 characters, as in the README)", "profile: age 25-34; club active", "age 65+",
+    "Amazon Customer liked it", "Wildcat print top", "Mark your calendar", "a JP style", "sha 89abcdef0",
+    "Matches your taste for black dress: you have bought them twice.",
+])
+def test_scan_text_allows_what_is_not_personal(personal, text):
+    assert personal.scan_text(text, "x") == []
+
+
+def test_findings_never_repeat_more_than_the_allowed_prefix(personal):
+    f = personal.scan_text("id " + "0123456789abcdef" * 4, "x")
+    assert len(f) == 1 and len(f[0].shown) == pii.ID_PREFIX and "0123456789abcdef"[:11] not in str(f[0])
+
+
+def test_figure_text_is_scanned(personal):
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.set_title(f"user {CUSTOMERS[0][:10]}…")  # what the case studies show: allowed
+    assert personal.scan_figure(fig) == []
+    ax.set_xlabel(f"user {CUSTOMERS[0]}")
+    ax.text(0, 0, "Jane Doe, 41 years old")
+    assert {f.kind for f in personal.scan_figure(fig)} == {"customer_id", "reviewer_name", "age"}
+
+
+def test_pii_cli_scans_folders_and_exits_1_on_findings(tmp_path, capsys):
+    hm = make_hm(tmp_path / "hm", broken_photo=False, missing_photo=False, bad_rows=False)
+    out = tmp_path / "planted"  # the session's own scan skips it (conftest)
+    out.mkdir()
+    (out / "ok.md").write_text(f"customer {CUSTOMERS[1][:10]}, age 25-34\n")
+    assert pii.main([str(out), "--hm-dir", str(hm), "--amazon", str(tmp_path / "none.json.gz")]) == 0
+    (out / "deep").mkdir()
+    (out / "deep" / "bad.json").write_text(json.dumps({"customer_id": CUSTOMERS[1]}))
+    assert pii.main([str(out), "--hm-dir", str(hm), "--amazon", str(tmp_path / "none.json.gz")]) == 1
+    text = capsys.readouterr().out
+    assert "bad.json: customer_id" in text and CUSTOMERS[1][:11] not in text
+    assert pii.main([str(tmp_path / "missing"), "--hm-dir", str(hm)]) == 2
+
+
+# ----------------------------------------------------------------------------- end to end on the fixture
+
+TINY = [
+    "--data.pipeline.tokenizer_vocab", "400", "--data.pipeline.clip_epochs", "1",
+    "--data.batch_size", "4", "--data.eval_batch_size", "4", "--data.limit_val", "0",
+    "--model.config.n_layer", "1", "--model.config.n_head", "2", "--model.config.n_embd", "32",
+    "--model.config.prefix_len", "2", "--model.warmup_steps", "2", "--model.n_samples", "1",
+    "--model.sample_max_new_tokens", "8", "--n_report", "2",
+    "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+    "--trainer.val_check_interval", "1.0", "--ckpt_path", "none",
+]
+
+
+@pytest.fixture(scope="module")
+def dp_runs(tmp_path_factory):
+    """A DP-SGD run (configs/dp.yaml) and a plain run, both holding out half the customers, on the fixture."""
+    root = tmp_path_factory.mktemp("privacy")
+    make_hm(root / "hm", broken_photo=False, missing_photo=False, bad_rows=False)
+    return root
+
+
+@pytest.mark.slow
+def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch, capsys):
+    work_in(monkeypatch, dp_runs)
+    common = [*TINY, "--data.pipeline.hm_dir", str(dp_runs / "hm"), "--data.holdout_customers", "0.5",
+              "--trainer.max_epochs", "10"]  # a fixture epoch is one Poisson batch: max_steps decides
+    assert train.main(["--config", str(train.CONFIG_DIR / "dp.yaml"), *common, "--trainer.max_steps", "3",
+                       "--model.dp.target_epsilon", "2", "--trainer.default_root_dir", "artifacts/runs/dp"]) == 0
+    out = capsys.readouterr().out
+    assert "[privacy] epsilon 2.00 at delta" in out and "protected unit: one example, not one customer" in out
+    run = dp_runs / "artifacts" / "runs" / "dp"
+    summary = json.loads((run / "summary.json").read_text())
+    acc = summary["privacy"]
+    assert acc["steps"] == 3 and acc["epsilon"] == pytest.approx(2.0, abs=0.02) and acc["unit"] == "example"
+    assert acc["epsilon"] == pytest.approx(privacy.epsilon(acc["noise_multiplier"], acc["sample_rate"], 3,
+                                                           acc["delta"]))
+    assert acc["delta"] == pytest.approx(1 / acc["n_examples"])
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["privacy"]["epsilon"] == pytest.approx(acc["epsilon"])
+    assert not any("_module" in k for k in ckpt["state_dict"])  # plain weights: loads like any run
+    assert all(len(s["customer_id"]) <= pii.ID_PREFIX for s in summary["samples"])
+    # without Poisson sampling the accounting would not hold: refused in one line
+    with pytest.raises(Exception, match="Poisson"):
+        train.main(["--config", str(train.CONFIG_DIR / "dp.yaml"), *common, "--data.sampling", "bucket",
+                    "--trainer.max_steps", "1", "--trainer.default_root_dir", "artifacts/runs/dp-bucket"])
+    assert train.main([*common, "--trainer.max_steps", "3", "--trainer.default_root_dir", "artifacts/runs/plain"]) == 0
+    capsys.readouterr()
+    res = dp_runs / "results"
+    assert membership.main(["--runs", "artifacts/runs/plain", "artifacts/runs/dp", "--holdout", "0.5",
+                            "--customers", "2", "--per-customer", "2", "--n-gen", "2", "--out", str(res)]) == 0
+    report = json.loads((res / "cpu.json").read_text())
+    plain, dp = report["runs"]
+    assert plain["epsilon"] is None and dp["epsilon"] == pytest.approx(acc["epsilon"])
+    for r in (plain, dp):
+        assert 0 <= r["example_auc"] <= 1 and 0 <= r["customer_auc"] <= 1 and r["val_ppl"] > 1
+    assert "| artifacts/runs/dp | DP-SGD, 3 Poisson steps" in (res / "cpu.md").read_text()
+    # every output these commands wrote is free of personal data
+    personal = pii.PersonalData.from_data(dp_runs / "hm")
+    outputs = [res, run / "summary.json", dp_runs / "artifacts" / "runs" / "plain" / "summary.json",
+               *(dp_runs / "artifacts" / "runs").rglob("metrics.csv"), *(dp_runs / "artifacts" / "runs").rglob("*.yaml")]
+    assert personal.scan_paths(outputs) == []
