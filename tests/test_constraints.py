@@ -60,10 +60,11 @@ class Script:
         dot = tokenizer.encode(".", add_special_tokens=False)
         self.ids = tokenizer.encode(text, add_special_tokens=False) + dot * 4 + [token_id(tokenizer, EOS)]
         self.step = 0
-        self.handle = model.gpt2.register_forward_hook(self)
+        # the LM head runs once per model call, on the positions decoding reads, whichever KV cache decodes
+        self.handle = model.gpt2.lm_head.register_forward_hook(self)
 
     def __call__(self, module, args, out):
-        out.logits[:, -1, self.ids[min(self.step, len(self.ids) - 1)]] += 40.0
+        out[..., self.ids[min(self.step, len(self.ids) - 1)]] += 40.0
         self.step += 1
         return out
 
