@@ -61,29 +61,40 @@ class Explainer:
         """The day after the data ends: every purchase is history."""
         return pd.Timestamp(self.tables["interactions"]["t_dat"].max()) + pd.Timedelta(days=1)
 
-    @torch.no_grad()
     def explain(self, customer_id: str, article_ids, day=None, progress: bool = False) -> list[Explanation]:
         """One reason per article for ``customer_id`` as of ``day`` (default: the day after the data ends).
         Unknown customer or article: KeyError."""
-        article_ids = [int(a) for a in article_ids]
-        unknown = [a for a in article_ids if a not in self.items.index]
-        if unknown:
-            raise KeyError(f"unknown article_id {unknown[0]}")
-        day = pd.Timestamp(day) if day is not None else self.next_day()
-        ctx = user_context(self.tables, customer_id, day, cuts=self.cuts)
-        rows = [{"user_profile": ctx["user_profile"], "behaviour": ctx["behaviour"],
-                 "product": self.items.at[a, "product"], "article_id": a} for a in article_ids]
-        examples = [self.data.prompt_example(r) for r in rows]
-        photo, has = self.data.artifacts.photo_lookup(article_ids)
-        cands = generate_reasons(self.module.model, self.data.tokenizer, examples, photo, has, self.decode,
-                                 batch_size=self.batch_size, max_prompt_tokens=self.data.max_prompt_tokens,
-                                 progress=progress)
-        hist = history_sets(ctx["history"])
+        return self.explain_many([(customer_id, article_ids, day)], progress=progress)[0]
+
+    @torch.no_grad()
+    def explain_many(self, requests, progress: bool = False) -> list[list[Explanation]]:
+        """``explain`` for several (customer_id, article_ids, day) requests in one decoding call, so their
+        articles share batches (the server's dynamic batching). Unknown customer or article: KeyError."""
+        examples, jobs = [], []  # jobs: (article ids, the customer's history as the filter reads it)
+        for customer_id, article_ids, day in requests:
+            article_ids = [int(a) for a in article_ids]
+            unknown = [a for a in article_ids if a not in self.items.index]
+            if unknown:
+                raise KeyError(f"unknown article_id {unknown[0]}")
+            day = pd.Timestamp(day) if day is not None else self.next_day()
+            ctx = user_context(self.tables, customer_id, day, cuts=self.cuts)
+            rows = [{"user_profile": ctx["user_profile"], "behaviour": ctx["behaviour"],
+                     "product": self.items.at[a, "product"], "article_id": a} for a in article_ids]
+            examples += [self.data.prompt_example(r) for r in rows]
+            jobs.append((article_ids, history_sets(ctx["history"])))
+        all_ids = [a for ids, _ in jobs for a in ids]
+        photo, has = self.data.artifacts.photo_lookup(all_ids)
+        cands = iter(generate_reasons(self.module.model, self.data.tokenizer, examples, photo, has, self.decode,
+                                      batch_size=self.batch_size, max_prompt_tokens=self.data.max_prompt_tokens,
+                                      progress=progress))
         out = []
-        for a, c in zip(article_ids, cands):
-            article = self.items.loc[a].to_dict() | {"article_id": a}
-            chosen, rejected = self.filter.select(c, article, hist)
-            out.append(Explanation(a, chosen if chosen is not None else rejected[0][0], chosen is not None, rejected))
+        for article_ids, hist in jobs:
+            out.append([])
+            for a, c in zip(article_ids, cands):
+                article = self.items.loc[a].to_dict() | {"article_id": a}
+                chosen, rejected = self.filter.select(c, article, hist)
+                out[-1].append(Explanation(a, chosen if chosen is not None else rejected[0][0], chosen is not None,
+                                           rejected))
         return out
 
     def __call__(self, customer_id: str, article_ids, day=None) -> list[str]:
