@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from mmreason.io import write_report
+from mmreason.recommend import TwoTowerConfig
 
 EXPLAIN_CONCURRENCY = (1, 8, 32)
 RECOMMEND_CONCURRENCY = (1, 8)
@@ -39,6 +40,8 @@ def start_server(args, batching: bool, port: int) -> subprocess.Popen:
     cmd += ["--run", args.run] if args.run else []
     cmd += ["--recommend-dir", args.recommend_dir] if args.recommend_dir else []
     cmd += [] if batching else ["--no-batching"]
+    for f in TwoTowerConfig.__dataclass_fields__:  # the recommender the command line asked for
+        cmd += [f"--{f.replace('_', '-')}", str(getattr(args, f))]
     return subprocess.Popen(cmd)
 
 

@@ -31,6 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mmreason.recommend import TwoTowerConfig
 from mmreason.serving import Batcher, NotFound, Service
 
 log = logging.getLogger("mmreason.serve")
@@ -293,6 +294,10 @@ def get_parser() -> argparse.ArgumentParser:
     # One intra-op thread: on 2 shared cores, 2 threads made a one-article beam decode 10x slower
     # whenever another process was busy (4.9 s vs 0.5 s, measured); batching is the parallelism here.
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    for f in TwoTowerConfig.__dataclass_fields__.values():  # --dim, --epochs, ... as `recommend` has them
+        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
+                       help=f"two-tower {f.name} (default {f.default})")
     p.add_argument("--loadtest", action="store_true", help="run the loopback load test (mmreason.loadtest) and exit")
     p.add_argument("--duration", type=float, default=30.0, help="--loadtest: seconds per cell (default 30)")
     p.add_argument("--out", default="results/serve", help="--loadtest: where cpu.md/cpu.json go")
@@ -312,7 +317,8 @@ def main(argv=None) -> int:
 
         return loadtest.run(args)
     try:
-        service = Service(args.run, decode=args.decode, model=args.model, recommend_dir=args.recommend_dir)
+        cfg = TwoTowerConfig(**{f: getattr(args, f) for f in TwoTowerConfig.__dataclass_fields__})
+        service = Service(args.run, decode=args.decode, model=args.model, recommend_dir=args.recommend_dir, two_tower=cfg)
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -48,7 +48,7 @@ class Service:
     """The generator run, the recommender and the tables, loaded once."""
 
     def __init__(self, run=None, decode: str = "beam", model: str = "two_tower", recommend_dir=None,
-                 progress: bool = False):
+                 two_tower: R.TwoTowerConfig | None = None, progress: bool = False):
         self.run = Path(run) if run is not None else paths.artifacts_dir() / DEFAULT_RUN
         self.explainer = Explainer(self.run, decode=decode)
         data_dir = self.explainer.data.artifacts.data_dir  # the tables the generator was trained on
@@ -61,7 +61,7 @@ class Service:
         if model in R.LEARNED:
             emb = R.resolve_embeddings("auto", data_dir)  # as `recommend --user` finds them
             photo = R.photo_matrix(R.load_photo_embeddings(emb), self.ctx.items["article_id"]) if emb else None
-            rec = R.two_tower(self.ctx, R.TwoTowerConfig(), photo, out_dir, "next", progress=progress)
+            rec = R.two_tower(self.ctx, two_tower or R.TwoTowerConfig(), photo, out_dir, "next", progress=progress)
             self.scorer = R.repurchase_then(rec.scores) if model == "repurchase+two_tower" else rec.scores
         else:
             self.scorer = R.BASELINES[model]

@@ -13,9 +13,12 @@ from fastapi.testclient import TestClient
 
 from conftest import CUSTOMERS, make_hm, work_in
 from mmreason import serve, train
+from mmreason.recommend import TwoTowerConfig
 from mmreason.serving import Batcher, Service
 from test_train import TINY
 
+TINY_TWO_TOWER = TwoTowerConfig(dim=8, epochs=2, batch_size=4)  # the default's one-cycle schedule needs more pairs
+TINY_TWO_TOWER_ARGS = ["--dim", "8", "--epochs", "2", "--batch-size", "4"]
 A = CUSTOMERS[0]  # bought jeans (black, light blue), a strap top, wide trousers and a striped tee
 TEE, BIKINI, DRESS = 300000001, 700000001, 400000001
 
@@ -40,7 +43,7 @@ def work(tmp_path_factory):
 def service(work):
     with pytest.MonkeyPatch.context() as mp:
         work_in(mp, work)
-        return Service(work / "run", recommend_dir=work / "rec")
+        return Service(work / "run", recommend_dir=work / "rec", two_tower=TINY_TWO_TOWER)
 
 
 @pytest.fixture(scope="module")

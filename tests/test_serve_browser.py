@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ARTICLES, CUSTOMERS
-from test_serve import tiny_run
+from test_serve import TINY_TWO_TOWER_ARGS, tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "artifacts" / "screenshots" / "serve_page.png"
@@ -46,7 +46,7 @@ def server(tmp_path_factory):
                         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     log = open(root / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mmreason.serve", "--run", str(root / "run"), "--port", str(port),
-                             "--recommend-dir", str(root / "rec")], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--recommend-dir", str(root / "rec"), *TINY_TWO_TOWER_ARGS], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -66,6 +66,7 @@ def server(tmp_path_factory):
         log.close()
 
 
+@pytest.mark.slow  # trains a tiny run, starts a server and a browser: tens of seconds
 def test_page_shows_photos_and_reasons(server):
     chromium, driver_path = browser_paths()
     from selenium import webdriver
