@@ -191,7 +191,8 @@ class BodyLimit:
 
 def create_app(service: Service, batching: bool = True, max_batch: int = 32, max_wait_ms: float = 5.0) -> FastAPI:
     """The HTTP app around a loaded ``Service``; reasons go through one ``Batcher``."""
-    batcher = Batcher(service.explain_many, max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching)
+    batcher = Batcher(lambda requests: service.explain_many(requests),  # looked up per call (tests patch it)
+                      max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching)
 
     @asynccontextmanager
     async def lifespan(app):
