@@ -55,24 +55,33 @@ class Explainer:
         """The day after the data ends: every purchase is history."""
         return pd.Timestamp(self.tables["interactions"]["t_dat"].max()) + pd.Timedelta(days=1)
 
-    @torch.no_grad()
     def explain(self, customer_id: str, article_ids, day=None, progress: bool = False) -> list[Explanation]:
         """One reason per article for ``customer_id`` as of ``day`` (default: the day after the data ends).
         Unknown customer or article: KeyError."""
-        article_ids = [int(a) for a in article_ids]
-        unknown = [a for a in article_ids if a not in self.items.index]
-        if unknown:
-            raise KeyError(f"unknown article_id {unknown[0]}")
-        day = pd.Timestamp(day) if day is not None else self.next_day()
-        ctx = user_context(self.tables, customer_id, day, cuts=self.cuts)
-        articles = [self.items.loc[a].to_dict() | {"article_id": a} for a in article_ids]
-        rows = [{"user_profile": ctx["user_profile"], "behaviour": ctx["behaviour"],
-                 "product": self.items.at[a, "product"], "article_id": a,
-                 **evidence_fields(art, ctx["history"])} for a, art in zip(article_ids, articles)]
-        hist = history_sets(ctx["history"])
-        shown = shown_reasons(self.module, self.data, rows, articles, self.decode, self.filter, [hist] * len(rows),
-                              constrain=self.constrain, batch_size=self.batch_size, progress=progress)
-        return [Explanation(a, s.reason, s.passed, s.rejected) for a, s in zip(article_ids, shown)]
+        return self.explain_many([(customer_id, article_ids, day)], progress=progress)[0]
+
+    @torch.no_grad()
+    def explain_many(self, requests, progress: bool = False) -> list[list[Explanation]]:
+        """``explain`` for several (customer_id, article_ids, day) requests in one decoding call, so their
+        articles share batches (the server's dynamic batching). Unknown customer or article: KeyError."""
+        rows, articles, hists, sizes = [], [], [], []
+        for customer_id, article_ids, day in requests:
+            article_ids = [int(a) for a in article_ids]
+            unknown = [a for a in article_ids if a not in self.items.index]
+            if unknown:
+                raise KeyError(f"unknown article_id {unknown[0]}")
+            day = pd.Timestamp(day) if day is not None else self.next_day()
+            ctx = user_context(self.tables, customer_id, day, cuts=self.cuts)
+            arts = [self.items.loc[a].to_dict() | {"article_id": a} for a in article_ids]
+            rows += [{"user_profile": ctx["user_profile"], "behaviour": ctx["behaviour"],
+                      "product": self.items.at[a, "product"], "article_id": a,
+                      **evidence_fields(art, ctx["history"])} for a, art in zip(article_ids, arts)]
+            articles += arts
+            hists += [history_sets(ctx["history"])] * len(arts)
+            sizes.append(article_ids)
+        shown = iter(shown_reasons(self.module, self.data, rows, articles, self.decode, self.filter, hists,
+                                   constrain=self.constrain, batch_size=self.batch_size, progress=progress))
+        return [[Explanation(a, s.reason, s.passed, s.rejected) for a, s in zip(ids, shown)] for ids in sizes]
 
     def __call__(self, customer_id: str, article_ids, day=None) -> list[str]:
         return [e.reason for e in self.explain(customer_id, article_ids, day)]

@@ -1,0 +1,334 @@
+"""Real-time reasons over HTTP: ``python -m mmreason.serve [--run DIR] [--host 127.0.0.1] [--port 8000]``.
+
+Loads the generator run, the recommender and the photo embeddings once (``serving.Service``), then serves
+
+* ``GET /health``;
+* ``GET /customers``: customers to pick from (most purchases first);
+* ``GET /customers/{customer_id}/recommendations?k=10&explain=true[&day=YYYY-MM-DD]``: ranked articles with
+  name, attributes, score, photo URL, the shown reason, whether it passed the filter and why not, and the
+  customer's recent purchases;
+* ``POST /explain`` ``{"customer_id", "article_ids", "day"?}``: reasons for chosen articles;
+* ``GET /photos/{article_id}``: the product photo;
+* ``GET /``: a page to pick a customer and see their recommendations with photos and reasons.
+
+Reasons go through a dynamic batcher (``serving.Batcher``; ``--no-batching`` to compare). Bad input never
+shows a stack trace: unknown customer or article -> 404, malformed ids, ``k`` out of range, bad dates,
+too many ids -> 422, a body over ``MAX_BODY`` bytes -> 413; each with ``{"detail": "<one line>"}``.
+``--loadtest`` runs the bounded loopback load test instead (``mmreason.loadtest``).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mmreason.recommend import TwoTowerConfig
+from mmreason.serving import Batcher, NotFound, Service
+
+log = logging.getLogger("mmreason.serve")
+
+MAX_K = 50            # articles per recommendation request
+MAX_ARTICLES = 32     # article ids per /explain request (one full decoding batch)
+MAX_BODY = 16 * 1024  # bytes per request body: 32 ids and a day fit many times over
+CUSTOMER_ID = r"^[0-9a-f]{6,64}$"  # H&M ids are 64 hex digits; a unique prefix of 6+ also resolves
+FIRST_DAY, LAST_DAY = dt.date(2000, 1, 1), dt.date(2100, 12, 31)  # pandas timestamps end in 2262
+STATIC = Path(__file__).parent / "static"
+
+
+# --------------------------------------------------------------------------- request and response models
+
+class Reason(BaseModel):
+    text: str
+    passed_filter: bool
+    filter: str = Field(description="'passed', or 'failed: <causes>' when no candidate passed")
+    causes: list[str] = Field(description="why the shown reason failed the filter (empty when it passed)")
+    rejected_before: int = Field(description="candidates the filter rejected before the shown one")
+
+
+class Article(BaseModel):
+    article_id: int
+    name: str
+    product_type: str
+    colour: str
+    pattern: str
+    section: str
+    photo_url: str
+
+
+class RankedArticle(Article):
+    rank: int
+    score: float
+    already_bought: bool
+    reason: Reason | None = None
+
+
+class Purchase(BaseModel):
+    article_id: int
+    day: str
+    name: str
+    product_type: str
+    colour: str
+    photo_url: str
+
+
+class Recommendations(BaseModel):
+    customer_id: str
+    day: str
+    model: str
+    excluded_bought: bool
+    recent_purchases: list[Purchase]
+    articles: list[RankedArticle]
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(pattern=CUSTOMER_ID)
+    article_ids: list[int] = Field(min_length=1, max_length=MAX_ARTICLES)
+    day: dt.date | None = None
+
+
+class Explained(Article):
+    reason: Reason
+
+
+class ExplainResponse(BaseModel):
+    customer_id: str
+    day: str
+    reasons: list[Explained]
+
+
+class Customer(BaseModel):
+    customer_id: str
+    n_purchases: int
+
+
+# --------------------------------------------------------------------------- helpers
+
+def one_line(exc: RequestValidationError) -> str:
+    """FastAPI's list of validation errors -> 'where: what' of the first one."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+    return f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg", "invalid request"))
+
+
+def check_day(day: dt.date | None) -> None:
+    if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+        raise HTTPException(422, f"day: must be between {FIRST_DAY} and {LAST_DAY}")
+
+
+def check_article_id(article_id: int) -> None:
+    if not 0 < article_id < 10**10:  # H&M article ids have 10 digits at most
+        raise HTTPException(422, f"article_id: {article_id} is not an article id (1 to 10 digits)")
+
+
+def reason_of(e) -> Reason:
+    causes = [] if e.passed_filter else e.rejected[0][1]
+    return Reason(text=e.reason, passed_filter=e.passed_filter, causes=causes,
+                  filter="passed" if e.passed_filter else "failed: " + ", ".join(causes),
+                  rejected_before=len(e.rejected) if e.passed_filter else len(e.rejected) - 1)
+
+
+def article_of(svc: Service, article_id: int) -> dict:
+    a = svc.items.loc[article_id]
+    return {"article_id": int(article_id), "name": a["prod_name"], "product_type": a["product_type_name"],
+            "colour": a["colour_group_name"], "pattern": a["graphical_appearance_name"],
+            "section": a["section_name"], "photo_url": f"/photos/{int(article_id)}"}
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``max_bytes`` (by Content-Length, or counted as it streams)."""
+
+    class TooLarge(Exception):
+        pass
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._reject(send)
+        seen, started = 0, False
+
+        async def counted():
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.max_bytes:
+                raise self.TooLarge
+            return msg
+
+        async def tracked(msg):
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except self.TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send):
+        body = f'{{"detail":"request body over {self.max_bytes} bytes"}}'.encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------- the app
+
+def create_app(service: Service, batching: bool = True, max_batch: int = 32, max_wait_ms: float = 5.0) -> FastAPI:
+    """The HTTP app around a loaded ``Service``; reasons go through one ``Batcher``."""
+    batcher = Batcher(lambda requests: service.explain_many(requests),  # looked up per call (tests patch it)
+                      max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="mmreason", description="Personalised, photo-grounded recommendation reasons",
+                  lifespan=lifespan)
+    app.state.service, app.state.batcher = service, batcher
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": one_line(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception):  # logged here, never shown to the client
+        log.exception("error serving %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    @app.get("/health")
+    def health() -> dict:
+        b = batcher.batches
+        return {"status": "ok", "run": str(service.run), "model": service.model_name,
+                "decode": service.explainer.decode.strategy, "batching": batcher.enabled, "max_batch": max_batch,
+                "mean_requests_per_batch": round(sum(b) / len(b), 2) if b else None}
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/customers")
+    def customers(limit: int = Query(100, ge=1, le=2000), offset: int = Query(0, ge=0)) -> list[Customer]:
+        n = service.n_purchases.sort_values(ascending=False, kind="stable").iloc[offset:offset + limit]
+        return [Customer(customer_id=c, n_purchases=int(v)) for c, v in n.items()]
+
+    @app.get("/customers/{customer_id}/recommendations")
+    async def recommendations(customer_id: str = PathParam(pattern=CUSTOMER_ID),
+                              k: int = Query(10, ge=1, le=MAX_K), explain: bool = True,
+                              day: dt.date | None = None) -> Recommendations:
+        check_day(day)
+        cid = service.customer(customer_id)
+        ranked = service.rank(cid, k, day)
+        reasons = [None] * len(ranked)
+        if explain and ranked:
+            reasons = [reason_of(e) for e in await batcher.submit((cid, [r.article_id for r in ranked], day))]
+        recent = [Purchase(**p, photo_url=f"/photos/{p['article_id']}") for p in service.recent_purchases(cid, day)]
+        return Recommendations(
+            customer_id=cid, day=str(service.day(day).date()), model=service.model_name,
+            excluded_bought=service.exclude_bought, recent_purchases=recent,
+            articles=[RankedArticle(**article_of(service, r.article_id), rank=i + 1, score=r.score,
+                                    already_bought=r.already_bought, reason=why)
+                      for i, (r, why) in enumerate(zip(ranked, reasons))])
+
+    @app.post("/explain")
+    async def explain(body: ExplainRequest) -> ExplainResponse:
+        check_day(body.day)
+        for a in body.article_ids:
+            check_article_id(a)
+        cid = service.customer(body.customer_id)
+        service.check_articles(body.article_ids)
+        out = await batcher.submit((cid, body.article_ids, body.day))
+        return ExplainResponse(customer_id=cid, day=str(service.day(body.day).date()),
+                               reasons=[Explained(**article_of(service, e.article_id), reason=reason_of(e))
+                                        for e in out])
+
+    @app.get("/photos/{article_id}")
+    def photo(article_id: int):
+        check_article_id(article_id)
+        return FileResponse(service.photo_path(article_id), media_type="image/jpeg",
+                            headers={"Cache-Control": "max-age=86400"})
+
+    return app
+
+
+# --------------------------------------------------------------------------- CLI
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mmreason.serve", description=__doc__.split("\n")[0])
+    p.add_argument("--run", default=None, help="generator run folder or checkpoint (default artifacts/runs/cpu)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default="two_tower", choices=["two_tower", "repurchase+two_tower", "repurchase",
+                                                            "popularity", "recent_popularity", "itemknn"],
+                   help="the recommender (default two_tower, as `recommend --user`)")
+    p.add_argument("--recommend-dir", default=None, help="where the two-tower model is kept (default artifacts/recommend)")
+    p.add_argument("--decode", default="beam", choices=["beam", "greedy", "diverse_beam", "sample"],
+                   help="decoding preset (default beam, as `recommend --explain`)")
+    p.add_argument("--no-batching", action="store_true", help="decode each request alone (for comparison)")
+    p.add_argument("--max-batch", type=int, default=32, help="most articles decoded together (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
+    # One intra-op thread: on 2 shared cores, 2 threads made a one-article beam decode 10x slower
+    # whenever another process was busy (4.9 s vs 0.5 s, measured); batching is the parallelism here.
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    for f in TwoTowerConfig.__dataclass_fields__.values():  # --dim, --epochs, ... as `recommend` has them
+        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
+                       help=f"two-tower {f.name} (default {f.default})")
+    p.add_argument("--loadtest", action="store_true", help="run the loopback load test (mmreason.loadtest) and exit")
+    p.add_argument("--duration", type=float, default=30.0, help="--loadtest: seconds per cell (default 30)")
+    p.add_argument("--out", default="results/serve", help="--loadtest: where cpu.md/cpu.json go")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    import torch
+    import uvicorn
+
+    from mmreason.io import DataError
+
+    torch.set_num_threads(args.threads)
+    if args.loadtest:
+        from mmreason import loadtest
+
+        return loadtest.run(args)
+    try:
+        cfg = TwoTowerConfig(**{f: getattr(args, f) for f in TwoTowerConfig.__dataclass_fields__})
+        service = Service(args.run, decode=args.decode, model=args.model, recommend_dir=args.recommend_dir, two_tower=cfg)
+    except (DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    app = create_app(service, batching=not args.no_batching, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    print(f"[serve] http://{args.host}:{args.port}/  (run {service.run}, {service.model_name}, "
+          f"{args.decode}, batching {'off' if args.no_batching else 'on'})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

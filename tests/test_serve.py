@@ -1,0 +1,256 @@
+"""``python -m mmreason.serve`` on a tiny generator run: every endpoint through FastAPI's test client, every
+class of bad input (in one app, which keeps serving), the dynamic batcher, and the CLI's one-line errors."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import CUSTOMERS, make_hm, work_in
+from mmreason import serve, train
+from mmreason.recommend import TwoTowerConfig
+from mmreason.serving import Batcher, Service
+from test_train import TINY
+
+TINY_TWO_TOWER = TwoTowerConfig(dim=8, epochs=2, batch_size=4)  # the default's one-cycle schedule needs more pairs
+TINY_TWO_TOWER_ARGS = ["--dim", "8", "--epochs", "2", "--batch-size", "4"]
+A = CUSTOMERS[0]  # bought jeans (black, light blue), a strap top, wide trousers and a striped tee
+TEE, BIKINI, DRESS = 300000001, 700000001, 400000001
+
+
+def tiny_run(root):
+    """A tiny generator run trained by the real CLI under ``root/run`` (artifacts in ``root/artifacts``)."""
+    make_hm(root / "hm", broken_photo=False, missing_photo=False, bad_rows=False)
+    with pytest.MonkeyPatch.context() as mp:
+        work_in(mp, root)
+        assert train.main([*TINY, "--data.pipeline.hm_dir", str(root / "hm"), "--trainer.max_epochs", "1",
+                           "--trainer.default_root_dir", str(root / "run"), "--n_report", "0",
+                           "--model.n_samples", "0", "--ckpt_path", "none"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def service(work):
+    with pytest.MonkeyPatch.context() as mp:
+        work_in(mp, work)
+        return Service(work / "run", recommend_dir=work / "rec", two_tower=TINY_TWO_TOWER)
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with TestClient(serve.create_app(service), raise_server_exceptions=False) as c:
+        yield c
+
+
+def one_line_error(r, status: int, *words) -> str:
+    assert r.status_code == status, (r.status_code, r.text)
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and "Traceback" not in detail, detail
+    for w in words:
+        assert w in detail, detail
+    return detail
+
+
+# ----------------------------------------------------------------------------- endpoints
+
+def test_health_and_page(client, work):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["batching"] is True and h["model"] == "two_tower" and h["decode"] == "beam"
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="customer"' in page.text and "/customers/" in page.text and "/recommendations" in page.text
+
+
+def test_customers_most_purchases_first(client, service):
+    got = client.get("/customers", params={"limit": 3}).json()
+    inter = service.explainer.tables["interactions"]
+    counts = inter.groupby("customer_id").size()
+    assert [c["customer_id"] for c in got][0] == A and len(got) == 3
+    assert [c["n_purchases"] for c in got] == sorted(counts.to_numpy().tolist(), reverse=True)[:3]
+    assert all(c["n_purchases"] == counts[c["customer_id"]] for c in got)
+
+
+def test_recommendations_carry_the_explainers_reasons(client, service):
+    r = client.get(f"/customers/{A}/recommendations", params={"k": 3})
+    assert r.status_code == 200, r.text
+    rec = r.json()
+    arts = rec["articles"]
+    assert [a["rank"] for a in arts] == [1, 2, 3] and rec["customer_id"] == A
+    assert rec["day"] == str(service.next_day.date()) == "2019-06-08"  # the day after the fixture's last purchase
+    assert [a["article_id"] for a in arts] == [x.article_id for x in service.rank(A, 3)]
+    assert arts[0]["score"] >= arts[1]["score"] >= arts[2]["score"]
+    # The reasons are the Explainer's (the same decode -> filter -> choose path as `recommend --explain`).
+    ex = service.explainer.explain(A, [a["article_id"] for a in arts])
+    for a, e in zip(arts, ex):
+        assert a["reason"]["text"] == e.reason and a["reason"]["passed_filter"] == e.passed_filter
+        assert a["reason"]["filter"] == ("passed" if e.passed_filter else "failed: " + ", ".join(e.rejected[0][1]))
+        assert a["photo_url"] == f"/photos/{a['article_id']}"
+        item = service.items.loc[a["article_id"]]
+        assert (a["name"], a["colour"], a["product_type"]) == (item["prod_name"], item["colour_group_name"],
+                                                               item["product_type_name"])
+    # Her purchases, most recent first: the striped tee on 2019-04-01, then the light-blue jeans.
+    recent = rec["recent_purchases"]
+    assert [(p["article_id"], p["day"]) for p in recent[:2]] == [(TEE, "2019-04-01"), (100000002, "2019-03-01")]
+
+
+def test_recommendations_as_of_a_day_and_without_reasons(client, service):
+    r = client.get(f"/customers/{A}/recommendations", params={"k": 2, "day": "2019-03-01", "explain": "false"}).json()
+    assert r["day"] == "2019-03-01" and all(a["reason"] is None for a in r["articles"])
+    # strictly before the day: the jeans bought on 2019-03-01 are not history yet
+    recent = [p["article_id"] for p in r["recent_purchases"]]
+    assert recent[0] == 500000001 and sorted(recent[1:]) == [100000001, 200000001]  # 02-10, then two on 01-05
+    assert [a["article_id"] for a in r["articles"]] == [x.article_id for x in service.rank(A, 2, "2019-03-01")]
+
+
+def test_explain_chosen_articles_in_order(client, service):
+    r = client.post("/explain", json={"customer_id": A, "article_ids": [BIKINI, TEE], "day": "2019-03-01"})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["day"] == "2019-03-01" and [x["article_id"] for x in got["reasons"]] == [BIKINI, TEE]
+    ex = service.explainer.explain(A, [BIKINI, TEE], "2019-03-01")
+    assert [x["reason"]["text"] for x in got["reasons"]] == [e.reason for e in ex]
+    assert got["reasons"][0]["name"] == "Bikini top" and got["reasons"][0]["colour"] == "Black"
+
+
+def test_photo_is_the_articles_file(client, work):
+    r = client.get(f"/photos/{DRESS}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.content == (work / "hm" / "images" / "040" / f"{DRESS:010d}.jpg").read_bytes()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_every_bad_input_class_in_one_run_and_the_server_keeps_serving(client, service, monkeypatch):
+    good = {"customer_id": A, "article_ids": [TEE]}
+    rec = f"/customers/{A}/recommendations"
+    # unknown customer or article -> 404
+    one_line_error(client.get(f"/customers/{'e' * 64}/recommendations"), 404, "unknown customer_id")
+    one_line_error(client.post("/explain", json=good | {"customer_id": "f" * 64}), 404, "unknown customer_id")
+    one_line_error(client.post("/explain", json=good | {"article_ids": [TEE, 123456789]}), 404, "unknown article_id 123456789")
+    one_line_error(client.get("/photos/123456789"), 404, "unknown article_id")
+    # malformed ids -> 422
+    for bad in ["xyz!", "ABCDEF0123", "abc", "a" * 65]:
+        one_line_error(client.get(f"/customers/{bad}/recommendations"), 422, "customer_id")
+    one_line_error(client.post("/explain", json=good | {"customer_id": "not-an-id"}), 422, "customer_id")
+    one_line_error(client.post("/explain", json=good | {"article_ids": ["abc"]}), 422, "article_ids")
+    one_line_error(client.post("/explain", json=good | {"article_ids": [-5]}), 422, "article_id")
+    one_line_error(client.post("/explain", json=good | {"article_ids": [10**12]}), 422, "article_id")
+    one_line_error(client.get("/photos/abc"), 422, "article_id")
+    one_line_error(client.get("/photos/0"), 422, "article_id")
+    # k out of range or not a number -> 422
+    for k in ["0", "51", "-1", "ten"]:
+        one_line_error(client.get(rec, params={"k": k}), 422, "k")
+    one_line_error(client.get("/customers", params={"limit": 0}), 422, "limit")
+    # bad dates -> 422
+    for day in ["2020-13-40", "yesterday", "1800-01-01", "9999-12-31"]:
+        one_line_error(client.get(rec, params={"day": day}), 422, "day")
+        one_line_error(client.post("/explain", json=good | {"day": day}), 422, "day")
+    # bounded requests: article ids, unknown fields, malformed JSON, body size
+    one_line_error(client.post("/explain", json=good | {"article_ids": []}), 422, "article_ids")
+    one_line_error(client.post("/explain", json=good | {"article_ids": [TEE] * (serve.MAX_ARTICLES + 1)}), 422,
+                   "article_ids")
+    one_line_error(client.post("/explain", json=good | {"k": 3}), 422, "k")
+    one_line_error(client.post("/explain", json={"article_ids": [TEE]}), 422, "customer_id")
+    one_line_error(client.post("/explain", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    one_line_error(client.post("/explain", content=json.dumps(good | {"pad": "x" * serve.MAX_BODY}).encode(),
+                               headers={"content-type": "application/json"}), 413, "request body over")
+    # an unexpected failure inside: 500 with one line, nothing of the trace
+    with monkeypatch.context() as m:
+        m.setattr(service, "explain_many", lambda requests: 1 / 0)
+        one_line_error(client.post("/explain", json=good), 500, "internal error")
+    # and it still serves
+    assert client.get("/health").json()["status"] == "ok"
+    r = client.post("/explain", json=good)
+    assert r.status_code == 200 and r.json()["reasons"][0]["reason"]["text"]
+    assert client.get(rec, params={"k": 1}).status_code == 200
+
+
+# ----------------------------------------------------------------------------- the batcher
+
+def test_batcher_gathers_concurrent_requests_and_routes_results():
+    calls, gate = [], threading.Event()
+
+    def fn(requests):  # the first call blocks until the rest have queued up behind it
+        calls.append([r[0] for r in requests])
+        gate.wait(5)
+        return [[f"{r[0]}:{a}" for a in r[1]] for r in requests]
+
+    async def go(batcher, n):
+        tasks = [asyncio.ensure_future(batcher.submit((f"c{i}", [i, i + 100], None))) for i in range(n)]
+        await asyncio.sleep(0.2)
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    b = Batcher(fn, max_batch=6, max_wait_ms=2000)  # a long wait: only the size closes the first batch
+    out = asyncio.run(go(b, 5))
+    b.close()
+    assert out == [[f"c{i}:{i}", f"c{i}:{i + 100}"] for i in range(5)]
+    assert calls == [["c0", "c1", "c2"], ["c3", "c4"]]  # 6 articles a batch, in arrival order
+
+    calls.clear(), gate.clear()
+    b = Batcher(fn, max_batch=6, max_wait_ms=50, enabled=False)
+    assert asyncio.run(go(b, 4)) == [[f"c{i}:{i}", f"c{i}:{i + 100}"] for i in range(4)]
+    b.close()
+    assert calls == [["c0"], ["c1"], ["c2"], ["c3"]]
+
+
+def test_batcher_isolates_a_failing_request():
+    def fn(requests):
+        if any(r[0] == "bad" for r in requests):
+            raise KeyError("unknown customer_id 'bad'")
+        time.sleep(0.05)
+        return [[r[0]] for r in requests]
+
+    async def go(batcher):
+        tasks = [asyncio.ensure_future(batcher.submit((c, [1], None))) for c in ["x", "bad", "y", "z"]]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    b = Batcher(fn, max_batch=8, max_wait_ms=100)
+    x, bad, y, z = asyncio.run(go(b))
+    b.close()
+    assert (x, y, z) == (["x"], ["y"], ["z"]) and isinstance(bad, KeyError)
+
+
+def test_service_batches_real_requests(service):
+    """Concurrent reason requests through the real service share decoding calls and get their own answers."""
+    sizes = []
+
+    def counted(requests):
+        sizes.append(len(requests))
+        return service.explain_many(requests)
+
+    async def go(batcher):
+        reqs = [(A, [TEE], None), (CUSTOMERS[1], [BIKINI, DRESS], None), (CUSTOMERS[2], [TEE], "2019-02-03")]
+        return await asyncio.gather(*(batcher.submit(r) for r in reqs))
+
+    b = Batcher(counted, max_batch=32, max_wait_ms=200)
+    out = asyncio.run(go(b))
+    b.close()
+    assert sizes == [3]
+    assert [[e.article_id for e in o] for o in out] == [[TEE], [BIKINI, DRESS], [TEE]]
+    assert all(e.reason for o in out for e in o)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_without_a_run_fails_in_one_line(tmp_path, capsys, monkeypatch):
+    work_in(monkeypatch, tmp_path)
+    assert serve.main(["--run", str(tmp_path / "nothing"), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no checkpoint") and "\n" not in err
+
+
+def test_customer_counts_match_the_tables(service):
+    inter = service.explainer.tables["interactions"]
+    assert service.n_purchases[A] == (inter["customer_id"] == A).sum()
+    assert isinstance(service.next_day, pd.Timestamp)
