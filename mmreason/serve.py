@@ -131,10 +131,11 @@ def check_article_id(article_id: int) -> None:
 
 
 def reason_of(e) -> Reason:
-    causes = [] if e.passed_filter else e.rejected[0][1]
+    # no candidate at all (decoding returned none, e.g. every beam ended under the constraint): say so
+    causes = [] if e.passed_filter else (e.rejected[0][1] if e.rejected else ["no candidate"])
     return Reason(text=e.reason, passed_filter=e.passed_filter, causes=causes,
                   filter="passed" if e.passed_filter else "failed: " + ", ".join(causes),
-                  rejected_before=len(e.rejected) if e.passed_filter else len(e.rejected) - 1)
+                  rejected_before=len(e.rejected) if e.passed_filter else max(len(e.rejected) - 1, 0))
 
 
 def article_of(svc: Service, article_id: int) -> dict:

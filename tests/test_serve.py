@@ -254,3 +254,15 @@ def test_customer_counts_match_the_tables(service):
     inter = service.explainer.tables["interactions"]
     assert service.n_purchases[A] == (inter["customer_id"] == A).sum()
     assert isinstance(service.next_day, pd.Timestamp)
+
+
+def test_a_reason_with_no_candidate_is_reported_not_raised():
+    """Decoding can return no candidate (every beam ended under the constraint): the response says so
+    instead of failing with an IndexError (seen in the load test on the grounded default run)."""
+    from mmreason.explain import Explanation
+
+    r = serve.reason_of(Explanation(123, "", False, []))
+    assert r.passed_filter is False and r.causes == ["no candidate"] and r.rejected_before == 0
+    assert r.filter == "failed: no candidate"
+    ok = serve.reason_of(Explanation(123, "A fine reason.", True, [("bad", ["empty"])]))
+    assert ok.causes == [] and ok.rejected_before == 1
