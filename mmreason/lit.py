@@ -292,11 +292,11 @@ class ReasonModule(L.LightningModule):
 
     def forward(self, batch):
         return self._reason_loss(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
-                                          batch["segment_ids"], batch["attention_mask"], batch["labels"])
+                                 batch["segment_ids"], batch["attention_mask"], batch["labels"])
 
     def training_step(self, batch, batch_idx):
         if self.dp is not None:  # per-example losses, so per-example gradients can be clipped
-            loss = privacy.example_losses(self._compiled, batch)[0].mean()
+            loss = privacy.example_losses(self.model, batch)[0].mean()
             self.log("dp/epsilon", self.accounting.epsilon(self.global_step + 1), prog_bar=True)
         else:
             loss, n_tokens = self(batch)

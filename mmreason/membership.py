@@ -126,17 +126,15 @@ def utility(module, data, n_gen: int, seed: int) -> dict:
     """Validation perplexity; copy CIDEr and attribute grounding of greedy reasons on unseen products."""
     from mmreason.evaluate import histories, score, test_frame
     from mmreason.filters import vocab_from_items
-    from mmreason.generate import generate_reasons, preset
+    from mmreason.generate import preset
+    from mmreason.shown import sample_reasons
 
     out = {"val_ppl": val_perplexity(module, data)}
     if n_gen:
         art = data.artifacts
         frame = test_frame(art.examples, "unseen", n_gen, seed)
-        photo, has = art.photo_lookup(frame["article_id"].to_numpy())
-        hyps = [c[0] for c in generate_reasons(module.model, data.tokenizer,
-                                               [data.prompt_example(r) for r in frame.to_dict("records")],
-                                               photo, has, preset("greedy"), max_prompt_tokens=data.max_prompt_tokens,
-                                               progress=False)]
+        # greedy, one candidate, unconstrained: the shown reason is the decoded one, passed or not
+        hyps = [s.reason for s in sample_reasons(module.model, data, frame, preset("greedy"), constrain=False)]
         inter = pd.read_parquet(art.data_dir / "interactions.parquet")
         m = score(hyps, frame, art.items, histories(frame, inter, art.items), vocab_from_items(art.items),
                   with_embedding=False)

@@ -31,8 +31,9 @@ PLACEHOLDER_NAMES = {"amazon customer", "kindle customer", "a customer", "custom
 AGE_PATTERNS = [
     re.compile(r"\b\d{1,3}[- ]?(?:years?|yrs?)[- ]old\b", re.I),
     re.compile(r"\baged?\s*[:=]?\s*\d{1,3}(?:\.0)?\b(?!\s*(?:[-–+]|to\b)\s*\d*)", re.I),  # not a band "age 25-34"
-    re.compile(r"\"age\"\s*:\s*\d", re.I),
 ]
+JSON_AGE = re.compile(r"\"age\"\s*:\s*\d", re.I)  # a record's field; not in a tokenizer's token -> id map
+TOKEN_MAPS = {"tokenizer.json", "vocab.json"}
 
 
 @dataclass
@@ -82,7 +83,7 @@ class PersonalData:
                 names = [n for n in (json.loads(line).get("reviewerName") for line in f if line.strip()) if n]
         return cls(ids, names, words)
 
-    def scan_text(self, text: str, where: str = "") -> list[Finding]:
+    def scan_text(self, text: str, where: str = "", json_records: bool = True) -> list[Finding]:
         out = []
         n = ID_PREFIX + 1
         for m in re.finditer(r"[0-9A-Za-z]{%d,}" % n, text):
@@ -91,7 +92,7 @@ class PersonalData:
                 out.append(Finding(where, "customer_id", run[:ID_PREFIX]))
         if self._names_re is not None:
             out += [Finding(where, "reviewer_name", m.group()[:ID_PREFIX]) for m in self._names_re.finditer(text)]
-        for pat in AGE_PATTERNS:
+        for pat in AGE_PATTERNS + ([JSON_AGE] if json_records else []):
             out += [Finding(where, "age", m.group()[:ID_PREFIX]) for m in pat.finditer(text)]
         return out
 
@@ -102,7 +103,8 @@ class PersonalData:
         text = path.read_text(encoding="utf-8", errors="replace")
         if path.suffix.lower() == ".ipynb":  # cells and text outputs; embedded images are base64, not text
             text = re.sub(r'"image/[a-z+]+": "[^"]*"', '""', text)
-        return self.scan_text(text, str(path))
+        # a BPE vocabulary maps the token "age" to its id ('"age": 4'): not a person's age
+        return self.scan_text(text, str(path), json_records=path.name not in TOKEN_MAPS)
 
     def scan_paths(self, paths) -> list[Finding]:
         """Every text file under each path (files or folders, recursively)."""

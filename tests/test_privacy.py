@@ -267,3 +267,13 @@ def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch,
     outputs = [res, run / "summary.json", dp_runs / "artifacts" / "runs" / "plain" / "summary.json",
                *(dp_runs / "artifacts" / "runs").rglob("metrics.csv"), *(dp_runs / "artifacts" / "runs").rglob("*.yaml")]
     assert personal.scan_paths(outputs) == []
+
+
+def test_a_tokenizer_vocabulary_is_not_an_age_record(personal, tmp_path):
+    """A BPE vocabulary maps the token "age" to its id ('"age": 4'); the same text in a results file is an age."""
+    text, d = '{"model": {"vocab": {"age": 4, "ages": 5}}}', tmp_path / "planted"  # the session scan skips it
+    d.mkdir()
+    (d / "tokenizer.json").write_text(text)
+    (d / "metrics.json").write_text(text)
+    assert personal.scan_file(d / "tokenizer.json") == []
+    assert [f.kind for f in personal.scan_file(d / "metrics.json")] == ["age"]
