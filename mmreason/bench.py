@@ -195,7 +195,7 @@ def hf_twin(model: ReasonModel) -> GPT2LMHeadModel:
     return twin
 
 
-def prompt_batch(data, rows, model) -> dict:
+def prompt_batch(data, rows) -> dict:
     tok = data.tokenizer
     eos = token_id(tok, EOS)
     encoded = [encode_example(tok, data.prompt_example(r), max_prompt_tokens=data.max_prompt_tokens, with_reason=False)
@@ -253,12 +253,12 @@ def decoding(model: ReasonModel, data, rows: list[dict], n_single: int, reps: in
             if bs == 1:  # one call per prompt: per-reason latency as a customer would see it
                 times, ids = [], []
                 for r in rows[:n_single]:
-                    t, got = _timed(lambda r=r: run_batch(prompt_batch(data, [r], model)), 1)
+                    t, got = _timed(lambda r=r: run_batch(prompt_batch(data, [r])), 1)
                     times += t
                     ids += got
                 n_reasons = len(times)
             else:
-                batch = prompt_batch(data, rows, model)
+                batch = prompt_batch(data, rows)
                 run_batch(batch)  # warm-up
                 times, ids = _timed(lambda: run_batch(batch), reps)
                 n_reasons = len(rows) * len(times)

@@ -101,12 +101,14 @@ def _start(model, batch, max_new_tokens: int):
 
 
 def _step(model, ids, cache, mask, pos, max_pos):
-    """Feed one token per row. ids, pos: (R,). -> logits (R, V), cache, mask (R, L+1), next pos (R,)."""
+    """Feed one token per row. ids, pos: (R,). -> logits (R, V), cache, mask, next pos (R,).
+
+    The mask grows to (R, L+1) for Hugging Face's cache; ``kvcache`` keeps its own, so it is passed through."""
     x = model.token_embeddings(ids[:, None], SEG_REASON)                       # (R, 1, C)
-    mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)            # (R, L+1)
     # rows that are done may run past n_positions; their output is ignored, so clamp
     if isinstance(cache, kvcache.KVCache):
         return kvcache.step_forward(model.gpt2, cache, x[:, 0], pos.clamp(max=max_pos)), cache, mask, pos + 1
+    mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)            # (R, L+1)
     out = model.gpt2(inputs_embeds=x, attention_mask=mask, position_ids=pos.clamp(max=max_pos)[:, None],
                      cache=cache, use_cache=True)
     return out.logits[:, -1], out.cache, mask, pos + 1

@@ -89,8 +89,10 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
     out = []
     for c, a, h, n in zip(cands, articles, histories, names):
         c = [fill_slots(t, n) for t in c]
-        chosen, rejected = filt.select(c, a, h)
-        shown = chosen if chosen is not None else (rejected[0][0] if rejected else "")
+        # no candidate at all (every beam ended under the constraint) is filtered as one empty reason, so
+        # every caller sees why ("empty") instead of an empty rejection list
+        chosen, rejected = filt.select(c or [""], a, h)
+        shown = chosen if chosen is not None else rejected[0][0]
         out.append(Shown(shown, chosen is not None, rejected, c))
     return out
 

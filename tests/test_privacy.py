@@ -11,6 +11,7 @@ import torch
 from matplotlib.figure import Figure
 
 from conftest import CUSTOMERS, make_hm, work_in
+from test_train import TINY as TRAIN_TINY
 from mmreason import membership, pii, privacy, train
 from mmreason.model import ModelConfig, ReasonModel
 
@@ -208,15 +209,8 @@ def test_pii_cli_scans_folders_and_exits_1_on_findings(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- end to end on the fixture
 
-TINY = [
-    "--data.pipeline.tokenizer_vocab", "400", "--data.pipeline.clip_epochs", "1",
-    "--data.batch_size", "4", "--data.eval_batch_size", "4", "--data.limit_val", "0",
-    "--model.config.n_layer", "1", "--model.config.n_head", "2", "--model.config.n_embd", "32",
-    "--model.config.prefix_len", "2", "--model.warmup_steps", "2", "--model.n_samples", "1",
-    "--model.sample_max_new_tokens", "8", "--n_report", "2",
-    "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-    "--trainer.val_check_interval", "1.0", "--ckpt_path", "none",
-]
+# test_train's tiny settings, minus its "--trainer.max_steps -1" (configs/dp.yaml sets the DP run's steps)
+TINY = [*TRAIN_TINY[:-2], "--ckpt_path", "none"]
 
 
 @pytest.fixture(scope="module")
