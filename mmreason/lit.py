@@ -30,6 +30,16 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 PROMPT_FIELDS = ("user_profile", "evidence", "behaviour", "product")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there bf16 autocast pays
+    (results/bench/cpu.md); elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 # ----------------------------------------------------------------------------- data
 
 class ReasonDataset(Dataset):
@@ -319,7 +329,9 @@ class ReasonModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, n_tokens = self(batch)
+        # in fp32 whatever the training precision, so runs trained in bf16 and fp32 report comparable numbers
+        with torch.autocast(self.device.type, enabled=False):
+            loss, n_tokens = self(batch)
         # token-weighted mean over the epoch, so perplexity is exp(mean loss per reason token)
         self.log("val/loss", loss, batch_size=int(n_tokens), sync_dist=True, prog_bar=True)
         return loss
@@ -362,6 +374,16 @@ class ReasonModule(L.LightningModule):
             return None
         ok = self.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in self.model.parameters())
         return True if ok else None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by norm as Lightning would. Its mixed-precision plugin refuses clipping with any fused optimizer
+        (an fp16 loss-scaler concern: the fused step would unscale after the clip); bf16 autocast has no scaler,
+        so there the norm is clipped here and fused AdamW stays."""
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and getattr(plugin, "scaler", "none") is None and gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         decay, no_decay = [], []

@@ -15,6 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import AttentionInterface
 
 from mmreason import paths
 
@@ -83,6 +86,34 @@ class TransformerMapper(nn.Module):
         return out[:, self.k:]                                              # (B, k, C)
 
 
+def sdpa_fp32_on_cpu(module, query, key, value, attention_mask, **kwargs):
+    """Hugging Face's SDPA attention, run in fp32 when bf16 autocast reaches it on a CPU.
+
+    Under CPU bf16 autocast every matmul gains from bf16 (AMX / AVX512-BF16), but SDPA's CPU flash kernel is
+    4x slower in bf16 than in fp32 in its backward (results/bench/cpu.md); attention holds no weights, so
+    upcasting its inputs costs a copy and keeps the softmax in fp32. Elsewhere (CUDA, fp32) it is HF's SDPA.
+    """
+    if query.device.type == "cpu" and query.dtype != torch.float32:
+        with torch.autocast("cpu", enabled=False):
+            out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(),
+                                                  attention_mask, **kwargs)
+        return out.to(query.dtype), weights
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+ATTENTION = "mmreason_sdpa"
+AttentionInterface.register(ATTENTION, sdpa_fp32_on_cpu)
+AttentionMaskInterface.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # HF builds SDPA's masks for it
+
+
+def causal_mask_suffices(attention_mask: torch.Tensor) -> bool:
+    """True when every row's padding is on its right (training batches): no real token can attend to a later
+    position under the causal mask, so passing no mask at all gives the real tokens the same outputs and lets
+    SDPA take its is_causal path (no (B, 1, T, T) mask built, the upper triangle skipped; 1.2x training
+    tokens/s). Only the padded positions' own outputs change, and nothing reads them (labels -100)."""
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+
 def load_gpt2(config: ModelConfig) -> GPT2LMHeadModel:
     if config.pretrained_gpt2 is None:
         if config.vocab_size is None:
@@ -116,6 +147,9 @@ class ReasonModel(nn.Module):
         super().__init__()
         self.config = config
         self.gpt2 = load_gpt2(config)
+        self.causal_shortcut = True  # see causal_mask_suffices; the bench turns it off for its "before" row
+        if self.gpt2.config._attn_implementation == "sdpa":
+            self.gpt2.set_attn_implementation(ATTENTION)  # the same SDPA; fp32 under CPU bf16 autocast
         n_embd, n_head = self.gpt2.config.n_embd, self.gpt2.config.n_head
         self.n_embd = n_embd
         k = config.prefix_len
@@ -201,7 +235,10 @@ class ReasonModel(nn.Module):
         """
         x, mask, pos = self.embed_prefix(photo_embedding, has_photo, input_ids, segment_ids, attention_mask)
         hf = self.gpt2.get_base_model() if hasattr(self.gpt2, "get_base_model") else self.gpt2
-        h = hf.transformer(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state  # (B, k+T, C)
+        # right padding: the causal mask alone (a compiled graph keeps the mask rather than break on the check)
+        shortcut = self.causal_shortcut and not torch.compiler.is_compiling()
+        attend = None if shortcut and causal_mask_suffices(mask) else mask
+        h = hf.transformer(inputs_embeds=x, attention_mask=attend, position_ids=pos).last_hidden_state  # (B, k+T, C)
         labels = F.pad(labels, (h.size(1) - labels.size(1), 0), value=-100)[:, 1:]               # (B, k+T-1)
         scored = labels != -100
         return hf.lm_head(h[:, :-1][scored]), labels[scored], scored                             # (N, V), (N,)

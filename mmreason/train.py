@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from mmreason import paths, pii
-from mmreason.lit import ReasonDataModule, ReasonModule
+from mmreason.lit import ReasonDataModule, ReasonModule, cpu_has_bf16
 
 CONFIG_DIR = paths.REPO_ROOT / "configs"
 
@@ -34,8 +34,14 @@ class ReasonCLI(LightningCLI):
         parser.add_argument("--n_report", type=int, default=5, help="test users whose reasons are printed after fit")
 
     def before_instantiate_classes(self):
-        """Logs and checkpoints always live under trainer.default_root_dir (one flag moves a whole run)."""
+        """Logs and checkpoints always live under trainer.default_root_dir (one flag moves a whole run);
+        bf16 autocast on a CPU without bf16 hardware falls back to fp32 (it would be slower, not faster)."""
         trainer = self.config["trainer"]
+        if (str(trainer.get("precision")).startswith("bf16") and trainer.get("accelerator") == "cpu"
+                and not cpu_has_bf16()):
+            print(f"[train] this CPU has no bf16 matmul (AVX512-BF16 or AMX): precision {trainer['precision']} "
+                  "-> 32-true")
+            trainer["precision"] = "32-true"
         root = trainer["default_root_dir"] or "artifacts/runs/default"
         for lg in trainer.get("logger") or []:
             if hasattr(lg, "init_args") and "save_dir" in lg.init_args:

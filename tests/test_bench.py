@@ -8,6 +8,7 @@ import pytest
 
 from conftest import make_hm, work_in
 from mmreason import bench, train
+from mmreason.lit import cpu_has_bf16
 from test_train import TINY
 
 
@@ -23,8 +24,10 @@ def test_tiny_bench_writes_every_section(tmp_path, monkeypatch):
     r = json.loads((out / "cpu.json").read_text())
     assert r["limit"]["fp32"] > 0 and r["limit"]["bf16"] > 0
     runs = r["train"]["runs"]
+    default = r["train"]["default_precision"]
+    assert default == ("bf16 autocast" if cpu_has_bf16() else "fp32")
     assert {"plain | before | fp32", "plain | after | fp32", "plain | after | bf16 autocast",
-            "Lightning | after | fp32"} <= set(runs)
+            f"Lightning | after | {default}", f"plain | after | {default} (again)"} <= set(runs)
     for v in runs.values():
         assert v["tokens_per_s"] > v["scored_tokens_per_s"] > 0 and v["flops_per_token"] > 0
     for name, v in r["decode"]["settings"].items():
@@ -34,4 +37,4 @@ def test_tiny_bench_writes_every_section(tmp_path, monkeypatch):
             assert same == total > 0, f"{name}: our greedy ids differ from Hugging Face generate's"
     assert all(x > 0 for x in r["clip"]["images_per_s"].values())
     md = (out / "cpu.md").read_text()
-    assert "GFLOP/s" in md and "| Lightning | after | fp32 |" in md and "greedy, batch 64" in md
+    assert "GFLOP/s" in md and f"| Lightning | after | {default} |" in md and "greedy, batch 64" in md

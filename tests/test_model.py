@@ -4,7 +4,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from mmreason import paths
-from mmreason.model import SEG_PRODUCT, SEG_REASON, SEG_USER, ModelConfig, ReasonModel
+from mmreason.model import (ATTENTION, SEG_PRODUCT, SEG_REASON, SEG_USER, ModelConfig, ReasonModel,
+                            causal_mask_suffices)
 
 paths.offline()
 
@@ -264,6 +265,48 @@ def test_reason_loss_matches_forward_loss():
         photo = torch.randn(B, 8)
         has = torch.tensor([True, False, True])
         ref = m(photo, has, ids, segs, mask, labels)["loss"]
-        loss, n = m.reason_loss(photo, has, ids, segs, mask, labels)
+        loss, n = m.reason_loss(photo, has, ids, segs, mask, labels)  # right padding: the causal mask alone
+        assert causal_mask_suffices(torch.cat([torch.ones(B, 3, dtype=torch.long), mask], 1))
         assert int(n) == int((labels != -100).sum())
         torch.testing.assert_close(loss, ref)
+        # left padding on one row: the padding mask is needed and used
+        left = torch.ones(B, T, dtype=torch.long)
+        left[1, :2] = 0
+        left_labels = labels.masked_fill(left == 0, -100)
+        assert not causal_mask_suffices(left)
+        torch.testing.assert_close(m.reason_loss(photo, has, ids, segs, left, left_labels)[0],
+                                   m(photo, has, ids, segs, left, left_labels)["loss"])
+
+
+def test_bf16_autocast_loss_and_grads_close_to_fp32():
+    """The default CPU run trains under bf16 autocast: on a fixed batch its loss and gradient norm stay within
+    1% of fp32's, and attention runs in fp32 (sdpa_fp32_on_cpu) while the projections run in bf16."""
+    torch.manual_seed(0)
+    m = ReasonModel(ModelConfig(n_layer=2, n_head=2, n_embd=64, clip_dim=8, prefix_len=3, vocab_size=200,
+                                n_positions=128, dropout=0.0))
+    assert m.gpt2.config._attn_implementation == ATTENTION
+    g = torch.Generator().manual_seed(0)
+    B, T = 4, 40
+    ids = torch.randint(0, 200, (B, T), generator=g)
+    segs = torch.randint(1, 5, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, -5:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :20] = -100
+    photo, has = torch.randn(B, 8, generator=g), torch.ones(B, dtype=torch.bool)
+    seen = []
+    hook = m.gpt2.transformer.h[0].attn.c_attn.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+
+    def loss_and_grad(bf16):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = m.reason_loss(photo, has, ids, segs, mask, labels)[0]
+        loss.backward()
+        return loss.item(), torch.nn.utils.clip_grad_norm_(m.parameters(), float("inf")).item()
+
+    l32, g32 = loss_and_grad(False)
+    l16, g16 = loss_and_grad(True)
+    hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    assert l16 == pytest.approx(l32, rel=1e-2) and g16 == pytest.approx(g32, rel=1e-2)
+    assert l16 != l32  # bf16 really ran
