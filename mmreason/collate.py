@@ -72,12 +72,14 @@ def encode_example(tokenizer, example: Mapping, max_prompt_tokens: int | Mapping
     return out
 
 
-def collate(encoded_list: Sequence[Mapping], pad_id: int, padding_side: str = "right") -> dict:
+def collate(encoded_list: Sequence[Mapping], pad_id: int, padding_side: str = "right", pad_to_multiple_of: int = 1) -> dict:
     """-> dict of (B, T) long tensors input_ids, segment_ids, attention_mask, labels
-    (+ article_id (B,) when every example has one). Left padding is for generation from prompts."""
+    (+ article_id (B,) when every example has one). Left padding is for generation from prompts.
+    pad_to_multiple_of rounds T up: fewer distinct shapes, so fewer kernels for oneDNN to build (training)."""
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
     T = max(len(e["input_ids"]) for e in encoded_list)
+    T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
     # pad values: segments are masked out anyway; labels -100 so padding is never scored
     fill = {"input_ids": pad_id, "segment_ids": SEG_REASON, "attention_mask": 0, "labels": -100}
     batch = {key: [] for key in fill}

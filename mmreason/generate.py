@@ -134,8 +134,8 @@ def _logprobs(logits, tokens, config: DecodeConfig, constrainer: Constrainer | N
             hit = (grams[:, :, :-1] == tokens[:, None, -(n - 1):]).all(-1)     # (R, W)
         else:
             hit = torch.ones(grams.shape[:2], dtype=torch.bool, device=tokens.device)
-        banned = torch.zeros_like(lp).scatter_add_(1, grams[:, :, -1], hit.float())
-        lp, unbanned = lp.masked_fill(banned > 0, float("-inf")), lp
+        rows, at = hit.nonzero(as_tuple=True)                                  # the few banned (row, token) pairs
+        lp, unbanned = lp.index_put((rows, grams[rows, at, -1]), lp.new_tensor(float("-inf"))), lp
     else:
         unbanned = lp
     if constrainer is not None:
@@ -179,12 +179,13 @@ def _greedy_or_sample(model, start, config, eos_id, generator, make_constrainer=
     for _ in range(int(limit.max())):
         lp = _logprobs(logits, tokens, config, constrainer)
         if config.strategy == "greedy":
-            nxt = lp.argmax(-1)
+            best, nxt = lp.max(-1)                                             # first maximum, as argmax
         else:  # done rows get a harmless uniform row: an all -inf row cannot be sampled
             nxt = _sample(lp.masked_fill(done[:, None], 0.0), config, generator)
+            best = lp.gather(1, nxt[:, None]).squeeze(1)
         nxt = nxt.masked_fill(done, eos_id)
         live = ~done
-        scores += torch.where(live, lp.gather(1, nxt[:, None]).squeeze(1), torch.zeros_like(scores))
+        scores += best.masked_fill(done, 0.0)
         lengths += live.long()
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         if constrainer is not None:

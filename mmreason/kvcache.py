@@ -76,7 +76,9 @@ class KVCache:
         self.pk = self.pv = None
         mask = self.prompt_mask.new_ones(R, Lp + self.max_new)
         mask[:, :Lp] = self.prompt_mask.repeat_interleave(self.K, 0)          # padding never attended
-        self.mask = mask[:, None, None, :]                                     # (R, 1, 1, Lp+max_new)
+        # additive (0 / -inf): SDPA's CPU kernel adds a float mask as is, a boolean one it converts every call
+        bias = torch.zeros(mask.shape, dtype=self.k[0].dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+        self.mask = bias[:, None, None, :]                                     # (R, 1, 1, Lp+max_new)
 
 
 def _heads(x: torch.Tensor, H: int) -> torch.Tensor:
@@ -87,26 +89,37 @@ def _heads(x: torch.Tensor, H: int) -> torch.Tensor:
 @torch.no_grad()
 def prompt_forward(gpt2, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                    max_new: int) -> tuple[torch.Tensor, KVCache]:
-    """Run the (left-padded) prompt once. -> logits of the last position (B, V) and the cache."""
+    """Run the padded prompt once. -> logits of each row's last real position (B, V) and the cache.
+
+    The rows come left-padded (with the photo prefix before the padding); each row's real tokens are first
+    gathered to its start, so the padding trails every real token and the causal mask alone is exact for them:
+    SDPA's ``is_causal`` path skips the upper triangle and builds no (B, T, T) mask. The cache keeps this
+    layout, its prompt mask hides the trailing padding, and generated tokens follow at Lp, Lp+1, ...
+    """
     hf = base_gpt2(gpt2)
     tr, H = hf.transformer, hf.config.n_head
-    x = inputs_embeds + tr.wpe(position_ids)                                   # (B, T, C)
-    B, T, _ = x.shape
-    keep = attention_mask.bool()
-    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    allowed = causal[None] & keep[:, None, :]                                  # (B, T, T)
-    # a padding query row with nothing allowed would give NaN; let it see itself (its output is never used)
-    allowed = allowed | torch.eye(T, dtype=torch.bool, device=x.device)[None]
+    keep = attention_mask.bool()                                               # (B, T)
+    B, T = keep.shape
+    order = (~keep).to(torch.uint8).argsort(dim=1, stable=True)                # real positions first, in order
+    x = (inputs_embeds + tr.wpe(position_ids)).gather(1, order[..., None].expand(-1, -1, inputs_embeds.size(-1)))
+    keep = keep.gather(1, order)                                               # (B, T): ones, then zeros
+    last = keep.sum(1) - 1                                                     # (B,) each row's last real token
+    rows = torch.arange(B, device=x.device)
     pk, pv = [], []
-    for blk in tr.h:
+    for i, blk in enumerate(tr.h):
         q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(hf.config.n_embd, dim=2)
         q, k, v = _heads(q, H), _heads(k, H), _heads(v, H)                     # (B, H, T, D)
         pk.append(k), pv.append(v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B, H, T, D)
-        x = x + blk.attn.c_proj(y.transpose(1, 2).reshape(B, T, -1))
-        x = x + blk.mlp(blk.ln_2(x))
-    h = tr.ln_f(x[:, -1])                                                      # (B, C)
-    return hf.lm_head(h), KVCache(pk, pv, attention_mask, max_new)
+        if i < len(tr.h) - 1:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)        # (B, H, T, D)
+            x = x + blk.attn.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+            x = x + blk.mlp(blk.ln_2(x))
+        else:  # the last block only has to give the last real position (the others' keys/values are cached)
+            y = F.scaled_dot_product_attention(q[rows, :, last].unsqueeze(2), k, v,
+                                               attn_mask=keep[:, None, None, :])  # (B, H, 1, D)
+            x = x[rows, last] + blk.attn.c_proj(y.reshape(B, -1))             # (B, C)
+            x = x + blk.mlp(blk.ln_2(x))
+    return hf.lm_head(tr.ln_f(x)), KVCache(pk, pv, keep, max_new)              # (B, V)
 
 
 @torch.no_grad()

@@ -96,11 +96,17 @@ class BucketSampler(Sampler):
 
 
 class Collator:
+    # Lengths rounded up to 16: ~25 batch shapes in a run instead of ~250. oneDNN builds its bf16 kernels per
+    # matmul shape on first use (40 real batches: 10.3k tokens/s on a first pass, 12.4k on a second), so fewer
+    # shapes spend the run training rather than building kernels; the extra padding is at most 15 positions.
+    PAD_TO_MULTIPLE_OF = 16
+
     def __init__(self, dataset: ReasonDataset, pad_id: int):
         self.dataset, self.pad_id = dataset, pad_id
 
     def __call__(self, indices):
-        batch = collate([self.dataset.encoded[i] for i in indices], self.pad_id)
+        batch = collate([self.dataset.encoded[i] for i in indices], self.pad_id,
+                        pad_to_multiple_of=self.PAD_TO_MULTIPLE_OF)
         idx = torch.as_tensor(indices)
         batch["photo_embedding"] = self.dataset.photo[idx]
         batch["has_photo"] = self.dataset.has_photo[idx]

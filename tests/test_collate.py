@@ -88,6 +88,16 @@ def test_collate_pads_with_minus_100(tokenizer, side):
     assert batch["attention_mask"][0].eq(1).all()
 
 
+def test_pad_to_multiple_rounds_the_length_up_with_padding_only(tokenizer):
+    encoded = [encode_example(tokenizer, EXAMPLE)]
+    n = len(encoded[0]["input_ids"])
+    batch = collate(encoded, pad_id=tokenizer.pad_token_id, pad_to_multiple_of=16)
+    T = batch["input_ids"].size(1)
+    assert T % 16 == 0 and n <= T < n + 16
+    assert batch["attention_mask"][0, :n].eq(1).all() and batch["attention_mask"][0, n:].eq(0).all()
+    assert batch["labels"][0, n:].eq(-100).all() and batch["labels"][0, :n].tolist() == encoded[0]["labels"]
+
+
 def test_collated_batch_trains_the_model_on_reason_tokens_only(tokenizer):
     """The padded batch's loss is the mean over every reason token and EOS of each example run alone
     (no padding), worked out here from the logits; and steps on that loss fit the batch."""
