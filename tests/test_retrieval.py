@@ -1,0 +1,146 @@
+"""The retrieval datastore and its nearest-neighbour lookup (``retrieval.py``) on tiny catalogues."""
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import COLOURS, work_in, write_photo
+from mmreason import evaluate
+from mmreason import retrieval as R
+from mmreason.clip import DEFAULT_MODEL, load_clip
+from mmreason.embed import compute_embeddings, lookup
+from test_evaluate import photo_lookup, tiny_items
+
+JEANS_BLACK, JEANS_BLUE, TOP, TEE, DRESS, TROUSERS, SWEATER, BIKINI = (
+    100000001, 100000002, 200000001, 300000001, 400000001, 500000001, 600000001, 700000001)
+
+
+def one_hot_lookup(items):
+    return photo_lookup({a: [float(i == j) for j in range(8)] for i, a in enumerate(items["article_id"])})
+
+
+def with_twin(items: pd.DataFrame, of: int, article_id: int, code: int, split: str, copy: str) -> pd.DataFrame:
+    """``items`` plus an article of another product whose attribute text is ``of``'s, word for word."""
+    twin = items[items["article_id"] == of].assign(article_id=article_id, product_code=code, split_unseen=split,
+                                                   detail_desc=copy)
+    return pd.concat([items, twin], ignore_index=True)
+
+
+def test_nearest_never_returns_the_query_own_product_code(sentence_encoder):
+    items = tiny_items()
+    lookup_fn = one_hot_lookup(items)
+    store = R.build_store(items, lookup_fn, sentence_encoder, progress=False)
+    assert DRESS not in store.article_id.tolist()  # no copy of its own: nothing to lend
+    # Each store row queried with its own embeddings: its own row is the best match of every kind.
+    text, photo = store.text, store.photo
+    codes = store.product_code.numpy()
+    for by in R.BY:
+        idx, score = R.nearest(store, text, photo, codes, k=len(store), by=by)
+        for q in range(len(store)):
+            got = [i for i in idx[q].tolist() if i >= 0]
+            assert all(store.product_code[i] != codes[q] for i in got), (by, q)
+            assert len(got) == int((store.product_code != codes[q]).sum()), (by, q)  # everything else, in order
+            assert score[q, : len(got)].diff().le(0).all()
+    # The black jeans' nearest text is the blue jeans' (same words but one colour), which it must skip.
+    idx, _ = R.nearest(store, text[:1], None, [100000], by="text")
+    assert store.article_id[idx[0, 0]] not in (JEANS_BLACK, JEANS_BLUE)
+    # A query whose product is every row of the store has nothing left: -1.
+    idx, score = R.nearest(R.build_store(items[items["product_code"] == 100000], lookup_fn, sentence_encoder,
+                                         progress=False), text[:1], None, [100000], by="text")
+    assert idx.tolist() == [[-1]] and score.isinf().all()
+
+
+def test_text_retriever_returns_the_copy_of_identical_attribute_text(sentence_encoder):
+    items = with_twin(tiny_items(), TROUSERS, 910000001, 910000, "test", "Held-out copy of the twin.")
+    items = with_twin(items, SWEATER, 920000001, 920000, "test", "Another held-out copy.")
+    lookup_fn = one_hot_lookup(items)
+    store = R.build_store(items, lookup_fn, sentence_encoder, progress=False)
+    assert not {910000001, 920000001} & set(store.article_id.tolist())  # held-out products are never in the store
+    frame = pd.DataFrame({"article_id": [910000001, 920000001]})
+    got = evaluate.retrieval_reasons(frame, items, lookup_fn, "text", store)
+    assert got == ["Wide trousers in woven fabric.", "Soft knit sweater with dropped shoulders. Ribbed hems."]
+    text, _ = R.embed_articles(items.set_index("article_id").loc[frame["article_id"]].reset_index(), sentence_encoder)
+    _, score = R.nearest(store, text, None, [910000, 920000], by="text")
+    assert score[:, 0].tolist() == pytest.approx([1.0, 1.0], abs=1e-5)  # the same text, the same vector
+    # A training query whose twin is in the store but of its own product_code is not given its own copy.
+    twin_code = with_twin(tiny_items(), TROUSERS, 500000002, 500000, "train", "Wide trousers in woven fabric.")
+    own = R.build_store(twin_code, one_hot_lookup(twin_code), sentence_encoder, progress=False)
+    assert evaluate.retrieval_reasons(pd.DataFrame({"article_id": [TROUSERS]}), twin_code, one_hot_lookup(twin_code),
+                                      "text", own) != ["Wide trousers in woven fabric."]
+
+
+@pytest.fixture(scope="module")
+def photo_items(tmp_path_factory):
+    """The tiny catalogue with a photo per article (the fixture's colours) and a random-weight domain CLIP."""
+    d = tmp_path_factory.mktemp("photos")
+    items = tiny_items()
+    for aid, colour in zip(items["article_id"], items["colour_group_name"]):
+        write_photo(d / f"{aid}.jpg", COLOURS[colour])
+    items["photo_path"] = [str(d / f"{a}.jpg") for a in items["article_id"]]
+    torch.manual_seed(0)
+    clip = load_clip(DEFAULT_MODEL)  # random weights: the plumbing, not the quality
+    ids, emb, skipped = compute_embeddings(clip[0], clip[1], items, workers=0)
+    assert not skipped
+    return items, clip, {"article_id": ids, "embedding": emb, "path": str(d / "cache.pt")}, d
+
+
+def test_a_new_article_is_queried_against_a_store_built_before_it(photo_items, sentence_encoder):
+    items, clip, cache, d = photo_items
+    store = R.build_store(items, lambda ids: lookup(cache, ids), sentence_encoder, progress=False)
+    # A new product straight from articles.parquet's columns (no `product` column), never in the tables:
+    # the trousers' attributes and colour, photographed alike. No generator is involved.
+    new = items[items["article_id"] == TROUSERS].drop(columns=["product", "split_unseen"])
+    new = new.assign(article_id=990000001, product_code=990000, detail_desc="", photo_path=str(d / "new.jpg"))
+    write_photo(d / "new.jpg", COLOURS["Black"])
+    text, photo = R.embed_articles(new, sentence_encoder, clip=clip)
+    # its photo embedding is the one the store's CLIP gives that photo (the trousers' photo is the same image)
+    assert torch.allclose(photo[0], store.photo[store.article_id.tolist().index(TROUSERS)], atol=1e-5)
+    for by in ("text", "both"):
+        assert R.retrieve_copies(store, new, by, sentence_encoder, clip=clip) == ["Wide trousers in woven fabric."], by
+    # the photo alone ties all the black garments (one flat colour each)
+    idx, _ = R.nearest(store, text, photo, new["product_code"], k=1, by="photo")
+    assert store.article_id[idx[0, 0]] in (JEANS_BLACK, TOP, TROUSERS, BIKINI)
+    # A new article without a photo: by photo it gets the fallback copy, by both it is ranked on text.
+    bare = new.assign(has_photo=False, photo_path="")
+    assert R.retrieve_copies(store, bare, "photo", sentence_encoder, clip=clip) == [R.fallback_copy(store, "photo")]
+    assert R.retrieve_copies(store, bare, "both", sentence_encoder, clip=clip) == ["Wide trousers in woven fabric."]
+
+
+def test_store_file_round_trips_and_is_keyed_by_what_made_it(photo_items, sentence_encoder, tmp_path, monkeypatch,
+                                                               capsys):
+    items, _, cache, _ = photo_items
+    work_in(monkeypatch, tmp_path)
+    store = R.ensure_store(items, cache, sentence_encoder, progress=False)
+    f = tmp_path / "artifacts" / "retrieval" / f"{R.store_dir(store.meta).name}" / R.STORE_FILE
+    assert store.path == str(f) and f.exists() and (f.parent / "meta.json").exists()
+    assert os.readlink(tmp_path / "artifacts" / "retrieval" / R.NAME) == f.parent.name
+    back = R.load_store(f)
+    for name in ("article_id", "product_code", "text", "photo"):
+        assert torch.equal(getattr(back, name), getattr(store, name)), name
+    assert back.copy == store.copy and back.meta == store.meta
+    assert back.meta["text_encoder"].startswith("all-MiniLM-L6-v2") and back.meta["n"] == len(store)
+    # A second call reads the file back rather than embedding again.
+    capsys.readouterr()
+    again = R.ensure_store(items, cache, sentence_encoder, progress=False)
+    assert "reusing" in capsys.readouterr().out and torch.equal(again.text, store.text)
+    # Other photo embeddings, or another copy, make another key; the older store stays where it was.
+    other_cache = cache | {"embedding": cache["embedding"].flip(0)}
+    other = R.ensure_store(items, other_cache, sentence_encoder, progress=False)
+    edited = items.assign(detail_desc=items["detail_desc"].replace("Padded bikini top.", "Padded bikini top, lined."))
+    third = R.ensure_store(edited, cache, sentence_encoder, progress=False)
+    assert len({store.path, other.path, third.path}) == 3 and f.exists()
+    assert os.readlink(tmp_path / "artifacts" / "retrieval" / R.NAME) == R.store_dir(third.meta).name
+
+
+def test_nearest_refuses_what_it_cannot_rank():
+    items = tiny_items()
+    store = R.build_store(items, one_hot_lookup(items), text=False, progress=False)
+    with pytest.raises(ValueError, match="by must be"):
+        R.nearest(store, None, store.photo, store.product_code, by="colour")
+    with pytest.raises(ValueError, match="text embeddings"):
+        R.nearest(store, None, store.photo, store.product_code, by="text")
+    with pytest.raises(ValueError, match="store's CLIP"):
+        R.nearest(store, None, torch.zeros(len(store), 3), store.product_code, by="photo")
