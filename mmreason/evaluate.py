@@ -38,7 +38,7 @@ from mmreason import metrics as M
 from mmreason import paths
 from mmreason import retrieval
 from mmreason.data import evidence_fields, history_before
-from mmreason.filters import Filter, rejection_report, vocab_from_items
+from mmreason.filters import Filter, rejection_report, specific_values, vocab_from_items
 from mmreason.generate import preset
 from mmreason.io import DataError, write_report
 from mmreason.lit import ReasonDataModule, ReasonModule, find_checkpoint, load_run
@@ -159,7 +159,11 @@ def score(hyps, frame, items, hist, vocab, with_embedding=True, parts=None) -> d
     per hyp as the system wrote them, or by default each hyp split at its first sentence (the generators)."""
     refs = frame["reason"].tolist()
     arts = items.set_index("article_id").loc[frame["article_id"]]
-    attrs = [{f: str(v).lower() for f, v in zip(ATTR_FIELDS, row)} for row in arts[list(ATTR_FIELDS.values())].itertuples(index=False)]
+    # grounding is scored on specific values only (the filter's list): a generic truth ("unknown") counts as
+    # missing, and a generic word ("metal" buckle) is no colour claim
+    vocab = specific_values(vocab)
+    attrs = [{f: str(v).lower() if specific_values({f: {str(v).lower()}})[f] else "" for f, v in zip(ATTR_FIELDS, row)}
+             for row in arts[list(ATTR_FIELDS.values())].itertuples(index=False)]
     history_values = [h["colours"] | h["types"] if h["n"] else set() for h in hist]
     out = M.evaluate_all(hyps, refs, features=frame["features"].map(list).tolist(), attrs=attrs, vocab=vocab,
                          histories=history_values, with_embedding=with_embedding)

@@ -107,6 +107,14 @@ def vocab_from_items(items_df) -> dict[str, set[str]]:
     return vocab
 
 
+def specific_values(vocab: Mapping[str, Iterable[str]],
+                    generic: Mapping[str, Iterable[str]] = GENERIC_VALUES) -> dict[str, set[str]]:
+    """vocab without the generic values: what a reason can be held to. The filter and the grounding metrics
+    use the same list, so "a metal buckle" is neither rejected nor scored as the colour Metal."""
+    drop = {field: {_norm(g) for g in values} for field, values in generic.items()}
+    return {field: {v for v in values if _norm(v) not in drop.get(field, set())} for field, values in vocab.items()}
+
+
 def _index(values: Iterable[str], generic: Iterable[str]) -> dict[tuple[str, ...], str]:
     """Token tuple -> normalised value, for metrics.mentioned_values; generic values left out."""
     generic = {_norm(g) for g in generic}

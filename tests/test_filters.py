@@ -177,3 +177,20 @@ def test_generic_values_are_never_held_against_a_reason():
             assert filt.check(reason, dress, None) == [], (field, value)
             # ... while the same value, were it not generic, would contradict the dress
             assert Filter({field: {value}}, generic={}).check(reason, dress, None) == [f"wrong_{field}"], value
+
+
+def test_grounding_metrics_ignore_the_values_the_filter_ignores():
+    """"a metal buckle" is no colour claim for the filter, and none for the grounding metrics either:
+    evaluate scores grounding on filters.specific_values (a generic word was read as the colour Metal)."""
+    from mmreason import metrics as M
+    from mmreason.filters import specific_values
+
+    vocab = {"colour": {"black", "metal", "mole", "unknown", "dark blue"}, "type": {"trousers", "top"}}
+    spec = specific_values(vocab)
+    assert spec == {"colour": {"black", "dark blue"}, "type": {"trousers"}}
+    hyps = ["Black trousers with a metal buckle.", "Trousers with a metal buckle."]
+    attrs = [{"colour": "black"}, {"colour": "black"}]
+    with_generic = M.attribute_grounding(hyps, attrs, {"colour": vocab["colour"]})["colour"]
+    assert with_generic["contradiction"] == 1.0  # both "mention" metal: the bug
+    g = M.attribute_grounding(hyps, attrs, {"colour": spec["colour"]})["colour"]
+    assert g["mention_rate"] == 0.5 and g["precision"] == 1.0 and g["contradiction"] == 0.0
