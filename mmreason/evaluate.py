@@ -38,7 +38,7 @@ from mmreason import metrics as M
 from mmreason import paths
 from mmreason import retrieval
 from mmreason.data import evidence_fields, history_before
-from mmreason.filters import Filter, rejection_report, specific_values, vocab_from_items
+from mmreason.filters import Filter, is_generic, rejection_report, specific_values, vocab_from_items
 from mmreason.generate import preset
 from mmreason.io import DataError, write_report
 from mmreason.lit import ReasonDataModule, ReasonModule, find_checkpoint, load_run
@@ -162,7 +162,7 @@ def score(hyps, frame, items, hist, vocab, with_embedding=True, parts=None) -> d
     # grounding is scored on specific values only (the filter's list): a generic truth ("unknown") counts as
     # missing, and a generic word ("metal" buckle) is no colour claim
     vocab = specific_values(vocab)
-    attrs = [{f: str(v).lower() if specific_values({f: {str(v).lower()}})[f] else "" for f, v in zip(ATTR_FIELDS, row)}
+    attrs = [{f: "" if is_generic(f, str(v).lower()) else str(v).lower() for f, v in zip(ATTR_FIELDS, row)}
              for row in arts[list(ATTR_FIELDS.values())].itertuples(index=False)]
     history_values = [h["colours"] | h["types"] if h["n"] else set() for h in hist]
     out = M.evaluate_all(hyps, refs, features=frame["features"].map(list).tolist(), attrs=attrs, vocab=vocab,

@@ -95,6 +95,9 @@ def _norm(value) -> str:
     return " ".join(tokenize(value)) if isinstance(value, str) else ""
 
 
+_GENERIC_NORMALISED = {field: {_norm(g) for g in values} for field, values in GENERIC_VALUES.items()}
+
+
 def vocab_from_items(items_df) -> dict[str, set[str]]:
     """{"colour", "type", "pattern"} -> lowercased, normalised values found in an items/articles table."""
     vocab = {}
@@ -107,12 +110,15 @@ def vocab_from_items(items_df) -> dict[str, set[str]]:
     return vocab
 
 
-def specific_values(vocab: Mapping[str, Iterable[str]],
-                    generic: Mapping[str, Iterable[str]] = GENERIC_VALUES) -> dict[str, set[str]]:
+def is_generic(field: str, value: str) -> bool:
+    """Whether a value of ``field`` is one of GENERIC_VALUES (compared normalised), never held against a reason."""
+    return _norm(value) in _GENERIC_NORMALISED.get(field, ())
+
+
+def specific_values(vocab: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
     """vocab without the generic values: what a reason can be held to. The filter and the grounding metrics
     use the same list, so "a metal buckle" is neither rejected nor scored as the colour Metal."""
-    drop = {field: {_norm(g) for g in values} for field, values in generic.items()}
-    return {field: {v for v in values if _norm(v) not in drop.get(field, set())} for field, values in vocab.items()}
+    return {field: {v for v in values if not is_generic(field, v)} for field, values in vocab.items()}
 
 
 def _index(values: Iterable[str], generic: Iterable[str]) -> dict[tuple[str, ...], str]:
