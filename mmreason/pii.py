@@ -5,7 +5,8 @@ What counts (the README's "Personal data" section says what the project reads an
 * a customer id, whole or any piece of it longer than ``ID_PREFIX`` characters (the README and the logs
   show 10, e.g. ``e2c46634eb``, to name a case study; H&M's ids are 64 hex characters, already hashed);
 * an Amazon ``reviewerName`` (a person's display name), as a whole word or phrase, any case. Skipped:
-  placeholders that name no one ("Amazon Customer"), names under 3 characters, and one-word names that
+  placeholders that name no one ("Amazon Customer"), names under 3 characters, one-word names under 4
+  ("met", "Sws": they occur in ordinary text and in a tiny model's garbled samples), and one-word names that
   are ordinary words of the catalogue's own text (``common_words``: "Wildcat" is a name, "Mark" a word);
 * an age: "34 years old", "aged 34", "age 34", "age: 34". The age bands of the profile text
   ("age 25-34", "age 65+") are coarse on purpose and allowed.
@@ -58,7 +59,8 @@ class PersonalData:
         for name in map(str, reviewer_names):
             name = " ".join(name.split())
             low = name.lower()
-            if len(name) < 3 or low in PLACEHOLDER_NAMES or (" " not in name and low in common):
+            # one-word names of 3 letters ("met", "Sws") turn up in ordinary and in garbled text and name no one
+            if len(name) < 3 or low in PLACEHOLDER_NAMES or (" " not in name and (low in common or len(name) < 4)):
                 continue
             names.add(low)
         self.names = sorted(names, key=len, reverse=True)

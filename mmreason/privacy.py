@@ -117,6 +117,12 @@ def example_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     together; per-example gradient hooks need every layer's input to keep the batch dimension, so here
     the head runs on (B, R, C): each row's scored positions, in order, right-padded.
     """
+    if getattr(model, "copy", None) is not None:  # the membership test on a copy-head run (no per-example hooks)
+        lp, _, scored = model.scored_logprobs(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
+                                              batch["segment_ids"], batch["attention_mask"], batch["labels"])
+        n = scored.sum(1)
+        total = torch.zeros(len(n), dtype=lp.dtype, device=lp.device).index_add_(0, scored.nonzero()[:, 0], -lp)
+        return total / n.clamp(min=1), n
     x, mask, pos = model.embed_prefix(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
                                       batch["segment_ids"], batch["attention_mask"])
     hf = model.gpt2.get_base_model() if hasattr(model.gpt2, "get_base_model") else model.gpt2
@@ -134,7 +140,10 @@ def example_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prepare_model(model) -> None:
-    """Freeze what per-example hooks cannot see (``no_photo``, a bare parameter of the root module)."""
+    """Freeze what per-example hooks cannot see (``no_photo``, a bare parameter of the root module).
+    The copy head's loss flattens the batch (``ReasonModel.scored_logprobs``): DP-SGD refuses it."""
+    if getattr(model, "copy", None) is not None:
+        raise ValueError("DP-SGD does not support the copy head: set model.config.copy_head: false (configs/dp.yaml)")
     model.no_photo.requires_grad_(False)
 
 

@@ -31,13 +31,14 @@ def _batch(B=3, T=7, V=50, seed=0):
             "labels": labels}
 
 
-def _model(mapper="mlp"):
+def _model(mapper="mlp", copy_head=False):
     torch.manual_seed(0)
     m = ReasonModel(ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, clip_dim=8, prefix_len=2,
-                                dropout=0.0, mapper=mapper))
+                                dropout=0.0, mapper=mapper, copy_head=copy_head))
     with torch.no_grad():
         m.segment.weight.normal_()  # zero at init: make the photo segment's gradient visible
-    privacy.prepare_model(m)
+    if not copy_head:
+        privacy.prepare_model(m)
     return m
 
 
@@ -66,8 +67,9 @@ def test_per_example_gradients_are_each_examples_own_gradient(mapper):
     assert m.segment.weight.grad_sample[0, 0].abs().sum() > 0  # the photo segment row is seen per example
 
 
-def test_example_losses_average_to_the_models_token_loss_on_equal_lengths():
-    m, batch = _model(), _batch()
+@pytest.mark.parametrize("copy_head", [False, True])
+def test_example_losses_average_to_the_models_token_loss_on_equal_lengths(copy_head):
+    m, batch = _model(copy_head=copy_head), _batch()
     batch["labels"][0, 5:] = batch["input_ids"][0, 5:]  # every row scores 4 tokens
     batch["attention_mask"][0, 5:] = 1
     per, n = privacy.example_losses(m, batch)
@@ -75,6 +77,9 @@ def test_example_losses_average_to_the_models_token_loss_on_equal_lengths():
                                                      "attention_mask", "labels")))
     assert n.tolist() == [4, 4, 4] and int(count) == 12
     torch.testing.assert_close(per.mean(), loss, atol=1e-6, rtol=1e-5)
+    if copy_head:  # the membership test reads these losses; DP-SGD's per-example hooks cannot
+        with pytest.raises(ValueError, match="copy head"):
+            privacy.prepare_model(m)
 
 
 def test_poisson_sampler_is_independent_per_draw_and_resumes():
@@ -148,7 +153,8 @@ def test_attack_population_splits_by_whole_customers():
 def personal():
     words = ["wildcat", "mark"]  # catalogue words: a one-word name that is one is not flagged
     return pii.PersonalData(CUSTOMERS + ["0123456789abcdef" * 4],
-                            ["Jane Doe", "Amazon Customer", "Wildcat", "Mark", "JP", "Tonya B."], words)
+                            ["Jane Doe", "Amazon Customer", "Wildcat", "Mark", "JP", "Tonya B.", "Sws", "Ann Li",
+                             "Tova"], words)
 
 
 @pytest.mark.parametrize("text, kind", [
@@ -157,6 +163,8 @@ def personal():
     ("id ...89abcdef0123...", "customer_id"),              # any other 11-character piece
     ("thanks, jane doe!", "reviewer_name"),
     ("as Tonya B. said", "reviewer_name"),
+    ("by ann li, 5 stars", "reviewer_name"),               # two short words are still a name
+    ("Tova loved it", "reviewer_name"),                    # one word of 4 letters is still a name
     ("perfect for a 34-year-old", None),                    # "year-old" with a hyphen only: see the next
     ("perfect at 34 years old", "age"),
     ("profile: aged 41; club active", "age"),
@@ -173,6 +181,7 @@ def test_scan_text_finds_personal_data(personal, text, kind):
     "user 0123456789… (10 characters, as in the README)", "profile: age 25-34; club active", "age 65+",
     "Amazon Customer liked it", "Wildcat print top", "Mark your calendar", "a JP style", "sha 89abcdef0",
     "Matches your taste for black dress: you have bought them twice.",
+    "group: Sws.: Sol 1",                                  # a 3-letter one-word name: garbled sample text
 ])
 def test_scan_text_allows_what_is_not_personal(personal, text):
     assert personal.scan_text(text, "x") == []
