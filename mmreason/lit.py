@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 import numpy as np
 import pandas as pd
 import torch
@@ -27,7 +28,9 @@ from mmreason.pipeline import ensure as ensure_artifacts
 
 # Peak dense bf16 throughput of the cards we are lent, for model-FLOPs utilisation.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-PROMPT_FIELDS = ("user_profile", "evidence", "behaviour", "product")
+PROMPT_FIELDS = ("user_profile", "evidence", "behaviour", "product", "retrieved")
+# without "retrieved", which needs the pipeline's retrieval step (configs/cpu.yaml turns both on)
+DEFAULT_PROMPT_FIELDS = ("user_profile", "evidence", "behaviour", "product")
 
 
 def cpu_has_bf16() -> bool:
@@ -38,6 +41,21 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+class Checkpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` is written at every validation.
+
+    Lightning's own ``save_last`` writes it only at steps where a top-k file was saved (the monitored loss
+    improved), so a run whose validation loss rose at its end left a stale ``last.ckpt`` and resumed from an
+    earlier step (tests/test_train.py's resume test caught it once the loss stopped falling every step).
+    """
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
+                and not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 # ----------------------------------------------------------------------------- data
@@ -127,7 +145,7 @@ class ReasonDataModule(L.LightningDataModule):
 
     def __init__(self, split: str = "temporal", batch_size: int = 32, eval_batch_size: int = 64, num_workers: int = 0,
                  max_prompt_tokens: dict[str, int] | None = None, max_reason_tokens: int = 96,
-                 prompt_fields: list[str] = list(PROMPT_FIELDS), limit_train: int = 0, limit_val: int = 0,
+                 prompt_fields: list[str] = list(DEFAULT_PROMPT_FIELDS), limit_train: int = 0, limit_val: int = 0,
                  seed: int = 0, pipeline: PipelineConfig | None = None, slots: bool = False,
                  sampling: str = "bucket", holdout_customers: float = 0.0):
         super().__init__()
@@ -202,6 +220,12 @@ class ReasonDataModule(L.LightningDataModule):
         reason = row.get("reason")
         if self.slots and reason is not None:
             reason = delexicalise(reason, row.get("hook"), row.get("cited_name"))
+        if "retrieved" in self.prompt_fields and "retrieved" not in row:
+            retrieved = self.artifacts.retrieved
+            if retrieved is None:
+                raise DataError("prompt_fields names 'retrieved' but the pipeline has no retrieval datastore: "
+                                "set data.pipeline.retrieval_k (configs/cpu.yaml)")
+            row = dict(row) | {"retrieved": retrieved.get(int(row["article_id"]), "")}
         return {f: ((row.get(f) or "") if f in self.prompt_fields else "") for f in PROMPT_FIELDS} | {
             "reason": reason, "article_id": row["article_id"]}
 
@@ -433,7 +457,7 @@ def _settings(ckpt: dict) -> tuple:
 def _best_model_name(ckpt: dict) -> str | None:
     """The file name of the best checkpoint that the run's ``ModelCheckpoint`` recorded, if any."""
     for key, state in (ckpt.get("callbacks") or {}).items():
-        if str(key).startswith("ModelCheckpoint") and state.get("best_model_path"):
+        if str(key).startswith(("ModelCheckpoint", "Checkpoint")) and state.get("best_model_path"):
             return Path(state["best_model_path"]).name
     return None
 

@@ -47,7 +47,7 @@ class ReasonCLI(LightningCLI):
             if hasattr(lg, "init_args") and "save_dir" in lg.init_args:
                 lg.init_args["save_dir"] = root
         for cb in trainer.get("callbacks") or []:
-            if str(getattr(cb, "class_path", "")).endswith("ModelCheckpoint"):
+            if str(getattr(cb, "class_path", "")).endswith(("ModelCheckpoint", "lit.Checkpoint")):
                 cb.init_args["dirpath"] = f"{root}/checkpoints"
 
 

@@ -11,6 +11,7 @@ import torch
 
 from conftest import make_hm, work_in
 from mmreason import train
+from mmreason.lit import find_checkpoint
 
 TINY = [
     "--data.pipeline.tokenizer_vocab", "400", "--data.pipeline.clip_epochs", "1",
@@ -43,12 +44,14 @@ def args(workdir, *extra):
 def test_fit_prints_samples_and_perplexity(in_workdir, capsys):
     assert train.main(args(in_workdir, "--trainer.max_epochs", "2", "--ckpt_path", "none")) == 0
     out = capsys.readouterr().out
-    assert "[pipeline] 1/4" in out and "generated:" in out and "silver:" in out
+    assert "[pipeline] 1/5" in out and "[pipeline] 5/5 retrieval" in out and "generated:" in out and "silver:" in out
     assert "validation perplexity" in out and "unigram baseline" in out
     run = in_workdir / "artifacts" / "runs" / "cpu"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["val_ppl"] > 1 and summary["unigram_val_ppl"] > 1 and summary["samples"]
-    assert (run / "checkpoints" / "last.ckpt").exists() and list((run / "checkpoints").glob("best-*.ckpt"))
+    best = list((run / "checkpoints").glob("best-*.ckpt"))
+    assert (run / "checkpoints" / "last.ckpt").exists() and len(best) == 1
+    assert find_checkpoint(run) == best[0]  # last.ckpt's Checkpoint state names the best file
     logs = list((run / "logs").rglob("metrics.csv"))
     assert logs and "train/loss" in logs[0].read_text().splitlines()[0]
     # A rerun reuses every artifact (tables, tokenizer, CLIP, embeddings) and resumes the finished run.
