@@ -7,9 +7,13 @@ Systems, on two test sets (``temporal``: each user's last purchase day, products
 * ``retrieval``  the copy of the nearest training article by photo embedding (no hook);
 * ``retrieval_text`` the same by the MiniLM embedding of the article's attribute text (``retrieval.py``);
 * ``retrieval_both`` the same by the sum of both cosines;
-* ``text_only``  the generator without the photo prefix;
-* ``photo_only`` the generator without the product-attribute segment (photo, profile, behaviour);
-* ``full``       the generator with everything.
+* ``retrieval_text_type`` the same by attribute text among the articles of its own product type first;
+* ``no_retrieval`` the generator without the retrieved copies and the copy head (the default before them);
+* ``text_only``  the generator without the photo prefix (with retrieval);
+* ``photo_only`` the generator without the product-attribute segment and what is retrieved by it
+  (photo, profile, behaviour);
+* ``full``       the generator with everything: photo prefix, profile, evidence, behaviour, product, the
+  2 nearest other products' copies (``retrieval.py``) and the copy head (``model.CopyHead``).
 
 Reasons from the generators come from the one shown-reason path (``shown.py``): beam search with the
 decoding constraint (``constraints.py``; ``--no-constrain`` turns it off for the ablation), then the
@@ -48,15 +52,21 @@ CONFIG = paths.REPO_ROOT / "configs" / "cpu.yaml"
 # Model variants and the training overrides that make them; "full" is the default training run.
 VARIANTS = {
     "full": ("artifacts/runs/cpu", []),
-    "text_only": ("artifacts/runs/text_only", ["--model.config.use_photo", "false"]),
+    # issue 14's ablation: the generator before retrieval (no retrieved copies, no copy head)
+    "no_retrieval": ("artifacts/runs/no_retrieval", ["--data.prompt_fields", "[user_profile, evidence, behaviour, product]",
+                                                     "--data.pipeline.retrieval_k", "0", "--model.config.copy_head",
+                                                     "false", "--model.config.n_positions", "384"]),
+    "text_only": ("artifacts/runs/text_only", ["--model.config.use_photo", "false"]),  # retrieval, no photo prefix
     "photo_only": ("artifacts/runs/photo_only", ["--data.prompt_fields", "[user_profile, behaviour]"]),
     # the ablation of issue 13 (not in the default systems): the prompt before the data audit, and
     # delexicalised targets (the cited name as a slot filled from the evidence)
     "no_evidence": ("artifacts/runs/no_evidence", ["--data.prompt_fields", "[user_profile, behaviour, product]"]),
     "slots": ("artifacts/runs/slots", ["--data.slots", "true"]),
 }
-SYSTEMS = ["template", "retrieval", "retrieval_text", "retrieval_both", "text_only", "photo_only", "full"]
-RETRIEVERS = {"retrieval": "photo", "retrieval_text": "text", "retrieval_both": "both"}  # system -> retrieval.nearest's by
+SYSTEMS = ["template", "retrieval", "retrieval_text", "retrieval_both", "retrieval_text_type", "no_retrieval", "text_only",
+           "photo_only", "full"]
+RETRIEVERS = {"retrieval": "photo", "retrieval_text": "text", "retrieval_both": "both",  # system -> nearest's by
+              "retrieval_text_type": "text_type"}
 ABLATION = ["no_evidence", "slots"]
 ATTR_FIELDS = {"colour": "colour_group_name", "type": "product_type_name", "pattern": "graphical_appearance_name"}
 
@@ -331,7 +341,8 @@ def main(argv=None) -> int:
     decode = preset(args.decode, num_return_sequences=4) if args.decode in ("beam", "diverse_beam", "sample") else preset(args.decode)
     results, dropout, samples = {}, {}, []
     # one datastore (keyed file) for the text retrievers; photo retrieval alone needs no sentence encoder
-    store = retrieval.ensure_store(items, art.cache) if set(args.systems) & {"retrieval_text", "retrieval_both"} else None
+    text_retrievers = {s for s, by in RETRIEVERS.items() if by != "photo"}
+    store = retrieval.ensure_store(items, art.cache) if set(args.systems) & text_retrievers else None
     t0 = time.time()
     for split in ("temporal", "unseen"):
         frame = test_frame(examples, split, args.n, args.seed)

@@ -42,9 +42,12 @@ from mmreason.clip import torch_bytes
 from mmreason.data import product_text
 from mmreason.io import DataError, atomic_dir, atomic_write_bytes, atomic_write_json, fingerprint, write_report
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: product types stored (by="text_type")
 NAME, STORE_FILE = "datastore", "datastore.pt"
-BY = ("text", "photo", "both")  # what ``nearest`` ranks by: MiniLM attribute text, photo, the sum of both cosines
+# what ``nearest`` ranks by: MiniLM attribute text, photo, the sum of both cosines, or attribute text among the
+# rows of the query's own product type first (a dress borrows a dress's copy; other types only when none is left)
+BY = ("text", "photo", "both", "text_type")
+TYPE_BONUS = 2.0  # > the spread of cosines (2): every same-type row ranks above every other row
 
 
 def text_encoder_name() -> str:
@@ -62,6 +65,7 @@ class Datastore:
     copy: list[str]             # M copies
     text: torch.Tensor          # (M, 384) L2-normalised; (M, 0) in a photo-only store
     photo: torch.Tensor         # (M, D) L2-normalised, zero rows where there is no photo
+    product_type: list[str] = field(default_factory=list)  # M product_type_name values
     meta: dict = field(default_factory=dict)
     path: str | None = None
 
@@ -74,7 +78,8 @@ class Datastore:
 
     def to_dict(self) -> dict:
         return {"version": STORE_VERSION, "article_id": self.article_id, "product_code": self.product_code,
-                "copy": list(self.copy), "text": self.text, "photo": self.photo, "meta": self.meta}
+                "copy": list(self.copy), "text": self.text, "photo": self.photo,
+                "product_type": list(self.product_type), "meta": self.meta}
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -156,6 +161,7 @@ def build_store(items: pd.DataFrame, photo_lookup, encoder=None, text: bool = Tr
     return Datastore(article_id=torch.tensor(rows["article_id"].to_numpy(np.int64)),
                      product_code=torch.tensor(rows["product_code"].to_numpy(np.int64)),
                      copy=rows["detail_desc"].astype(str).tolist(),
+                     product_type=rows["product_type_name"].fillna("").astype(str).tolist(),
                      text=t if t is not None else torch.zeros(len(rows), 0), photo=photo,
                      meta=store_meta(rows, photo_sha256, text))
 
@@ -170,7 +176,8 @@ def load_store(path: str | Path) -> Datastore:
         raise DataError(f"{path}: datastore version {d.get('version')}, expected {STORE_VERSION}; rebuild it "
                         f"(python -m mmreason.retrieval --rebuild)")
     return Datastore(article_id=d["article_id"], product_code=d["product_code"], copy=list(d["copy"]),
-                     text=d["text"], photo=d["photo"], meta=d["meta"], path=str(path))
+                     text=d["text"], photo=d["photo"], product_type=list(d["product_type"]), meta=d["meta"],
+                     path=str(path))
 
 
 def store_dir(meta: dict) -> Path:
@@ -207,11 +214,12 @@ def ensure_store(items: pd.DataFrame, cache: dict, encoder=None, rebuild: bool =
 # ----------------------------------------------------------------------------- lookup
 
 def nearest(store: Datastore, text_emb: torch.Tensor | None, photo_emb: torch.Tensor | None, exclude_codes,
-            k: int = 1, by: str = "text", chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+            k: int = 1, by: str = "text", chunk: int = 1024, query_types=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` best store rows per query: (indices (N, k) int64, scores (N, k)), best first.
 
-    ``by``: "text" (cosine of MiniLM attribute texts), "photo" (cosine of photo embeddings) or "both"
-    (their sum; a missing photo on either side adds 0, so a query without one is ranked on text).
+    ``by``: "text" (cosine of MiniLM attribute texts), "photo" (cosine of photo embeddings), "both"
+    (their sum; a missing photo on either side adds 0, so a query without one is ranked on text) or
+    "text_type" (text, rows of the query's product type first: ``query_types`` (N,) product_type_name).
     Rows of the query's ``exclude_codes`` (its own product_code: its siblings share its copy) are never
     returned; nor, by photo, rows without a photo or anything for a query without one. Where nothing is
     left the index is -1 and the score -inf. For k=1 ties go to the first row; for k>1 their order is
@@ -221,7 +229,13 @@ def nearest(store: Datastore, text_emb: torch.Tensor | None, photo_emb: torch.Te
         raise ValueError(f"by must be one of {BY}, not {by!r}")
     codes = torch.tensor(np.asarray(exclude_codes, dtype=np.int64))
     n, m = len(codes), len(store)
-    if by in ("text", "both"):
+    if by == "text_type":
+        if query_types is None or len(store.product_type) != len(store):
+            raise ValueError('by="text_type" needs the queries\' product types and a store that holds them')
+        vocab = {t: i for i, t in enumerate(sorted(set(store.product_type) | set(map(str, query_types))))}
+        qt = torch.tensor([vocab[str(t)] for t in query_types])
+        st = torch.tensor([vocab[t] for t in store.product_type])
+    if by in ("text", "both", "text_type"):
         if text_emb is None or store.text.shape[1] == 0:
             raise ValueError(f"by={by!r} needs text embeddings of the queries and of the store")
         if text_emb.shape != (n, store.text.shape[1]):
@@ -238,8 +252,10 @@ def nearest(store: Datastore, text_emb: torch.Tensor | None, photo_emb: torch.Te
     for s in range(0, n, chunk):
         e = slice(s, min(s + chunk, n))
         sim = torch.zeros(e.stop - e.start, m)
-        if by in ("text", "both"):
+        if by in ("text", "both", "text_type"):
             sim += text_emb[e].float() @ store.text.T        # (n, M) cosines: rows are L2-normalised
+        if by == "text_type":
+            sim += TYPE_BONUS * (qt[e, None] == st[None, :])
         if by in ("photo", "both"):
             sim += photo_emb[e].float() @ store.photo.T      # (n, M); 0 where either side has no photo
             if by == "photo":
@@ -266,9 +282,68 @@ def retrieve_copies(store: Datastore, articles: pd.DataFrame, by: str = "text", 
                     clip=None) -> list[str]:
     """The copy of each article's nearest store row (``nearest``, k=1), never of its own product_code."""
     text, photo = embed_articles(articles, encoder, photo_lookup, clip, text=by != "photo")
-    idx, _ = nearest(store, text, photo, articles["product_code"].to_numpy(), k=1, by=by)
+    idx, _ = nearest(store, text, photo, articles["product_code"].to_numpy(), k=1, by=by,
+                     query_types=articles["product_type_name"].fillna("").astype(str).tolist())
     fallback = fallback_copy(store, by)
     return [store.copy[i] if i >= 0 else fallback for i in idx[:, 0].tolist()]
+
+
+# ----------------------------------------------------------------------------- the prompt's retrieved segment
+
+NEIGHBOURS, NEIGHBOURS_FILE = "neighbours", "neighbours.parquet"
+SEPARATOR = " | "  # between the retrieved copies in the prompt
+
+
+def neighbour_texts(store: Datastore, articles: pd.DataFrame, k: int, by: str = "text", encoder=None,
+                    photo_lookup=None, progress: bool = True) -> list[str]:
+    """The prompt's retrieved segment per article: the copies of its ``k`` nearest store rows with distinct
+    copies (never its own product_code), best first, joined by ``SEPARATOR``. Articles already in the store
+    reuse its text embeddings; the rest are encoded (an unseen product, a new article)."""
+    ids = articles["article_id"].to_numpy(np.int64)
+    row_of = {int(a): i for i, a in enumerate(store.article_id.tolist())}
+    text = None
+    if by != "photo":
+        text = torch.empty(len(articles), store.text.shape[1])
+        have = np.array([int(a) in row_of for a in ids], bool)
+        if have.any():
+            text[torch.from_numpy(have)] = store.text[[row_of[int(a)] for a in ids[have]]]
+        if (~have).any():
+            text[torch.from_numpy(~have)] = encode_texts(article_texts(articles[~have]), encoder, progress=progress)
+    photo = embed_photos(articles, photo_lookup) if by != "text" else None
+    idx, _ = nearest(store, text, photo, articles["product_code"].to_numpy(), k=k + 4, by=by,
+                     query_types=articles["product_type_name"].fillna("").astype(str).tolist())
+    out = []
+    for row in idx.tolist():
+        copies = []
+        for i in row:  # a family of products shares one copy: keep k distinct ones
+            if i >= 0 and store.copy[i] not in copies:
+                copies.append(store.copy[i])
+        out.append(SEPARATOR.join(copies[:k]))
+    return out
+
+
+def ensure_neighbours(store: Datastore, items: pd.DataFrame, k: int, by: str = "text", encoder=None,
+                      photo_lookup=None) -> tuple[dict[int, str], Path]:
+    """``neighbour_texts`` of every article in the tables, from its keyed file or computed and written there
+    (``artifacts/retrieval/neighbours-<key>/neighbours.parquet``, keyed by the store, the articles, k and by).
+    -> ({article_id: retrieved text}, the file)."""
+    h = hashlib.sha256()
+    for a, c, t in zip(items["article_id"], items["product_code"], article_texts(items)):
+        h.update(f"{int(a)}\t{int(c)}\t{t}\n".encode())
+    meta = {"version": STORE_VERSION, "store": fingerprint(store.meta), "items_sha256": h.hexdigest(), "k": k,
+            "by": by, "separator": SEPARATOR}
+    d = paths.keyed(paths.artifacts_dir() / "retrieval", NEIGHBOURS, fingerprint(meta)[:10])
+    f = d / NEIGHBOURS_FILE
+    if not f.exists():
+        t0 = time.time()
+        texts = neighbour_texts(store, items, k, by, encoder, photo_lookup)
+        with atomic_dir(d) as tmp:
+            pd.DataFrame({"article_id": items["article_id"].to_numpy(np.int64), "retrieved": texts}).to_parquet(
+                tmp / NEIGHBOURS_FILE, index=False)
+            atomic_write_json(tmp / "meta.json", meta | {"seconds": round(time.time() - t0, 1)})
+        print(f"retrieval: the {k} nearest copies of {len(items):,} articles -> {f} in {time.time() - t0:.0f}s")
+    df = pd.read_parquet(f)
+    return dict(zip(df["article_id"].astype(int), df["retrieved"].astype(str))), f
 
 
 # ----------------------------------------------------------------------------- the comparison (CLI)

@@ -38,7 +38,7 @@ def test_nearest_never_returns_the_query_own_product_code(sentence_encoder):
     text, photo = store.text, store.photo
     codes = store.product_code.numpy()
     for by in R.BY:
-        idx, score = R.nearest(store, text, photo, codes, k=len(store), by=by)
+        idx, score = R.nearest(store, text, photo, codes, k=len(store), by=by, query_types=store.product_type)
         for q in range(len(store)):
             got = [i for i in idx[q].tolist() if i >= 0]
             assert all(store.product_code[i] != codes[q] for i in got), (by, q)
@@ -144,3 +144,43 @@ def test_nearest_refuses_what_it_cannot_rank():
         R.nearest(store, None, store.photo, store.product_code, by="text")
     with pytest.raises(ValueError, match="store's CLIP"):
         R.nearest(store, None, torch.zeros(len(store), 3), store.product_code, by="photo")
+
+
+def test_neighbour_texts_are_distinct_copies_of_other_training_products(sentence_encoder, tmp_path, monkeypatch):
+    """The prompt's retrieved segment: k distinct copies, each of a store row (a training product) of another
+    product code; a held-out product's copy is never lent, not even to its twin. Keyed file round-trips."""
+    items = with_twin(tiny_items(), TROUSERS, 910000001, 910000, "test", "Held-out copy of the twin.")
+    items = with_twin(items, TROUSERS, 930000001, 930000, "train", "Wide trousers in woven fabric.")  # same copy
+    lookup_fn = one_hot_lookup(items)
+    store = R.build_store(items, lookup_fn, sentence_encoder, progress=False)
+    texts = R.neighbour_texts(store, items, k=2, encoder=sentence_encoder, progress=False)
+    code_of = {}
+    for c, code in zip(store.copy, store.product_code.tolist()):
+        code_of.setdefault(c, set()).add(code)
+    for (code, text) in zip(items["product_code"], texts):
+        parts = text.split(R.SEPARATOR)
+        assert len(parts) == 2 and len(set(parts)) == 2, text
+        assert all(code_of.get(p, set()) - {code} for p in parts), (code, text)  # another product's copy
+        assert "Held-out copy of the twin." not in parts
+    # the trousers' textual twin (another product, same copy) is its nearest: its copy comes first, once
+    assert texts[items.index[items["article_id"] == TROUSERS][0]].startswith("Wide trousers in woven fabric.")
+    work_in(monkeypatch, tmp_path)
+    got, f = R.ensure_neighbours(store, items, k=2, encoder=sentence_encoder)
+    assert f.exists() and got == dict(zip(items["article_id"].astype(int), texts))
+    again, f2 = R.ensure_neighbours(store, items, k=2, encoder=sentence_encoder)
+    assert f2 == f and again == got
+    assert R.ensure_neighbours(store, items, k=1, encoder=sentence_encoder)[1] != f  # keyed by k
+
+
+def test_text_type_ranks_the_query_own_product_type_first(sentence_encoder):
+    items = tiny_items()
+    store = R.build_store(items, one_hot_lookup(items), sentence_encoder, progress=False)
+    row = {a: i for i, a in enumerate(store.article_id.tolist())}
+    tee_text = store.text[row[TEE]][None]
+    by_text, _ = R.nearest(store, tee_text, None, [0], by="text")
+    assert store.article_id[by_text[0, 0]] == TEE                    # the text alone finds the tee itself
+    for qtype, expected in (("Sweater", SWEATER), ("Kaftan", TEE)):  # a type the store lacks: text decides
+        idx, _ = R.nearest(store, tee_text, None, [0], by="text_type", query_types=[qtype])
+        assert store.article_id[idx[0, 0]] == expected, qtype
+    with pytest.raises(ValueError, match="product types"):
+        R.nearest(store, tee_text, None, [0], by="text_type")
