@@ -253,6 +253,11 @@ def _pct(xs, q):
 
 
 def decoding(model: ReasonModel, data, rows: list[dict], n_single: int, reps: int, max_new: int) -> dict:
+    """Our decoding loop against Hugging Face ``generate`` on the same GPT-2 weights. HF has no copy head, so a
+    model with one is compared without it (its LM head alone): the loops and the cache are what is measured."""
+    if model.copy is not None:
+        model = copy.deepcopy(model)
+        model.copy = None
     model.eval()
     eos = token_id(data.tokenizer, EOS)
     twin = hf_twin(model)

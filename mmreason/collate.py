@@ -1,9 +1,9 @@
 """Examples -> token ids, segment ids and labels -> padded (B, T) tensors.
 
 One encoded example reads
-    <|user|> user_profile <|behaviour|> evidence behaviour <|product|> product <|reason|> reason <|endoftext|>
-(evidence: the facts the reason may state, data.py / reasons.build_hook; empty for tables and runs without it,
-which then encode exactly as before it existed).
+    <|user|> user_profile <|behaviour|> evidence behaviour <|product|> product retrieved <|reason|> reason <|endoftext|>
+(evidence: the facts the reason may state, data.py / reasons.build_hook; retrieved: the copy of the nearest other
+products, retrieval.py; each empty for tables and runs without it, which then encode exactly as before it existed).
 The photo is not a token: the model puts its k prefix embeddings in front of all this.
 Only the reason and its EOS are scored; every other label is -100 (never 0, which is GPT-2's "!").
 """
@@ -22,7 +22,8 @@ PAD = EOS
 
 # (example field, marker token or None, segment id), in prompt order: the evidence opens the behaviour segment
 PROMPT_PARTS = [("user_profile", USER, SEG_USER), ("evidence", BEHAVIOUR, SEG_BEHAVIOUR),
-                ("behaviour", None, SEG_BEHAVIOUR), ("product", PRODUCT, SEG_PRODUCT)]
+                ("behaviour", None, SEG_BEHAVIOUR), ("product", PRODUCT, SEG_PRODUCT), ("retrieved", None, SEG_PRODUCT)]
+OPTIONAL_PARTS = ("evidence", "retrieved")  # not in a run's prompt unless its max_prompt_tokens names them
 # evidence: above its longest text in bytes, so it is never cut (data.PROMPT_BUDGET, audited there)
 DEFAULT_MAX_PROMPT_TOKENS = {"user_profile": 48, "evidence": 224, "behaviour": 64, "product": 48}
 # Delexicalised targets (ReasonDataModule(slots=True)): the hook's cited purchase name is this slot, which
@@ -49,8 +50,8 @@ def encode_example(tokenizer, example: Mapping, max_prompt_tokens: int | Mapping
     ids, segs = [], []
     for field, marker, seg in PROMPT_PARTS:
         text = example.get(field) or ""
-        # a run from before the evidence segment names no cap for it: it is not in that run's prompt
-        cap = max_prompt_tokens.get(field, 0 if field == "evidence" else None)
+        # a run from before the evidence (or retrieved) segment names no cap for it: it is not in that run's prompt
+        cap = max_prompt_tokens.get(field, 0 if field in OPTIONAL_PARTS else None)
         text_ids = tokenizer.encode(text, add_special_tokens=False)[:cap] if text and cap != 0 else []
         head = [token_id(tokenizer, marker)] if marker is not None else []
         ids += head + text_ids

@@ -90,7 +90,13 @@ def _start(model, batch, max_new_tokens: int):
     if int(lengths.max()) > n_positions:
         raise ValueError(f"prompt of {int(lengths.max())} tokens (prefix included) exceeds n_positions={n_positions}; "
                          "lower max_prompt_tokens")
-    if kvcache.supports(model.gpt2):
+    if getattr(model, "copy", None) is not None:  # the copy head needs every prompt position's hidden state
+        if not kvcache.supports(model.gpt2):
+            raise ValueError("decoding with the copy head needs a plain GPT-2 (kvcache.supports)")
+        h, cache, every = kvcache.prompt_hidden(model.gpt2, x, mask, pos, max_new_tokens, every_position=True)
+        cache.copy = model.copy_state(every, batch["input_ids"], batch["segment_ids"], batch["attention_mask"])
+        logits = model.next_logprobs(h, batch["input_ids"][:, -1], cache.copy)  # log-probs: log_softmax keeps them
+    elif kvcache.supports(model.gpt2):
         logits, cache = kvcache.prompt_forward(model.gpt2, x, mask, pos, max_new_tokens)
     else:
         out = model.gpt2(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
@@ -106,6 +112,12 @@ def _step(model, ids, cache, mask, pos, max_pos):
     The mask grows to (R, L+1) for Hugging Face's cache; ``kvcache`` keeps its own, so it is passed through."""
     x = model.token_embeddings(ids[:, None], SEG_REASON)                       # (R, 1, C)
     # rows that are done may run past n_positions; their output is ignored, so clamp
+    if isinstance(cache, kvcache.KVCache) and cache.copy is not None:
+        h = kvcache.step_hidden(model.gpt2, cache, x[:, 0], pos.clamp(max=max_pos))
+        R = ids.size(0)
+        if cache.copy[0].size(0) != R:  # beams / samples: rows b*K .. b*K+K-1 share example b's prompt
+            cache.copy = tuple(t.repeat_interleave(R // t.size(0), 0) for t in cache.copy)
+        return model.next_logprobs(h, ids, cache.copy), cache, mask, pos + 1
     if isinstance(cache, kvcache.KVCache):
         return kvcache.step_forward(model.gpt2, cache, x[:, 0], pos.clamp(max=max_pos)), cache, mask, pos + 1
     mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)            # (R, L+1)

@@ -48,6 +48,7 @@ class KVCache:
         self.K = 1                                                             # rows per example
         self.t = 0                                                             # generated tokens cached
         self.k = self.v = self.mask = None                                     # L x (B*K, H, Lp+max_new, D)
+        self.copy = None  # the copy head's prompt state (ReasonModel.copy_state), set and expanded by generate.py
 
     def batch_repeat_interleave(self, n: int) -> None:
         """Each example gets n rows (beams or samples): rows b*n .. b*n+n-1. Only before the first step."""
@@ -89,7 +90,17 @@ def _heads(x: torch.Tensor, H: int) -> torch.Tensor:
 @torch.no_grad()
 def prompt_forward(gpt2, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                    max_new: int) -> tuple[torch.Tensor, KVCache]:
-    """Run the padded prompt once. -> logits of each row's last real position (B, V) and the cache.
+    """Run the padded prompt once. -> logits of each row's last real position (B, V) and the cache."""
+    h, cache, _ = prompt_hidden(gpt2, inputs_embeds, attention_mask, position_ids, max_new)
+    return base_gpt2(gpt2).lm_head(h), cache
+
+
+@torch.no_grad()
+def prompt_hidden(gpt2, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                  max_new: int, every_position: bool = False) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
+    """Run the padded prompt once. -> final hidden state (after ln_f) of each row's last real position (B, C),
+    the cache, and with every_position=True that of every position (B, T, C) in the input's layout (for the
+    copy head's sources; padding positions hold garbage), else None.
 
     The rows come left-padded (with the photo prefix before the padding); each row's real tokens are first
     gathered to its start, so the padding trails every real token and the causal mask alone is exact for them:
@@ -110,7 +121,7 @@ def prompt_forward(gpt2, inputs_embeds: torch.Tensor, attention_mask: torch.Tens
         q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(hf.config.n_embd, dim=2)
         q, k, v = _heads(q, H), _heads(k, H), _heads(v, H)                     # (B, H, T, D)
         pk.append(k), pv.append(v)
-        if i < len(tr.h) - 1:
+        if i < len(tr.h) - 1 or every_position:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)        # (B, H, T, D)
             x = x + blk.attn.c_proj(y.transpose(1, 2).reshape(B, T, -1))
             x = x + blk.mlp(blk.ln_2(x))
@@ -119,12 +130,23 @@ def prompt_forward(gpt2, inputs_embeds: torch.Tensor, attention_mask: torch.Tens
                                                attn_mask=keep[:, None, None, :])  # (B, H, 1, D)
             x = x[rows, last] + blk.attn.c_proj(y.reshape(B, -1))             # (B, C)
             x = x + blk.mlp(blk.ln_2(x))
-    return hf.lm_head(tr.ln_f(x)), KVCache(pk, pv, keep, max_new)              # (B, V)
+    cache = KVCache(pk, pv, keep, max_new)
+    if not every_position:
+        return tr.ln_f(x), cache, None                                         # (B, C)
+    h = tr.ln_f(x)                                                             # (B, T, C), gathered layout
+    every = torch.empty_like(h).scatter_(1, order[..., None].expand_as(h), h)  # back to the input's layout
+    return h[rows, last], cache, every
 
 
 @torch.no_grad()
 def step_forward(gpt2, cache: KVCache, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """Feed one token per row: inputs_embeds (R, C), position_ids (R,), R = B*K. -> logits (R, V)."""
+    return base_gpt2(gpt2).lm_head(step_hidden(gpt2, cache, inputs_embeds, position_ids))
+
+
+@torch.no_grad()
+def step_hidden(gpt2, cache: KVCache, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """``step_forward`` up to the final hidden state (R, C), after ln_f."""
     hf = base_gpt2(gpt2)
     tr, H = hf.transformer, hf.config.n_head
     if cache.t >= cache.max_new:
@@ -143,4 +165,4 @@ def step_forward(gpt2, cache: KVCache, inputs_embeds: torch.Tensor, position_ids
         x = x + blk.attn.c_proj(y.view(R, H * D))
         x = x + blk.mlp(blk.ln_2(x))
     cache.t += 1
-    return hf.lm_head(tr.ln_f(x))                                              # (R, V)
+    return tr.ln_f(x)                                                          # (R, C)

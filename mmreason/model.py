@@ -50,6 +50,10 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     n_segments: int = 5
+    # A pointer over the prompt's tokens (See et al. 2017's pointer-generator; ``CopyHead``): each reason token
+    # is generated from the vocabulary or copied from the prompt (the retrieved copy, the product, the evidence)
+    copy_head: bool = False
+    copy_dim: int = 64
 
 
 class MLPMapper(nn.Module):
@@ -114,6 +118,51 @@ def causal_mask_suffices(attention_mask: torch.Tensor) -> bool:
     return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
 
+class CopyHead(nn.Module):
+    """A pointer over the prompt's tokens, mixed with the LM head by a learned gate (pointer-generator).
+
+    p(y) = (1 - g) p_vocab(y) + g sum_{j: x_j = y} a_j, with a = softmax over the prompt's positions j of
+    q_t . k_j / sqrt(d) + beta cos(e(x_t), e(x_{j-1})).
+    The cosine term is an induction head given, not learnt: position t, whose current token x_t equals the
+    token before source position j, points at x_j, i.e. "continue copying where this token was copied from".
+    A ~2M-parameter model trained for minutes does not grow such a head itself (Olsson et al. 2022); with it,
+    copying a retrieved passage takes a few hundred steps. q and k read the final hidden states (plus the
+    current / previous token's embedding), so where to start and stop copying is learnt.
+    """
+
+    def __init__(self, n_embd: int, dim: int):
+        super().__init__()
+        self.query = nn.Linear(2 * n_embd, dim)
+        self.key = nn.Linear(2 * n_embd, dim)
+        self.gate = nn.Linear(n_embd, 1)
+        self.beta = nn.Parameter(torch.tensor(4.0))  # weight of the token-match (induction) term
+
+    def sources(self, h, e, src_mask):
+        """Keys of every position: h (B, L, C) final hidden states, e (B, L, C) token embeddings, src_mask (B, L)
+        the positions that may be copied. -> (keys (B, L, d), normalised previous-token embeddings (B, L, C),
+        additive mask (B, L): 0 where copyable, -inf elsewhere)."""
+        prev = F.pad(e[:, :-1], (0, 0, 1, 0))                                     # (B, L, C) e(x_{j-1})
+        bias = torch.zeros(src_mask.shape, dtype=h.dtype, device=h.device).masked_fill(~src_mask, float("-inf"))
+        return self.key(torch.cat([h, prev], -1)), F.normalize(prev, dim=-1), bias
+
+    def attend(self, h, e, keys, prev_n, bias):
+        """Queries h (..., T, C) with current-token embeddings e (..., T, C) against one row's sources:
+        keys (..., L, d), prev_n (..., L, C), bias (..., L). -> (log a (..., T, L), gate logit (..., T))."""
+        q = self.query(torch.cat([h, e], -1))                                     # (..., T, d)
+        scores = q @ keys.transpose(-1, -2) / keys.size(-1) ** 0.5               # (..., T, L)
+        scores = scores + self.beta * (F.normalize(e, dim=-1) @ prev_n.transpose(-1, -2))
+        return (scores + bias.unsqueeze(-2)).log_softmax(-1), self.gate(h).squeeze(-1)
+
+    @staticmethod
+    def mix(lp_vocab, gate, log_attn, src_ids):
+        """Full next-token log-probs (R, V): lp_vocab (R, V) log-softmaxed, gate (R,), log_attn (R, L),
+        src_ids (R, L)."""
+        p_copy = torch.zeros_like(lp_vocab).scatter_add_(1, src_ids, log_attn.exp())
+        # clamped: log 0 would make the backward 0 * inf (RL differentiates this); 1e-30 is below anything sampled
+        return torch.logaddexp(F.logsigmoid(-gate)[:, None] + lp_vocab,
+                               F.logsigmoid(gate)[:, None] + p_copy.clamp_min(1e-30).log())
+
+
 def load_gpt2(config: ModelConfig) -> GPT2LMHeadModel:
     if config.pretrained_gpt2 is None:
         if config.vocab_size is None:
@@ -163,6 +212,7 @@ class ReasonModel(nn.Module):
         self.no_photo = nn.Parameter(torch.randn(config.clip_dim) / config.clip_dim ** 0.5)
         self.segment = nn.Embedding(config.n_segments, n_embd)
         nn.init.zeros_(self.segment.weight)  # zero: with no prefix the model is exactly GPT-2
+        self.copy = CopyHead(n_embd, config.copy_dim) if config.copy_head else None
 
         if config.train_mode == "frozen":
             self.gpt2.requires_grad_(False)
@@ -226,28 +276,95 @@ class ReasonModel(nn.Module):
                                    ignore_index=-100)
         return {"logits": logits, "loss": loss}
 
-    def scored_logits(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask, labels):
-        """-> (logits (N, V) at the N positions whose next token is scored, those tokens (N,), and the
-        (B, k+T-1) mask of scored positions); rows in order, positions in order within a row.
-
-        The LM head (vocab x C, the largest matmul of a small model) runs on the scored positions alone
-        instead of on every prompt token.
-        """
+    def _hidden(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask):
+        """-> (final hidden states (B, k+T, C), attention mask (B, k+T))."""
         x, mask, pos = self.embed_prefix(photo_embedding, has_photo, input_ids, segment_ids, attention_mask)
         hf = self.gpt2.get_base_model() if hasattr(self.gpt2, "get_base_model") else self.gpt2
         # right padding: the causal mask alone (a compiled graph keeps the mask rather than break on the check)
         shortcut = self.causal_shortcut and not torch.compiler.is_compiling()
         attend = None if shortcut and causal_mask_suffices(mask) else mask
-        h = hf.transformer(inputs_embeds=x, attention_mask=attend, position_ids=pos).last_hidden_state  # (B, k+T, C)
+        return hf.transformer(inputs_embeds=x, attention_mask=attend, position_ids=pos).last_hidden_state, mask
+
+    def copy_sources(self, input_ids, segment_ids, attention_mask):
+        """-> (token ids (B, k+T) with the photo prefix as 0s, the copyable positions (B, k+T)): every attended
+        prompt token (not the photo prefix, not the reason)."""
+        src = (attention_mask.bool() & (segment_ids != SEG_REASON))                  # (B, T)
+        n_prefix = self.config.prefix_len if self.config.use_photo else 0
+        return F.pad(input_ids, (n_prefix, 0), value=0), F.pad(src, (n_prefix, 0), value=False)
+
+    def scored_logits(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask, labels):
+        """-> (logits (N, V) at the N positions whose next token is scored, those tokens (N,), and the
+        (B, k+T-1) mask of scored positions); rows in order, positions in order within a row.
+
+        The LM head (vocab x C, the largest matmul of a small model) runs on the scored positions alone
+        instead of on every prompt token. With the copy head these are the LM head's logits alone; use
+        ``scored_logprobs`` for the model's distribution.
+        """
+        h, _ = self._hidden(photo_embedding, has_photo, input_ids, segment_ids, attention_mask)
+        hf = self.gpt2.get_base_model() if hasattr(self.gpt2, "get_base_model") else self.gpt2
         labels = F.pad(labels, (h.size(1) - labels.size(1), 0), value=-100)[:, 1:]               # (B, k+T-1)
         scored = labels != -100
         return hf.lm_head(h[:, :-1][scored]), labels[scored], scored                             # (N, V), (N,)
 
+    def scored_logprobs(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask, labels,
+                        full: bool = False):
+        """-> (log p of the scored tokens (N,) or, with full=True, of the whole vocabulary (N, V); those tokens
+        (N,); the (B, k+T-1) mask of scored positions). The model's distribution: the LM head's, mixed with the
+        copy head's where there is one."""
+        h, _ = self._hidden(photo_embedding, has_photo, input_ids, segment_ids, attention_mask)
+        hf = self.gpt2.get_base_model() if hasattr(self.gpt2, "get_base_model") else self.gpt2
+        labels = F.pad(labels, (h.size(1) - labels.size(1), 0), value=-100)[:, 1:]               # (B, k+T-1)
+        scored = labels != -100
+        targets = labels[scored]
+        lp = hf.lm_head(h[:, :-1][scored]).float().log_softmax(-1)                               # (N, V)
+        if self.copy is None:
+            return (lp if full else lp.gather(1, targets[:, None]).squeeze(1)), targets, scored
+        ids, src = self.copy_sources(input_ids, segment_ids, attention_mask)                     # (B, k+T)
+        with torch.autocast(h.device.type, enabled=False):
+            h, e = h.float(), self.wte(ids).float()
+            keys, prev_n, bias = self.copy.sources(h, e, src)
+            log_attn, gate = self.copy.attend(h[:, :-1], e[:, :-1], keys, prev_n, bias)          # (B, k+T-1, k+T)
+            log_attn, gate = log_attn[scored], gate[scored]                                      # (N, k+T), (N,)
+            src_ids = ids[scored.nonzero()[:, 0]]                                                # (N, k+T)
+            if full:
+                return CopyHead.mix(lp, gate, log_attn, src_ids), targets, scored
+            # finite fill: a token found nowhere gets ~0 from the copy head, and logsumexp a finite gradient
+            lc = log_attn.masked_fill(src_ids != targets[:, None], -1e4).logsumexp(-1)           # (N,)
+            lv = lp.gather(1, targets[:, None]).squeeze(1)
+            return torch.logaddexp(F.logsigmoid(-gate) + lv, F.logsigmoid(gate) + lc), targets, scored
+
     def reason_loss(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask, labels):
         """-> (mean CE over reason tokens, number of scored tokens); same value as forward's loss."""
+        if self.copy is not None:
+            lp, _, scored = self.scored_logprobs(photo_embedding, has_photo, input_ids, segment_ids,
+                                                 attention_mask, labels)
+            return -lp.mean(), scored.sum()
         logits, targets, scored = self.scored_logits(photo_embedding, has_photo, input_ids, segment_ids,
                                                      attention_mask, labels)
         return F.cross_entropy(logits.float(), targets), scored.sum()
+
+    # ---- decoding (generate.py) ----
+
+    def next_logprobs(self, h, current_ids, copy_state=None):
+        """The next token's log-probs (R, V) from final hidden states h (R, C) after current tokens (R,).
+        copy_state: ``copy_state(...)``'s (keys, prev_n, bias, src_ids), rows aligned with h."""
+        hf = self.gpt2.get_base_model() if hasattr(self.gpt2, "get_base_model") else self.gpt2
+        lp = hf.lm_head(h).float().log_softmax(-1)
+        if self.copy is None:
+            return lp
+        keys, prev_n, bias, src_ids = copy_state
+        e = self.wte(current_ids).float()
+        log_attn, gate = self.copy.attend(h.float()[:, None], e[:, None], keys, prev_n, bias)   # (R, 1, L), (R, 1)
+        return CopyHead.mix(lp, gate[:, 0], log_attn[:, 0], src_ids)
+
+    def copy_state(self, h, input_ids, segment_ids, attention_mask):
+        """What decoding keeps for the copy head: h (B, k+T, C) the prompt's final hidden states in the layout
+        of input_ids (B, T) with the photo prefix in front. -> (keys, prev_n, bias, src_ids) or None."""
+        if self.copy is None:
+            return None
+        ids, src = self.copy_sources(input_ids, segment_ids, attention_mask)
+        keys, prev_n, bias = self.copy.sources(h.float(), self.wte(ids).float(), src)
+        return keys, prev_n, bias, ids
 
     # ---- bookkeeping ----
 

@@ -1,4 +1,5 @@
-"""Run every missing step before training: tables -> tokenizer -> domain CLIP -> photo-embedding cache.
+"""Run every missing step before training: tables -> tokenizer -> domain CLIP -> photo-embedding cache
+(-> retrieval datastore and each article's retrieved copies, when ``retrieval_k`` asks for them).
 
 Each artifact lives in a folder (or file) keyed by the inputs and settings that made it (``paths.keyed``),
 so a rerun of ``python -m mmreason.train`` only trains, and a run of other settings builds its own
@@ -34,6 +35,8 @@ class Artifacts:
     tokenizer_dir: Path | None = None
     clip_model: str = clip_lib.DEFAULT_MODEL
     clip_pretrained: str | None = None  # the CLIP checkpoint (a file) or open_clip tag the cache was made with
+    retrieved: dict | None = None  # {article_id: the prompt's retrieved segment} (retrieval.ensure_neighbours)
+    retrieved_path: Path | None = None
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -54,7 +57,8 @@ class Artifacts:
                      **(paths.in_artifacts(self.clip_pretrained) if clip_file else {"path": self.clip_pretrained}),
                      "sha256": clip_lib.sha256_file(self.clip_pretrained) if clip_file else None},
             "embeddings": {**paths.in_artifacts(self.cache["path"]), "sha256": embed_lib.content_sha256(self.cache)},
-        }
+        } | ({} if self.retrieved_path is None else {
+            "retrieved": {**paths.in_artifacts(self.retrieved_path), "sha256": clip_lib.sha256_file(self.retrieved_path)}})
 
 
 TABLES = ("items", "examples")  # what the generator reads
@@ -76,6 +80,8 @@ class PipelineConfig:
     clip_pretrained: str | None = None  # None: train the domain CLIP; else an open_clip tag or checkpoint path
     clip_epochs: int | None = None      # None: the domain CLIP's default
     embed_workers: int = 2
+    retrieval_k: int = 0                # >0: each article's k nearest other products' copies (the prompt's retrieved part)
+    retrieval_by: str = "text_type"     # retrieval.nearest's ranking; measured best on validation (results/cpu/retrieval.md)
 
 
 def ensure(config: PipelineConfig | dict | None = None, **overrides) -> Artifacts:
@@ -103,14 +109,15 @@ def _ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
     c = PipelineConfig(**base | overrides)
     hm_dir, data_dir, tokenizer, tokenizer_vocab = c.hm_dir, c.data_dir, c.tokenizer, c.tokenizer_vocab
     clip_model, clip_pretrained, clip_epochs, embed_workers = c.clip_model, c.clip_pretrained, c.clip_epochs, c.embed_workers
+    steps = 5 if c.retrieval_k else 4
     paths.offline()
     hm_dir = hm_dir or str(paths.hm_dir())
-    print(f"[pipeline] 1/4 tables from {hm_dir}")
+    print(f"[pipeline] 1/{steps} tables from {hm_dir}")
     data_dir = data_lib.prepare_tables(["--hm-dir", hm_dir] + (["--out", str(data_dir)] if data_dir else []))
     t = data_lib.load_tables(data_dir, names=TABLES)
     items, examples = t["items"], t["examples"]
 
-    print("[pipeline] 2/4 tokenizer")
+    print(f"[pipeline] 2/{steps} tokenizer")
     if tokenizer is None:
         catalogue_path = Path(hm_dir) / "catalogue.parquet"
         catalogue = (pd.read_parquet(catalogue_path, columns=["product_code"] + tok_lib.CATALOGUE_TEXT_COLUMNS)
@@ -122,7 +129,7 @@ def _ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
         tok_dir = paths.artifacts_dir() / "tokenizer" / Path(tokenizer).name
         tok = tok_lib.build_or_load(tok_dir, pretrained=tokenizer)
 
-    print(f"[pipeline] 3/4 CLIP {clip_model}")
+    print(f"[pipeline] 3/{steps} CLIP {clip_model}")
     if clip_pretrained is None:
         cfg = clip_lib.get_default_config()
         cfg.model = clip_model
@@ -130,10 +137,19 @@ def _ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
             cfg.epochs = clip_epochs
         clip_pretrained = str(clip_lib.ensure_domain_clip(items, cfg))
 
-    print("[pipeline] 4/4 photo embeddings")
+    print(f"[pipeline] 4/{steps} photo embeddings")
     cache = embed_lib.load_embeddings(items, clip_model, clip_pretrained, workers=embed_workers)
+    retrieved = retrieved_path = None
+    if c.retrieval_k:
+        from mmreason import retrieval  # the sentence encoder comes with it: only runs that retrieve pay for it
+
+        print(f"[pipeline] 5/5 retrieval: the {c.retrieval_k} nearest other products' copies by {c.retrieval_by}")
+        store = retrieval.ensure_store(items, cache)
+        retrieved, retrieved_path = retrieval.ensure_neighbours(store, items, c.retrieval_k, c.retrieval_by,
+                                                                photo_lookup=lambda ids: embed_lib.lookup(cache, ids))
     return Artifacts(examples=examples, items=items, tokenizer=tok, cache=cache, data_dir=data_dir, tokenizer_dir=tok_dir,
-                     clip_model=clip_model, clip_pretrained=clip_pretrained)
+                     clip_model=clip_model, clip_pretrained=clip_pretrained, retrieved=retrieved,
+                     retrieved_path=retrieved_path)
 
 
 def load_recorded(record: dict, run: str = "the run", embed_workers: int = 2) -> Artifacts:
@@ -181,5 +197,15 @@ def load_recorded(record: dict, run: str = "the run", embed_workers: int = 2) ->
         cache = embed_lib.load_embeddings(t["items"], clip["model"], clip_path, path, workers=embed_workers)
     if embed_lib.content_sha256(cache) != emb["sha256"]:
         refuse("photo embeddings", path, "differ from the recorded ones")
+    retrieved = retrieved_path = None
+    if "retrieved" in record:
+        retrieved_path = paths.from_artifacts(record["retrieved"])
+        if not retrieved_path.exists():
+            refuse("retrieved copies", retrieved_path, "is missing")
+        if clip_lib.sha256_file(retrieved_path) != record["retrieved"]["sha256"]:
+            refuse("retrieved copies", retrieved_path, "has changed")
+        df = pd.read_parquet(retrieved_path)
+        retrieved = dict(zip(df["article_id"].astype(int), df["retrieved"].astype(str)))
     return Artifacts(examples=t["examples"], items=t["items"], tokenizer=tok, cache=cache, data_dir=data_dir,
-                     tokenizer_dir=tok_dir, clip_model=clip["model"], clip_pretrained=clip_path)
+                     tokenizer_dir=tok_dir, clip_model=clip["model"], clip_pretrained=clip_path, retrieved=retrieved,
+                     retrieved_path=retrieved_path)

@@ -162,9 +162,9 @@ def sequence_batch(prompts: Prompts, idx, samples: list[list[list[int]]], eos_id
 
 def token_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (log-probs over the vocabulary (N, V) at the N reason positions, the chosen tokens (N,), row of each (N,))."""
-    logits, targets, scored = model.scored_logits(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
-                                                  batch["segment_ids"], batch["attention_mask"], batch["labels"])
-    return logits.float().log_softmax(-1), targets, scored.nonzero()[:, 0]
+    lp, targets, scored = model.scored_logprobs(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
+                                                batch["segment_ids"], batch["attention_mask"], batch["labels"], full=True)
+    return lp, targets, scored.nonzero()[:, 0]
 
 
 # --------------------------------------------------------------------------- one update
