@@ -10,22 +10,70 @@ embedding), and the shown reason comes from the one path (``shown.shown_reasons`
     from mmreason.explain import Explainer
     ex = Explainer("artifacts/runs/cpu")
     ex.explain(customer_id, [article_id, ...])        # -> list of Explanation
+    ex.explain_new(customer_id, new_articles)         # articles not in the tables (an H&M-shaped frame)
+
+New articles (not in the prepared tables) need no retraining: their product segment is written from their
+attributes (``data.product_text``), their photo embedded with the run's own CLIP, and their retrieved copies
+looked up in the current datastore (``retrieval.neighbour_texts``); the rest is the same one path.
+
+    python -m mmreason.explain --articles new_articles.csv --images photos/ --customer <customer_id>
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from mmreason import paths
-from mmreason.data import evidence_fields, load_tables, price_cuts, user_context
+from mmreason.data import evidence_fields, load_tables, price_cuts, product_text, user_context
+from mmreason.io import DataError
 from mmreason.filters import Filter, vocab_from_items
 from mmreason.generate import DecodeConfig, preset
 from mmreason.shown import history_sets, shown_reasons
 
 DEFAULT_RUN = Path("runs") / "cpu"  # under artifacts/: the default `python -m mmreason.train` run
+# what a new article needs: its prompt's product segment (data.product_text), the filter's and the constraint's
+# attributes, and its product code (retrieval never lends an article its own product's copy)
+NEW_ARTICLE_COLUMNS = ["article_id", "product_code", "prod_name", "product_type_name", "product_group_name",
+                       "graphical_appearance_name", "colour_group_name", "perceived_colour_value_name",
+                       "perceived_colour_master_name", "department_name", "section_name", "garment_group_name",
+                       "index_group_name"]
+
+
+def read_new_articles(path, images=None) -> pd.DataFrame:
+    """An articles file (.csv or .parquet, H&M's columns) -> the frame ``Explainer.explain_new`` takes, with
+    ``photo_path`` / ``has_photo`` from ``images`` (``<images>/<article_id:010d>.jpg``, or H&M's
+    ``<images>/<first 3 digits>/<id>.jpg``). A missing column or a bad id: DataError, in one line."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such articles file")
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as e:  # noqa: BLE001 - any parser error, said in one line
+        raise DataError(f"{path}: not a readable articles table ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    missing = [c for c in NEW_ARTICLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (H&M articles columns expected)")
+    for c in ("article_id", "product_code"):
+        ids = pd.to_numeric(df[c], errors="coerce")
+        if ids.isna().any():
+            raise DataError(f"{path}: {c} {df[c][ids.isna()].iloc[0]!r} is not a number")
+        df[c] = ids.astype("int64")
+    text = [c for c in NEW_ARTICLE_COLUMNS if c not in ("article_id", "product_code")]
+    df[text] = df[text].fillna("").astype(str)
+    photos = []
+    for aid in df["article_id"]:
+        name = f"{int(aid):010d}.jpg"
+        cands = [Path(images) / name, Path(images) / name[:3] / name] if images else []
+        photos.append(next((str(p) for p in cands if p.exists()), ""))
+    df["photo_path"] = photos
+    df["has_photo"] = df["photo_path"] != ""
+    return df.reset_index(drop=True)
 
 
 @dataclass
@@ -83,5 +131,78 @@ class Explainer:
                                    constrain=self.constrain, batch_size=self.batch_size, progress=progress))
         return [[Explanation(a, s.reason, s.passed, s.rejected) for a, s in zip(ids, shown)] for ids in sizes]
 
+    def _retrieval(self) -> tuple[int, str]:
+        pc = self.data.pipeline_config
+        get = pc.get if isinstance(pc, dict) else (lambda k, d: getattr(pc, k, d))
+        return int(get("retrieval_k", 0) or 0), str(get("retrieval_by", "text") or "text")
+
+    @torch.no_grad()
+    def explain_new(self, customer_id: str, articles: pd.DataFrame, day=None, progress: bool = False) -> list[Explanation]:
+        """One reason per row of ``articles`` (``read_new_articles``' frame: H&M's columns, photo_path, has_photo)
+        for articles that were not in the prepared tables: product segment from their attributes, photo embedded
+        by the run's CLIP (no photo: the model's no-photo vector), retrieved copies from the current datastore."""
+        from mmreason import clip as clip_lib
+        from mmreason import embed as embed_lib
+
+        art = self.data.artifacts
+        arts = articles.reset_index(drop=True)
+        model, preprocess, _ = clip_lib.load_clip(art.clip_model, art.clip_pretrained)
+        got_ids, got, _ = embed_lib.compute_embeddings(model, preprocess, arts, workers=0)
+        photo, has_photo = embed_lib.lookup({"article_id": got_ids, "embedding": got}, arts["article_id"].to_numpy())
+        retrieved = None
+        k, by = self._retrieval()
+        if "retrieved" in self.data.prompt_fields and k:
+            from mmreason import retrieval
+
+            store = retrieval.ensure_store(art.items, art.cache, progress=progress)
+            retrieved = retrieval.neighbour_texts(store, arts, k, by, photo_lookup=lambda ids: (photo, has_photo),
+                                                  progress=progress)
+        day = pd.Timestamp(day) if day is not None else self.next_day()
+        ctx = user_context(self.tables, customer_id, day, cuts=self.cuts)
+        dicts = arts.to_dict("records")
+        rows = [{"user_profile": ctx["user_profile"], "behaviour": ctx["behaviour"], "product": product_text(a),
+                 "article_id": int(a["article_id"]), **evidence_fields(a, ctx["history"]),
+                 **({"retrieved": retrieved[i]} if retrieved is not None else {})} for i, a in enumerate(dicts)]
+        shown = shown_reasons(self.module, self.data, rows, dicts, self.decode, self.filter,
+                              [history_sets(ctx["history"])] * len(rows), constrain=self.constrain, photo=photo,
+                              has_photo=has_photo, batch_size=self.batch_size, progress=progress)
+        return [Explanation(int(a["article_id"]), s.reason, s.passed, s.rejected) for a, s in zip(dicts, shown)]
+
     def __call__(self, customer_id: str, article_ids, day=None) -> list[str]:
         return [e.reason for e in self.explain(customer_id, article_ids, day)]
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mmreason.explain",
+                                description="Reasons for new articles (not in the prepared tables) for one customer.")
+    p.add_argument("--articles", required=True, help="articles file (.csv or .parquet) with H&M's article columns")
+    p.add_argument("--images", default=None, help="folder of <article_id:010d>.jpg photos (flat or H&M's layout)")
+    p.add_argument("--customer", required=True, help="customer_id as in the tables")
+    p.add_argument("--day", default=None, help="as of this day (default: the day after the data ends)")
+    p.add_argument("--run", default=None, help="generator run folder or checkpoint (default artifacts/runs/cpu)")
+    p.add_argument("--decode", default="beam", help="decoding preset")
+    p.add_argument("--out", default=None, help="also write the reasons here as JSON")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        articles = read_new_articles(args.articles, args.images)
+        explainer = Explainer(args.run, decode=args.decode)
+        out = explainer.explain_new(args.customer, articles, args.day, progress=True)
+    except (DataError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    for e in out:
+        print(f"{e.article_id}\t{'ok' if e.passed_filter else 'FLAGGED'}\t{e.reason}")
+    if args.out:
+        from mmreason.io import atomic_write_json
+
+        atomic_write_json(Path(args.out), [asdict(e) for e in out])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""New articles (not in the prepared tables) get reasons from a trained run without retraining:
+``python -m mmreason.explain --articles FILE --images DIR --customer ID`` on a tiny run that retrieves."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import CUSTOMERS, write_photo
+from mmreason import explain, retrieval
+from mmreason.io import DataError
+from test_serve import tiny_run
+
+NEW = [  # a new colour of an existing product (its own product's copy must not be lent to it), and a new product
+    (100000009, 100000, "Skinny jeans", "Trousers", "Garment Lower body", "Denim", "Dark Red", "Womens Casual",
+     "Trousers Denim"),
+    (900000001, 900000, "Linen shirt", "Shirt", "Garment Upper body", "Solid", "White", "Womens Everyday Basics",
+     "Blouses"),
+]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tiny_run(tmp_path_factory.mktemp("explain"))
+    cols = ["article_id", "product_code", "prod_name", "product_type_name", "product_group_name",
+            "graphical_appearance_name", "colour_group_name", "section_name", "garment_group_name"]
+    df = pd.DataFrame(NEW, columns=cols)
+    df["perceived_colour_value_name"], df["perceived_colour_master_name"] = "Dark", "Red"
+    df["department_name"], df["index_group_name"] = "Dept", "Ladieswear"
+    df.to_csv(root / "new.csv", index=False)
+    write_photo(root / "photos" / "0100000009.jpg", (120, 10, 20))  # the shirt has no photo
+    return root
+
+
+def run(work, monkeypatch, *extra):
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MMREASON_ARTIFACTS", str(work / "artifacts"))
+    return explain.main(["--articles", str(work / "new.csv"), "--images", str(work / "photos"), "--customer",
+                         CUSTOMERS[0], "--run", str(work / "run"), "--decode", "greedy", *extra])
+
+
+def test_new_articles_get_reasons(work, monkeypatch, capsys):
+    out = work / "reasons.json"
+    assert run(work, monkeypatch, "--out", str(out)) == 0
+    got = json.loads(out.read_text())
+    assert [g["article_id"] for g in got] == [a[0] for a in NEW]
+    assert all(isinstance(g["reason"], str) for g in got)
+    printed = [line.split("\t") for line in capsys.readouterr().out.splitlines() if "\t" in line]
+    assert [(int(p[0]), p[2]) for p in printed] == [(g["article_id"], g["reason"]) for g in got]
+
+
+def test_new_articles_prompt_parts(work, monkeypatch):
+    """Photos are found (or marked missing), and the retrieved copies come from the run's datastore, never from
+    the article's own product."""
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MMREASON_ARTIFACTS", str(work / "artifacts"))
+    arts = explain.read_new_articles(work / "new.csv", work / "photos")
+    assert arts["has_photo"].tolist() == [True, False]
+    ex = explain.Explainer(work / "run", decode="greedy")
+    assert "retrieved" in ex.data.prompt_fields and ex._retrieval()[0] > 0  # the default config retrieves
+    store = retrieval.ensure_store(ex.data.artifacts.items, ex.data.artifacts.cache, progress=False)
+    texts = retrieval.neighbour_texts(store, arts, k=2, progress=False)
+    own = "Skinny jeans in stretch denim."
+    assert own in store.copy                       # the product's copy is in the store ...
+    assert texts[0] and own not in texts[0]        # ... and never lent to another colour of it
+    assert all(t for t in texts)
+
+
+def test_bad_articles_file_is_one_line_and_writes_nothing(work, monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "bad.csv"
+    pd.read_csv(work / "new.csv").drop(columns=["colour_group_name"]).to_csv(bad, index=False)
+    out = tmp_path / "reasons.json"
+    monkeypatch.chdir(work)
+    rc = explain.main(["--articles", str(bad), "--customer", CUSTOMERS[0], "--run", str(work / "run"),
+                       "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "colour_group_name" in err
+    assert not out.exists()
+    with pytest.raises(DataError, match="no such articles file"):
+        explain.read_new_articles(tmp_path / "none.csv")
