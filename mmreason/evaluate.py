@@ -62,12 +62,16 @@ VARIANTS = {
     # delexicalised targets (the cited name as a slot filled from the evidence)
     "no_evidence": ("artifacts/runs/no_evidence", ["--data.prompt_fields", "[user_profile, behaviour, product]"]),
     "slots": ("artifacts/runs/slots", ["--data.slots", "true"]),
+    # issue 14's k: one retrieved copy instead of two
+    "retrieval_k1": ("artifacts/runs/retrieval_k1", ["--data.pipeline.retrieval_k", "1", "--data.max_prompt_tokens",
+                                                     "{user_profile: 64, evidence: 224, behaviour: 48, product: 48, "
+                                                     "retrieved: 64}"]),
 }
 SYSTEMS = ["template", "retrieval", "retrieval_text", "retrieval_both", "retrieval_text_type", "no_retrieval", "text_only",
            "photo_only", "full"]
 RETRIEVERS = {"retrieval": "photo", "retrieval_text": "text", "retrieval_both": "both",  # system -> nearest's by
               "retrieval_text_type": "text_type"}
-ABLATION = ["no_evidence", "slots"]
+ABLATION = ["no_evidence", "slots", "retrieval_k1"]
 ATTR_FIELDS = {"colour": "colour_group_name", "type": "product_type_name", "pattern": "graphical_appearance_name"}
 
 
