@@ -68,10 +68,12 @@ VARIANTS = {
                                                      "retrieved: 64}"]),
 }
 SYSTEMS = ["template", "retrieval", "retrieval_text", "retrieval_both", "retrieval_text_type", "no_retrieval", "text_only",
-           "photo_only", "full"]
+           "photo_only", "full", "full_retrieved_first"]
 RETRIEVERS = {"retrieval": "photo", "retrieval_text": "text", "retrieval_both": "both",  # system -> nearest's by
               "retrieval_text_type": "text_type"}
 ABLATION = ["no_evidence", "slots", "retrieval_k1"]
+# system -> (the run it decodes with, retrieved copies offered ahead of the generated ones: shown.shown_reasons)
+OFFERED = {"full_retrieved_first": ("full", 1)}
 ATTR_FIELDS = {"colour": "colour_group_name", "type": "product_type_name", "pattern": "graphical_appearance_name"}
 
 
@@ -150,15 +152,19 @@ def load_variant(name: str) -> tuple[ReasonModule, ReasonDataModule] | None:
 
 
 def model_reasons(module, data, frame, items, hist, filt: Filter, decode, product_override=None, progress=True,
-                  constrain=True):
-    """The shown reasons (``shown.shown_reasons``) for ``frame`` and the filter's rejection report."""
+                  constrain=True, offer_retrieved=0):
+    """The shown reasons (``shown.shown_reasons``) for ``frame``, the filter's rejection report and the share
+    of shown reasons whose copy is a retrieved one (``offer_retrieved``)."""
     rows = frame.to_dict("records")
     if product_override is not None:
         for r, p in zip(rows, product_override):
             r["product"] = p
     arts = items.set_index("article_id").loc[frame["article_id"]].reset_index().to_dict("records")
-    shown = shown_reasons(module, data, rows, arts, decode, filt, hist, constrain=constrain, progress=progress)
-    return [s.reason for s in shown], rejection_report([s.selected for s in shown])
+    shown = shown_reasons(module, data, rows, arts, decode, filt, hist, constrain=constrain, progress=progress,
+                          offer_retrieved=offer_retrieved)
+    report = rejection_report([s.selected for s in shown]) | {
+        "retrieved_copy_share": float(np.mean([s.source == "retrieved" for s in shown]))}
+    return [s.reason for s in shown], report
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -244,7 +250,7 @@ TABLES = {
         ("pattern prec.", "grounding_pattern_precision"), ("history-claim prec.", "history_claim_precision"),
         ("named-purchase prec.", "name_citation_precision"),
         ("personalised share", "probe_personalised_share"), ("cross-user dist.", "probe_cross_user_distance"),
-        ("top candidate rejected", "filter_rejection_rate")],
+        ("top candidate rejected", "filter_rejection_rate"), ("retrieved copy shown", "retrieved_copy_share")],
 }
 
 
@@ -320,7 +326,8 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     paths.offline()
     torch.manual_seed(args.seed)
-    variants = [s for s in args.systems if s in VARIANTS]
+    variants = list(dict.fromkeys([s for s in args.systems if s in VARIANTS] +
+                                  [OFFERED[s][0] for s in args.systems if s in OFFERED]))
     if args.train:
         train_missing(variants, args.train_args)
     loaded = {name: load_variant(name) for name in variants}
@@ -355,14 +362,17 @@ def main(argv=None) -> int:
         for system in args.systems:
             print(f"[evaluate] {split} / {system} ({len(frame)} examples)")
             report, parts = {}, None  # parts None: a generator's hook is its first sentence
-            if system in VARIANTS:
-                module, vdata = loaded[system]
-                hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode, constrain=args.constrain)
+            if system in VARIANTS or system in OFFERED:
+                run, k = OFFERED.get(system, (system, 0))
+                module, vdata = loaded[run]
+                hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode, constrain=args.constrain,
+                                             offer_retrieved=k)
             else:
                 parts = baseline_parts(system, frame, items, art.photo_lookup, store)
                 hyps = [f"{hook} {copy}".strip() for hook, copy in parts]
             m = score(hyps, frame, items, hist, vocab, with_embedding=not args.no_embedding, parts=parts)
             if report:
+                m["retrieved_copy_share"] = report.pop("retrieved_copy_share")
                 m["filter_rejection_rate"] = report["first_choice_rejected_rate"]  # the best candidate failed
                 m["filter_report"] = report
             if system in VARIANTS and split == "temporal":

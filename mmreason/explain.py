@@ -82,10 +82,12 @@ class Explanation:
     reason: str
     passed_filter: bool                     # False: no candidate passed; the best one is shown
     rejected: list[tuple[str, list[str]]] = field(default_factory=list)  # candidates before it, with causes
+    source: str = "generated"               # "retrieved": the generated hook + a retrieved copy (offer_retrieved)
 
 
 class Explainer:
-    def __init__(self, run=None, decode: DecodeConfig | str = "beam", batch_size: int = 32, constrain: bool = True):
+    def __init__(self, run=None, decode: DecodeConfig | str = "beam", batch_size: int = 32, constrain: bool = True,
+                 offer_retrieved: int = 0):
         from mmreason.lit import load_run  # lightning is only needed once a generator is used
 
         run = Path(run) if run is not None else paths.artifacts_dir() / DEFAULT_RUN
@@ -98,6 +100,7 @@ class Explainer:
         if isinstance(decode, str):
             decode = preset(decode, num_return_sequences=4) if decode != "greedy" else preset(decode)
         self.decode, self.batch_size, self.constrain = decode, batch_size, constrain
+        self.offer_retrieved = offer_retrieved  # shown.shown_reasons: retrieved copies offered after the hook
 
     def next_day(self) -> pd.Timestamp:
         """The day after the data ends: every purchase is history."""
@@ -128,8 +131,9 @@ class Explainer:
             hists += [history_sets(ctx["history"])] * len(arts)
             sizes.append(article_ids)
         shown = iter(shown_reasons(self.module, self.data, rows, articles, self.decode, self.filter, hists,
-                                   constrain=self.constrain, batch_size=self.batch_size, progress=progress))
-        return [[Explanation(a, s.reason, s.passed, s.rejected) for a, s in zip(ids, shown)] for ids in sizes]
+                                   constrain=self.constrain, batch_size=self.batch_size, progress=progress,
+                                   offer_retrieved=self.offer_retrieved))
+        return [[Explanation(a, s.reason, s.passed, s.rejected, s.source) for a, s in zip(ids, shown)] for ids in sizes]
 
     def _retrieval(self) -> tuple[int, str]:
         pc = self.data.pipeline_config
@@ -165,8 +169,9 @@ class Explainer:
                  **({"retrieved": retrieved[i]} if retrieved is not None else {})} for i, a in enumerate(dicts)]
         shown = shown_reasons(self.module, self.data, rows, dicts, self.decode, self.filter,
                               [history_sets(ctx["history"])] * len(rows), constrain=self.constrain, photo=photo,
-                              has_photo=has_photo, batch_size=self.batch_size, progress=progress)
-        return [Explanation(int(a["article_id"]), s.reason, s.passed, s.rejected) for a, s in zip(dicts, shown)]
+                              has_photo=has_photo, batch_size=self.batch_size, progress=progress,
+                              offer_retrieved=self.offer_retrieved)
+        return [Explanation(int(a["article_id"]), s.reason, s.passed, s.rejected, s.source) for a, s in zip(dicts, shown)]
 
     def __call__(self, customer_id: str, article_ids, day=None) -> list[str]:
         return [e.reason for e in self.explain(customer_id, article_ids, day)]
@@ -181,6 +186,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--day", default=None, help="as of this day (default: the day after the data ends)")
     p.add_argument("--run", default=None, help="generator run folder or checkpoint (default artifacts/runs/cpu)")
     p.add_argument("--decode", default="beam", help="decoding preset")
+    p.add_argument("--offer-retrieved", type=int, default=0, metavar="K",
+                   help="offer the first K retrieved copies after the generated hook, ahead of the generated copy")
     p.add_argument("--out", default=None, help="also write the reasons here as JSON")
     return p
 
@@ -189,7 +196,7 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     try:
         articles = read_new_articles(args.articles, args.images)
-        explainer = Explainer(args.run, decode=args.decode)
+        explainer = Explainer(args.run, decode=args.decode, offer_retrieved=args.offer_retrieved)
         out = explainer.explain_new(args.customer, articles, args.day, progress=True)
     except (DataError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

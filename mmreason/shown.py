@@ -7,6 +7,11 @@
                collate.NAME_SLOT where the hook names a purchase: it becomes the evidence's name;
     filter     filters.Filter.check on every candidate, best-ranked first;
     choose     the first candidate that passes; if none does, the best-ranked one, flagged.
+    offer      (offer_retrieved=k, off by default) the chosen reason's hook followed by each of the prompt's
+               first k retrieved copies (other products' copy, ``retrieval.neighbour_texts``) is filtered
+               first, ahead of the generated candidates: the retrieved copy is shown where it passes the
+               filter for this article (no contradicting colour / type / pattern), the generated one where
+               it does not. A candidate's ``source`` says which.
 
 Evaluation (evaluate.model_reasons and the personalisation probe), the notebooks' sweeps and case studies
 (analysis), RL's before/after scores, the Explainer (``recommend --explain``, serving) and training
@@ -22,6 +27,8 @@ from mmreason.collate import NAME_SLOT
 from mmreason.constraints import build as build_constraint
 from mmreason.filters import Filter, vocab_from_items
 from mmreason.generate import DecodeConfig, generate_reasons
+from mmreason.metrics import split_sentences
+from mmreason.retrieval import SEPARATOR
 
 _SLOT_RE = re.compile(r"\s*".join(re.escape(ch) for ch in NAME_SLOT))  # the slot as decoded, spaces or not
 
@@ -32,6 +39,7 @@ class Shown:
     passed: bool                 # False: no candidate passed (the best-ranked one is shown, flagged)
     rejected: list[tuple[str, list[str]]] = field(default_factory=list)  # candidates before it, with causes
     candidates: list[str] = field(default_factory=list)  # every candidate, ranked, slots filled
+    source: str = "generated"    # "retrieved": the generated hook + a retrieved copy (offer_retrieved)
 
     @property
     def selected(self) -> tuple[str | None, list[tuple[str, list[str]]]]:
@@ -58,9 +66,17 @@ def fill_slots(text: str, names: Sequence[str]) -> str:
     return _SLOT_RE.sub(names[0] if names else "", text) if NAME_SLOT[0] in text else text
 
 
+def offered(reason: str, retrieved: str, k: int) -> list[str]:
+    """The hook of ``reason`` (its first sentence) followed by each of the first ``k`` retrieved copies."""
+    sentences = split_sentences(reason)
+    hook = sentences[0] if sentences else ""
+    return [f"{hook} {copy}".strip() for copy in (retrieved or "").split(SEPARATOR)[:k] if copy.strip()]
+
+
 def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mapping], decode: DecodeConfig,
                   filt: Filter, histories: Sequence[Mapping | None] | None = None, constrain: bool = True,
-                  photo=None, has_photo=None, batch_size: int = 48, progress: bool = False) -> list[Shown]:
+                  photo=None, has_photo=None, batch_size: int = 48, progress: bool = False,
+                  offer_retrieved: int = 0) -> list[Shown]:
     """The shown reason for every row.
 
     model: a ``ReasonModel`` (or a module holding one as ``.model``); data: the run's ``ReasonDataModule``
@@ -68,6 +84,8 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
     prompt fields (user_profile, evidence, behaviour, product) and cited_name; articles: the article's
     columns per row; histories: per row what ``filters.Filter.check`` reads (None: claims unchecked).
     photo / has_photo: row-aligned embeddings, looked up by article_id when not given.
+    offer_retrieved: how many of the prompt's retrieved copies to offer after the generated hook (module
+    docstring); needs a run whose prompt has the retrieved segment.
     """
     model = getattr(model, "model", model)
     histories = list(histories) if histories is not None else [None] * len(rows)
@@ -83,17 +101,25 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
         # a slot run spells the slot where the hook names a purchase: that is what the trie allows
         constraints = [build_constraint(data.tokenizer, a, [NAME_SLOT] if (slots and n) else n, filt, cache)
                        for a, n in zip(articles, names)]
-    cands = generate_reasons(model, data.tokenizer, [data.prompt_example(dict(r)) for r in rows], photo, has_photo,
+    prompts = [data.prompt_example(dict(r)) for r in rows]
+    if offer_retrieved and not all("retrieved" in p for p in prompts):
+        raise ValueError("offer_retrieved needs a run whose prompt_fields include 'retrieved'")
+    cands = generate_reasons(model, data.tokenizer, prompts, photo, has_photo,
                              decode, batch_size=batch_size, max_prompt_tokens=data.max_prompt_tokens,
                              progress=progress, constraints=constraints)
     out = []
-    for c, a, h, n in zip(cands, articles, histories, names):
+    for c, p, a, h, n in zip(cands, prompts, articles, histories, names):
         c = [fill_slots(t, n) for t in c]
         # no candidate at all (every beam ended under the constraint) is filtered as one empty reason, so
         # every caller sees why ("empty") instead of an empty rejection list
         chosen, rejected = filt.select(c or [""], a, h)
-        shown = chosen if chosen is not None else rejected[0][0]
-        out.append(Shown(shown, chosen is not None, rejected, c))
+        shown = Shown(chosen if chosen is not None else rejected[0][0], chosen is not None, rejected, c)
+        if offer_retrieved:
+            offers = offered(shown.reason, p["retrieved"], offer_retrieved)
+            pick, refused = filt.select(offers, a, h)
+            shown = (Shown(pick, True, refused, offers + c, "retrieved") if pick is not None else
+                     Shown(shown.reason, shown.passed, refused + rejected, offers + c))
+        out.append(shown)
     return out
 
 

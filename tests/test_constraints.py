@@ -177,3 +177,29 @@ def test_one_path_from_candidates_to_the_shown_reason():
         if re.search(r"\bgenerate_reasons\(|\.select\(", text):
             offenders.append(f.name)
     assert offenders == []
+
+
+def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
+    """offer_retrieved=1: the generated hook + the first retrieved copy is shown when it passes the filter
+    for this article; a retrieved copy naming another colour (a neighbour's) is refused and the generated
+    reason is shown; without offer_retrieved the retrieved copy is never shown."""
+    tokenizer = tiny_tokenizer(SENTENCES)
+    model = tiny_model(tokenizer)
+    fits, wrong = "Soft cotton jersey with a round neckline.", "Black trousers in navy blue."
+    rows = [dict(EXAMPLES[0], cited_name="", evidence="", retrieved=f"{r} | Another copy.") for r in (fits, wrong)]
+    data = _data(tokenizer, False)
+    data.prompt_example = lambda r: {k: r.get(k, "") for k in ("user_profile", "evidence", "behaviour", "product",
+                                                                "retrieved")} | {"article_id": r["article_id"]}
+    decode_cfg = DecodeConfig("greedy", max_new_tokens=30)
+    with Script(model, tokenizer, " Red dress for you. A wrap dress."):
+        off = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)
+    with Script(model, tokenizer, " Red dress for you. A wrap dress."):
+        on = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2, offer_retrieved=1)
+    assert all(s.source == "generated" and fits not in s.reason for s in off)
+    hook = M.split_sentences(off[0].reason)[0]
+    assert on[0].source == "retrieved" and on[0].reason == f"{hook} {fits}" and on[0].passed
+    assert on[0].candidates[0] == on[0].reason and "Another copy." not in " ".join(on[0].candidates)
+    assert on[1].source == "generated" and on[1].reason == off[1].reason
+    assert on[1].rejected[0] == (f"{hook} {wrong}", ["wrong_colour", "wrong_type"])
+    with pytest.raises(ValueError, match="retrieved"):
+        shown_reasons(model, _data(tokenizer, False), rows, [ARTICLE] * 2, decode_cfg, FILTER, offer_retrieved=1)

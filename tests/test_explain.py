@@ -79,3 +79,19 @@ def test_bad_articles_file_is_one_line_and_writes_nothing(work, monkeypatch, cap
     assert not out.exists()
     with pytest.raises(DataError, match="no such articles file"):
         explain.read_new_articles(tmp_path / "none.csv")
+
+
+def test_offer_retrieved_shows_the_retrieved_copy_after_the_hook(work, monkeypatch, capsys):
+    """--offer-retrieved 1: a shown reason whose source is "retrieved" is its hook followed by the article's
+    first retrieved copy (from the current datastore, never its own product's copy)."""
+    out = work / "offered.json"
+    assert run(work, monkeypatch, "--offer-retrieved", "1", "--out", str(out)) == 0
+    got = json.loads(out.read_text())
+    ex = explain.Explainer(work / "run", decode="greedy")
+    store = retrieval.ensure_store(ex.data.artifacts.items, ex.data.artifacts.cache, progress=False)
+    firsts = [t.split(retrieval.SEPARATOR)[0] for t in retrieval.neighbour_texts(
+        store, explain.read_new_articles(work / "new.csv", work / "photos"), k=1, progress=False)]
+    assert any(g["source"] == "retrieved" for g in got)
+    for g, first in zip(got, firsts):
+        assert g["source"] in ("generated", "retrieved")
+        assert (g["source"] == "retrieved") == (g["passed_filter"] and g["reason"].endswith(" " + first)), g
