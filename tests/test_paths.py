@@ -62,6 +62,9 @@ def test_command_defaults_follow_the_roots(roots):
     assert Path(rl.get_parser().parse_args(["--run", "artifacts/runs/dp"]).run) == art / "runs" / "dp"
     assert Path(serve.get_parser().parse_args([]).out) == res / "serve"
     assert paths.results_dir("cpu") == res / "cpu"
+    # an RL run recorded its supervised checkpoint as artifacts/runs/...: still the same run, so it resumes
+    assert rl.same_run("artifacts/runs/cpu/checkpoints/last.ckpt", art / "runs" / "cpu" / "checkpoints" / "last.ckpt")
+    assert not rl.same_run("artifacts/runs/dp/checkpoints/last.ckpt", art / "runs" / "cpu" / "checkpoints" / "last.ckpt")
 
 
 def test_train_evaluate_explain_recommend_write_only_under_the_roots(roots, tmp_path, capsys):
