@@ -43,7 +43,6 @@ from mmreason.generate import DecodeConfig, decode
 from mmreason.lit import ReasonModule, cpu_has_bf16, load_run
 from mmreason.model import SEG_REASON, ModelConfig, ReasonModel
 
-RESULTS = paths.REPO_ROOT / "results" / "bench"
 # Published single-H100 training throughput of GPT-2 124M (bf16), for the CUDA section.
 ANCHORS = {"llm.c (GPT-2 124M, H100)": 468e3, "modded-nanogpt (GPT-2 124M, H100)": 330e3}
 
@@ -410,8 +409,8 @@ def markdown(r: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmreason.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", default=str(paths.artifacts_dir() / "runs" / "cpu"), help="a trained run (folder or .ckpt)")
-    p.add_argument("--out", default=str(RESULTS), help="folder for <device>.json and <device>.md")
+    p.add_argument("--run", type=paths.resolve, default=paths.run_dir(), help="a trained run (folder or .ckpt)")
+    p.add_argument("--out", type=Path, default=paths.results_dir("bench"), help="folder for <device>.json and <device>.md")
     p.add_argument("--tiny", action="store_true", help="a few steps and prompts (tests, smoke runs)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (it compiles for minutes)")
     p.add_argument("--no-cuda", action="store_true", help="skip the CUDA 124M section even where CUDA is present")

@@ -147,7 +147,7 @@ def baseline_parts(system: str, frame: pd.DataFrame, items: pd.DataFrame, lookup
 
 
 def load_variant(name: str) -> tuple[ReasonModule, ReasonDataModule] | None:
-    root = Path(VARIANTS[name][0])  # relative to the working folder, like trainer.default_root_dir
+    root = paths.resolve(VARIANTS[name][0])  # under the artifacts root, like trainer.default_root_dir
     return load_run(root) if find_checkpoint(root) is not None else None
 
 
@@ -302,7 +302,7 @@ def train_missing(variants, extra: list[str]) -> None:
     for name in variants:
         if load_variant(name) is None:
             root, overrides = VARIANTS[name]
-            print(f"[evaluate] training {name} -> {root}")
+            print(f"[evaluate] training {name} -> {paths.resolve(root)}")  # train resolves it the same way
             train.main(["--config", str(CONFIG), "--trainer.default_root_dir", root, *overrides, "--n_report", "0", *extra])
 
 
@@ -393,7 +393,7 @@ def main(argv=None) -> int:
                         dropout[f"{system}, {label}"] = dropout_scores(hyps, frame, items, vocab)
     meta = {"run": args.run, "n": args.n, "seed": args.seed, "decode": args.decode, "constrain": args.constrain,
             "seconds": round(time.time() - t0)}
-    out = Path(args.out or paths.REPO_ROOT / "results" / args.run)
+    out = Path(args.out or paths.results_dir(args.run))
     table = markdown(results, dropout, meta)
     write_report(out, "metrics", {"meta": meta, "results": results, "attribute_dropout": dropout, "samples": samples},
                  table)

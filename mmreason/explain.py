@@ -36,7 +36,6 @@ from mmreason.filters import Filter, vocab_from_items
 from mmreason.generate import DecodeConfig, preset
 from mmreason.shown import history_sets, shown_reasons
 
-DEFAULT_RUN = Path("runs") / "cpu"  # under artifacts/: the default `python -m mmreason.train` run
 # what a new article needs: its prompt's product segment (data.product_text), the filter's and the constraint's
 # attributes, and its product code (retrieval never lends an article its own product's copy)
 NEW_ARTICLE_COLUMNS = ["article_id", "product_code", "prod_name", "product_type_name", "product_group_name",
@@ -90,7 +89,7 @@ class Explainer:
                  offer_retrieved: int = 0):
         from mmreason.lit import load_run  # lightning is only needed once a generator is used
 
-        run = Path(run) if run is not None else paths.artifacts_dir() / DEFAULT_RUN
+        run = paths.resolve(run) if run is not None else paths.run_dir()  # the default `mmreason.train` run
         self.module, self.data = load_run(run)
         art = self.data.artifacts
         self.tables = load_tables(art.data_dir, names=("users", "items", "interactions"))

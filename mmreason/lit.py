@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mmreason import privacy
+from mmreason import paths, privacy
 from mmreason.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, NAME_SLOT, collate, encode_example
 from mmreason.io import DataError
 from mmreason.model import ModelConfig, ReasonModel
@@ -468,8 +468,9 @@ def find_checkpoint(path) -> Path | None:
     In a folder the newest run decides, whatever the file names: its ``last.ckpt`` (or else the most
     recently written checkpoint) records which file its ``ModelCheckpoint`` kept as best. A best file
     written with other settings than that run's (an older run's, left behind in a reused folder) is refused.
+    A relative ``artifacts/runs/<name>`` is under the artifacts root (``paths.resolve``).
     """
-    path = Path(path)
+    path = paths.resolve(path)
     if path.is_file():
         return path
     d = path / "checkpoints" if (path / "checkpoints").is_dir() else path

@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     meta = {"n_members": int(frame["member"].sum()), "n_nonmembers": int((~frame["member"]).sum()),
             "customers": args.customers, "per_customer": args.per_customer, "holdout": args.holdout,
             "length_auc": length_auc, "n_gen": args.n_gen, "seed": args.seed, "seconds": round(time.time() - t0)}
-    out = Path(args.out or paths.REPO_ROOT / "results" / "privacy")
+    out = Path(args.out or paths.results_dir("privacy"))
     table = markdown(rows, meta)
     write_report(out, "cpu", {"meta": meta, "runs": rows}, table)
     print(table)

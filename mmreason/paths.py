@@ -1,7 +1,13 @@
-"""Where things live: the shared raw data (read-only) and the git-ignored artifacts folder.
+"""Where things live: the shared raw data (read-only), the git-ignored artifacts folder and the results.
 
-Every default can be overridden by a flag on the CLIs or by an environment variable:
-``MMREASON_HM_DIR``, ``MMREASON_AMAZON_DIR`` and ``MMREASON_ARTIFACTS``.
+This module is the one place that decides; the commands ask it and pass the paths down. Every default can
+be overridden by a flag on the CLIs or by an environment variable: ``MMREASON_HM_DIR``,
+``MMREASON_AMAZON_DIR``, ``MMREASON_ARTIFACTS`` (prepared data, caches and runs: ``runs/<name>``) and
+``MMREASON_RESULTS`` (the committed reports: ``<name>/metrics.md`` ...).
+
+A path on a command line or in a config that starts with ``artifacts/`` (``configs/cpu.yaml``'s
+``default_root_dir: artifacts/runs/cpu``, ``--run artifacts/runs/dp``) names a place under the artifacts
+root, whatever the working folder (``resolve``); other relative paths are relative to the working folder.
 """
 from __future__ import annotations
 
@@ -23,6 +29,32 @@ def amazon_dir() -> Path:
 def artifacts_dir() -> Path:
     """Git-ignored root for prepared tables, tokenizers, checkpoints, caches and runs."""
     return Path(os.environ.get("MMREASON_ARTIFACTS", REPO_ROOT / "artifacts"))
+
+
+DEFAULT_RUN = "cpu"  # configs/cpu.yaml's run: what explain, recommend --explain, serve, rl and bench load
+
+
+def runs_dir() -> Path:
+    """Trained runs, one folder each (``checkpoints/``, ``logs/``, ``tb/``, ``summary.json``)."""
+    return artifacts_dir() / "runs"
+
+
+def run_dir(name: str = DEFAULT_RUN) -> Path:
+    return runs_dir() / name
+
+
+def results_dir(name: str = "") -> Path:
+    """The reports that are committed (``results/<name>/``), or ``$MMREASON_RESULTS/<name>``."""
+    return Path(os.environ.get("MMREASON_RESULTS", REPO_ROOT / "results")) / name
+
+
+def resolve(path) -> Path:
+    """A path from a command line or a config: a relative ``artifacts/...`` is that place under
+    ``artifacts_dir()`` (absolute, so resolving again changes nothing); anything else is kept as given."""
+    p = Path(path)
+    if not p.is_absolute() and p.parts[:1] == ("artifacts",):
+        return artifacts_dir().absolute().joinpath(*p.parts[1:])
+    return p
 
 
 def offline() -> None:

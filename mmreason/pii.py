@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     from mmreason import paths
 
     args = get_parser().parse_args(argv)
-    targets = args.paths or [paths.REPO_ROOT / "results", paths.REPO_ROOT / "figures", paths.REPO_ROOT / "README.md"]
+    targets = args.paths or [paths.results_dir(), paths.REPO_ROOT / "figures", paths.REPO_ROOT / "README.md"]
     missing = [t for t in targets if not Path(t).exists()]
     if missing:
         print(f"error: {missing[0]}: not found", file=sys.stderr)

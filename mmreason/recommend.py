@@ -679,9 +679,6 @@ def recommend_for_user(model_name: str, user_id: str, k: int = 10, *, split: str
 
 # --------------------------------------------------------------------------- explanations
 
-DEFAULT_GENERATOR = Path("runs") / "cpu"  # under artifacts/: the default `python -m mmreason.train` run
-
-
 def load_explainer(generator) -> ExplainFn:
     """The reason generator in ``generator`` (a run folder or checkpoint) as ``explain_fn(customer_id,
     article_ids, day) -> reasons``; prompts are built as of ``day`` like the training examples."""
@@ -693,7 +690,7 @@ def load_explainer(generator) -> ExplainFn:
 def _explain(args, cid: str, frame: pd.DataFrame, explain_fn: ExplainFn | None) -> pd.DataFrame:
     from mmreason.lit import find_checkpoint
 
-    run = Path(args.generator) if args.generator else paths.artifacts_dir() / DEFAULT_GENERATOR
+    run = paths.resolve(args.generator) if args.generator else paths.run_dir()  # the default `mmreason.train` run
     if explain_fn is None:
         if find_checkpoint(run) is None:
             print(f"[recommend] reasons need a trained reason generator (no checkpoint at {run}; "
@@ -726,7 +723,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="two_tower", choices=MODELS, help="the model used with --user")
     p.add_argument("-k", "--k", type=int, default=10, help="articles shown with --user")
     p.add_argument("--explain", action="store_true", help="with --user: a generated reason per article")
-    p.add_argument("--generator", default=None, help=f"reason-generator run folder or checkpoint (default artifacts/{DEFAULT_GENERATOR})")
+    p.add_argument("--generator", default=None, help=f"reason-generator run folder or checkpoint (default artifacts/runs/{paths.DEFAULT_RUN})")
     p.add_argument("--no-progress", action="store_true")
     for f in TwoTowerConfig.__dataclass_fields__.values():  # --dim, --epochs, ... straight from the config
         kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)

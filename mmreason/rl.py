@@ -21,7 +21,7 @@ Before and after, the deployed decoding (beam + filter, as ``mmreason.evaluate``
 unseen-product and temporal test sets: mean reward and its parts, grounding precision, filter
 rejection, Distinct-2 / USR / Self-BLEU and copy quality. Writes ``<out>/checkpoints/last.ckpt``
 (loadable like any run: ``lit.load_run``, ``recommend --explain --generator <out>``), ``<out>/log.csv``
-and ``results/<run>/rl.{json,md}``. A rerun resumes from the last checkpoint of the same settings.
+and ``results/cpu/rl.{json,md}`` (``--results``). A rerun resumes from the last checkpoint of the same settings.
 """
 from __future__ import annotations
 
@@ -292,6 +292,11 @@ def resumable(config: RLConfig) -> dict:
     return {k: v for k, v in asdict(config).items() if k != "steps"}
 
 
+def same_run(recorded: str, base_path: Path) -> bool:
+    """A recorded supervised checkpoint is ``base_path`` (records before issue 16 say ``artifacts/runs/...``)."""
+    return paths.resolve(recorded).resolve() == Path(base_path).resolve()
+
+
 def save(path: Path, module, base_ckpt: dict, optimizer, config: RLConfig, step: int, log: list[dict], run: str) -> None:
     # settings and the recorded artifacts (ReasonDataModule's state) of the supervised run
     ckpt = {k: v for k, v in base_ckpt.items() if k in ("hyper_parameters", "datamodule_hyper_parameters", "ReasonDataModule")}
@@ -320,8 +325,10 @@ def write_log(path: Path, log: list[dict]) -> None:
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmreason.rl", description=__doc__.split("\n")[0])
-    p.add_argument("--run", default="artifacts/runs/cpu", help="supervised generator: run folder or checkpoint")
-    p.add_argument("--out", default="artifacts/runs/rl", help="RL run folder (checkpoints/last.ckpt, log.csv)")
+    p.add_argument("--run", type=paths.resolve, default="artifacts/runs/cpu",
+                   help="supervised generator: run folder or checkpoint")
+    p.add_argument("--out", type=paths.resolve, default="artifacts/runs/rl",
+                   help="RL run folder (checkpoints/last.ckpt, log.csv)")
     p.add_argument("--results", default=None, help="where rl.json / rl.md go (default results/cpu)")
     p.add_argument("--feedback", default=None, help="feedback model (default artifacts/feedback/model.pkl; "
                                                     "trained first if missing)")
@@ -398,7 +405,7 @@ def main(argv=None) -> int:
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=False)
         same = {k: v for k, v in ck.get("rl", {}).get("config", {}).items() if k != "steps"} == resumable(config)
-        if same and ck["rl"].get("supervised_run") == str(base_path) and ck["rl"]["step"] <= config.steps:
+        if same and same_run(ck["rl"].get("supervised_run", ""), base_path) and ck["rl"]["step"] <= config.steps:
             policy.load_state_dict(ck["state_dict"])
             optimizer.load_state_dict(ck["rl"]["optimizer"])
             step, log = ck["rl"]["step"], ck["rl"]["log"]
@@ -410,7 +417,7 @@ def main(argv=None) -> int:
     key = {"run": str(base_path), "n_eval": args.n_eval, "n_val": args.n_val, "decode": args.decode,
            "config": resumable(config)}
     before = json.loads(before_path.read_text()) if before_path.exists() else None
-    if not before or before.get("key") != key:
+    if not before or before.get("key", {}) | {"run": key["run"]} != key or not same_run(before["key"]["run"], base_path):
         print("[rl] scoring the supervised model (before)")
         before = {"key": key, "sampled": sampled_reward(reference.model, val_prompts, reward, config, tok),
                   "deployed": {s: deployed_scores(reference, data, p, reward, items, args.decode,
@@ -444,7 +451,7 @@ def main(argv=None) -> int:
     meta = {"run": str(base_path), "out": str(out), "steps": config.steps, "config": asdict(config),
             "seconds": round(time.time() - t0), "n_eval": args.n_eval, "decode": args.decode}
     table = markdown(before["deployed"], after["deployed"], before["sampled"], after["sampled"], meta)
-    results = Path(args.results or paths.REPO_ROOT / "results" / "cpu")
+    results = Path(args.results or paths.results_dir("cpu"))
     write_report(results, "rl", {"meta": meta, "before": before, "after": after, "log_tail": log[-5:]}, table)
     print(table)
     print(f"[rl] wrote {last}, {out / 'log.csv'}, {results / 'rl.json'} and rl.md ({meta['seconds']} s)")

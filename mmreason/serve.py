@@ -31,6 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mmreason import paths
 from mmreason.recommend import TwoTowerConfig
 from mmreason.serving import Batcher, NotFound, Service
 
@@ -302,7 +303,7 @@ def get_parser() -> argparse.ArgumentParser:
                        help=f"two-tower {f.name} (default {f.default})")
     p.add_argument("--loadtest", action="store_true", help="run the loopback load test (mmreason.loadtest) and exit")
     p.add_argument("--duration", type=float, default=30.0, help="--loadtest: seconds per cell (default 30)")
-    p.add_argument("--out", default="results/serve", help="--loadtest: where cpu.md/cpu.json go")
+    p.add_argument("--out", default=str(paths.results_dir("serve")), help="--loadtest: where cpu.md/cpu.json go")
     return p
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 
 from mmreason import paths
 from mmreason import recommend as R
-from mmreason.explain import DEFAULT_RUN, Explainer, Explanation
+from mmreason.explain import Explainer, Explanation
 
 
 class NotFound(KeyError):
@@ -49,7 +49,7 @@ class Service:
 
     def __init__(self, run=None, decode: str = "beam", model: str = "two_tower", recommend_dir=None,
                  two_tower: R.TwoTowerConfig | None = None, progress: bool = False):
-        self.run = Path(run) if run is not None else paths.artifacts_dir() / DEFAULT_RUN
+        self.run = paths.resolve(run) if run is not None else paths.run_dir()
         self.explainer = Explainer(self.run, decode=decode)
         data_dir = self.explainer.data.artifacts.data_dir  # the tables the generator was trained on
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text())

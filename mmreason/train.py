@@ -5,7 +5,8 @@ A ``LightningCLI`` over ``ReasonModule`` and ``ReasonDataModule``. With no ``--c
 domain CLIP, photo-embedding cache; see ``pipeline.py``), then trains, then prints generated reasons for
 a few test users next to their silver targets and the validation perplexity beside a unigram model's.
 
-Logs and checkpoints go under ``trainer.default_root_dir`` (``<root>/checkpoints``, ``<root>/logs``, ``<root>/tb``).
+Logs and checkpoints go under ``trainer.default_root_dir`` (``<root>/checkpoints``, ``<root>/logs``, ``<root>/tb``);
+a relative ``artifacts/runs/<name>`` there is under the artifacts root (``paths.resolve``, ``$MMREASON_ARTIFACTS``).
 Resuming: ``--ckpt_path last`` continues the run in ``<root>/checkpoints``
 (same step, optimizer and scheduler state); ``auto`` (the default) does so only when ``last.ckpt`` was
 written by the same configuration, and otherwise starts afresh. ``--ckpt_path none`` always starts afresh.
@@ -42,7 +43,9 @@ class ReasonCLI(LightningCLI):
             print(f"[train] this CPU has no bf16 matmul (AVX512-BF16 or AMX): precision {trainer['precision']} "
                   "-> 32-true")
             trainer["precision"] = "32-true"
-        root = trainer["default_root_dir"] or "artifacts/runs/default"
+        # artifacts/runs/<name> (the configs' form) is under the artifacts root, whatever the working folder
+        root = str(paths.resolve(trainer["default_root_dir"] or "artifacts/runs/default"))
+        trainer["default_root_dir"] = root
         for lg in trainer.get("logger") or []:
             if hasattr(lg, "init_args") and "save_dir" in lg.init_args:
                 lg.init_args["save_dir"] = root
