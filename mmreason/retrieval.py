@@ -439,7 +439,7 @@ def main(argv=None) -> int:
                       "store": f"artifacts/{where}" if where else store.path,
                       "text_encoder": store.meta["text_encoder"], "photo_embeddings": Path(art.cache["path"]).name,
                       "tables": Path(art.data_dir).name, "seconds": round(time.time() - t0)}
-    out = Path(args.out or paths.REPO_ROOT / "results" / "cpu")
+    out = Path(args.out) if args.out else paths.results_dir("cpu")
     table = markdown(report)
     write_report(out, "retrieval", report, table)
     print(table)
