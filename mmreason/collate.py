@@ -24,6 +24,7 @@ PAD = EOS
 PROMPT_PARTS = [("user_profile", USER, SEG_USER), ("evidence", BEHAVIOUR, SEG_BEHAVIOUR),
                 ("behaviour", None, SEG_BEHAVIOUR), ("product", PRODUCT, SEG_PRODUCT), ("retrieved", None, SEG_PRODUCT)]
 OPTIONAL_PARTS = ("evidence", "retrieved")  # not in a run's prompt unless its max_prompt_tokens names them
+RETRIEVED_SEPARATOR = " | "  # between the retrieved copies in the "retrieved" part (retrieval.neighbour_texts)
 # evidence: above its longest text in bytes, so it is never cut (data.PROMPT_BUDGET, audited there)
 DEFAULT_MAX_PROMPT_TOKENS = {"user_profile": 48, "evidence": 224, "behaviour": 64, "product": 48}
 # Delexicalised targets (ReasonDataModule(slots=True)): the hook's cited purchase name is this slot, which

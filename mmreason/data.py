@@ -35,9 +35,10 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mmreason import paths
+from mmreason import amazon, paths
 from mmreason.io import DataError, Report, atomic_dir, file_stat, fingerprint
 from mmreason.reasons import Purchase, build_hook, product_copy
+from mmreason.splits import temporal_split, unseen_product_split  # noqa: F401 (data.temporal_split)
 
 VERSION = 6  # bump when the tables' content changes, so stale tables are rebuilt
 
@@ -273,35 +274,6 @@ def behaviour_text(history: list[Purchase], n: int) -> str:
         return "no earlier purchases"
     return "; ".join(f"{p.prod_name} ({p.product_type_name}, {p.colour_group_name}, {p.days_ago} days ago)"
                      for p in history[:n])
-
-
-# --------------------------------------------------------------------------- splits
-
-def unseen_product_split(product_codes, seed: int, test_frac: float, val_frac: float) -> dict[int, str]:
-    """Whole product codes (all colour variants of a product) go to one of train / val / test."""
-    codes = np.array(sorted(set(int(c) for c in product_codes)))
-    order = np.random.default_rng(seed).permutation(len(codes))
-    n_test, n_val = int(round(test_frac * len(codes))), int(round(val_frac * len(codes)))
-    if len(codes) >= 3:  # a tiny catalogue still gets one held-out product in each
-        n_test, n_val = max(n_test, int(test_frac > 0)), max(n_val, int(val_frac > 0))
-    split = np.full(len(codes), "train", dtype=object)
-    split[order[:n_test]] = "test"
-    split[order[n_test:n_test + n_val]] = "val"
-    return dict(zip(codes.tolist(), split.tolist()))
-
-
-def temporal_split(days: list) -> dict:
-    """Per user: last purchase day -> test, the one before -> val, the rest -> train.
-
-    A user with two days gives train + test; with one day, train only (nothing to predict from).
-    """
-    days = sorted(days)
-    split = {d: "train" for d in days}
-    if len(days) >= 2:
-        split[days[-1]] = "test"
-    if len(days) >= 3:
-        split[days[-2]] = "val"
-    return split
 
 
 # --------------------------------------------------------------------------- building the tables
@@ -633,8 +605,6 @@ def prepare_tables(argv=None) -> Path:
     """``python -m mmreason.data`` as a function: the folder of the prepared tables; ``DataError`` on bad input."""
     args = get_parser().parse_args(argv)
     if args.dataset == "amazon":
-        from mmreason import amazon
-
         args.amazon_dir = args.amazon_dir or str(paths.amazon_dir())
         args.out = args.out or str(paths.artifacts_dir() / "data" / "amazon")
         info, out = amazon.prepare(args)

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from mmreason import embed as embed_lib
 from mmreason import paths
 from mmreason.clip import torch_bytes
+from mmreason.collate import RETRIEVED_SEPARATOR
 from mmreason.data import product_text
 from mmreason.io import DataError, atomic_dir, atomic_write_bytes, atomic_write_json, fingerprint, write_report
 
@@ -291,7 +292,7 @@ def retrieve_copies(store: Datastore, articles: pd.DataFrame, by: str = "text", 
 # ----------------------------------------------------------------------------- the prompt's retrieved segment
 
 NEIGHBOURS, NEIGHBOURS_FILE = "neighbours", "neighbours.parquet"
-SEPARATOR = " | "  # between the retrieved copies in the prompt
+SEPARATOR = RETRIEVED_SEPARATOR  # between the retrieved copies in the prompt (defined with the prompt's parts)
 
 
 def neighbour_texts(store: Datastore, articles: pd.DataFrame, k: int, by: str = "text", encoder=None,

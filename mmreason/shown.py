@@ -23,12 +23,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mmreason.collate import NAME_SLOT
+from mmreason.collate import NAME_SLOT, RETRIEVED_SEPARATOR
 from mmreason.constraints import build as build_constraint
 from mmreason.filters import Filter, vocab_from_items
 from mmreason.generate import DecodeConfig, generate_reasons
 from mmreason.metrics import split_sentences
-from mmreason.retrieval import SEPARATOR
 
 _SLOT_RE = re.compile(r"\s*".join(re.escape(ch) for ch in NAME_SLOT))  # the slot as decoded, spaces or not
 
@@ -70,7 +69,7 @@ def offered(reason: str, retrieved: str, k: int) -> list[str]:
     """The hook of ``reason`` (its first sentence) followed by each of the first ``k`` retrieved copies."""
     sentences = split_sentences(reason)
     hook = sentences[0] if sentences else ""
-    return [f"{hook} {copy}".strip() for copy in (retrieved or "").split(SEPARATOR)[:k] if copy.strip()]
+    return [f"{hook} {copy}".strip() for copy in (retrieved or "").split(RETRIEVED_SEPARATOR)[:k] if copy.strip()]
 
 
 def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mapping], decode: DecodeConfig,
