@@ -118,6 +118,11 @@ def test_repetitive(filt):
     copy = "Wide trousers with a zip at the back and a pleat at the back of the waist."
     assert filt.check(copy, ARTICLE, None) == []
     assert Filter(vocab_from_items(ITEMS), max_repeats=1).check(copy, ARTICLE, None) == ["repetitive"]
+    # a looping hook (seen in the default run's shown reasons): no 3-gram thrice, but "most recently" twice
+    looping = ("More from Trousers, where you have shopped twice, most recently for most recently with it 6 months "
+               "ago. Wide trousers in woven fabric.")
+    assert filt.check(looping, ARTICLE, None) == ["repetitive"]
+    assert filt.check(looping.replace("most recently for ", ""), ARTICLE, None) == []
 
 
 def test_truncated_and_empty(filt):
