@@ -93,6 +93,12 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
                 hyps, _ = evaluate.model_reasons(*loaded[system], frame, items, hist, filt, preset("greedy"),
                                                  progress=False)
                 hooks, copies = zip(*map(evaluate.first_sentence_split, hyps))
+            elif system in evaluate.OFFERED:  # the run's hook + a retrieved copy where it passes the filter
+                run, k = evaluate.OFFERED[system]
+                hyps, report = evaluate.model_reasons(*loaded[run], frame, items, hist, filt, preset("greedy"),
+                                                      progress=False, offer_retrieved=k)
+                assert r["retrieved_copy_share"] == pytest.approx(report["retrieved_copy_share"])
+                hooks, copies = zip(*map(evaluate.first_sentence_split, hyps))
             elif system == "template":
                 hyps = evaluate.template_reasons(frame, items)
                 sections = items.set_index("article_id").loc[frame["article_id"], "section_name"]
