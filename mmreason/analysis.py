@@ -142,7 +142,7 @@ def decoding_sweep(module, data, frame: pd.DataFrame, items: pd.DataFrame, hist:
         shown = generate(module, data, frame, decode, items=items, hist=hist, filt=filt)
         seconds = time.perf_counter() - t0
         cands = [s.candidates for s in shown]
-        hyps = [c[0] for c in cands]
+        hyps = [c[0] if c else "" for c in cands]  # no candidate (every beam ended under the constraint): empty
         selected = [s.selected for s in shown]
         rows.append({
             "decoder": name, "strategy": decode.strategy, "temperature": decode.temperature, "top_p": decode.top_p,

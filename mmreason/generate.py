@@ -192,8 +192,10 @@ def _greedy_or_sample(model, start, config, eos_id, generator, make_constrainer=
         lp = _logprobs(logits, tokens, config, constrainer)
         if config.strategy == "greedy":
             best, nxt = lp.max(-1)                                             # first maximum, as argmax
-        else:  # done rows get a harmless uniform row: an all -inf row cannot be sampled
-            nxt = _sample(lp.masked_fill(done[:, None], 0.0), config, generator)
+        else:  # done rows, and rows the constraint left no token (scored -inf, as greedy scores them), get a
+            # harmless uniform row: an all -inf row cannot be sampled
+            stuck = done | torch.isneginf(lp).all(-1)
+            nxt = _sample(lp.masked_fill(stuck[:, None], 0.0), config, generator)
             best = lp.gather(1, nxt[:, None]).squeeze(1)
         nxt = nxt.masked_fill(done, eos_id)
         live = ~done

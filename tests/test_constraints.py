@@ -203,3 +203,16 @@ def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
     assert on[1].rejected[0] == (f"{hook} {wrong}", ["wrong_colour", "wrong_type"])
     with pytest.raises(ValueError, match="retrieved"):
         shown_reasons(model, _data(tokenizer, False), rows, [ARTICLE] * 2, decode_cfg, FILTER, offer_retrieved=1)
+
+
+def test_sampling_survives_a_row_the_constraint_leaves_no_token(model, tokenizer, batch):
+    """A row whose every token is forbidden scores -inf (as greedy scores it) instead of crashing the sampler
+    (torch.multinomial on an all -inf row: the notebooks' decoding sweep hit it on the default run)."""
+    from mmreason.constraints import Constraint
+
+    everything = Constraint(banned=set(range(len(tokenizer))))
+    out = decode(model, batch, DecodeConfig("sample", num_return_sequences=2, seed=0, max_new_tokens=8),
+                 token_id(tokenizer, EOS), constraints=[everything, None, None], tokenizer=tokenizer)
+    assert len(out) == 3 and all(len(c) == 2 for c in out)
+    assert all(score == float("-inf") for _, score in out[0])
+    assert all(score > float("-inf") for c in out[1:] for _, score in c)
