@@ -143,8 +143,10 @@ def _same_word(a: str, b: str) -> bool:
 
 
 def _compatible(named: str, truth: str) -> bool:
-    """Equal, or one's words all occur in the other ("blue" ~ "light blue", "top" ~ "vest top")."""
-    a, b = named.split(), truth.split()
+    """Equal, or one's words all occur in the other ("blue" ~ "light blue", "top" ~ "vest top"); a hyphen
+    joins words ("shirt" ~ "t-shirt": decoding spells "T-shirt" as "T", "-", "shirt", and the constraint
+    must not stop the "shirt")."""
+    a, b = named.replace("-", " ").split(), truth.replace("-", " ").split()
     return all(any(_same_word(x, y) for y in b) for x in a) or all(any(_same_word(y, x) for x in a) for y in b)
 
 

@@ -56,6 +56,16 @@ def test_wrong_type_and_pattern(filt):
     assert filt.check("A black top with narrow shoulder straps.", strap_top, None) == []  # hypernym
 
 
+def test_a_hyphen_joins_words():
+    """'shirt' is a word of 'T-shirt' (decoding spells it "T", "-", "shirt"): no contradiction, so the constraint
+    lets "T-shirt" be written; another garment with 'shirt' in it still contradicts."""
+    f = Filter({"colour": {"green"}, "type": {"t-shirt", "shirt", "polo shirt", "trousers"}, "pattern": set()})
+    tee = {"product_type_name": "T-shirt", "colour_group_name": "Green", "graphical_appearance_name": "Solid"}
+    assert f.contradicting(tee)["type"] == {"polo shirt", "trousers"}
+    assert f.check("T-shirt is one of your staples. Short top in jersey.", tee, None) == []
+    assert f.check("A polo shirt in jersey.", tee, None) == ["wrong_type"]
+
+
 def test_values_the_article_explains_pass(filt):
     dress = ITEMS.set_index("article_id").loc[400000001].to_dict()  # Wrap dress, Dark Red, All over pattern
     reason = "A wrap dress to wear over a sweater, in dark red."
