@@ -292,14 +292,13 @@ def retrieve_copies(store: Datastore, articles: pd.DataFrame, by: str = "text", 
 # ----------------------------------------------------------------------------- the prompt's retrieved segment
 
 NEIGHBOURS, NEIGHBOURS_FILE = "neighbours", "neighbours.parquet"
-SEPARATOR = RETRIEVED_SEPARATOR  # between the retrieved copies in the prompt (defined with the prompt's parts)
 
 
 def neighbour_texts(store: Datastore, articles: pd.DataFrame, k: int, by: str = "text", encoder=None,
                     photo_lookup=None, progress: bool = True) -> list[str]:
     """The prompt's retrieved segment per article: the copies of its ``k`` nearest store rows with distinct
-    copies (never its own product_code), best first, joined by ``SEPARATOR``. Articles already in the store
-    reuse its text embeddings; the rest are encoded (an unseen product, a new article)."""
+    copies (never its own product_code), best first, joined by ``collate.RETRIEVED_SEPARATOR``. Articles
+    already in the store reuse its text embeddings; the rest are encoded (an unseen product, a new article)."""
     ids = articles["article_id"].to_numpy(np.int64)
     row_of = {int(a): i for i, a in enumerate(store.article_id.tolist())}
     text = None
@@ -319,7 +318,7 @@ def neighbour_texts(store: Datastore, articles: pd.DataFrame, k: int, by: str = 
         for i in row:  # a family of products shares one copy: keep k distinct ones
             if i >= 0 and store.copy[i] not in copies:
                 copies.append(store.copy[i])
-        out.append(SEPARATOR.join(copies[:k]))
+        out.append(RETRIEVED_SEPARATOR.join(copies[:k]))
     return out
 
 
@@ -332,7 +331,7 @@ def ensure_neighbours(store: Datastore, items: pd.DataFrame, k: int, by: str = "
     for a, c, t in zip(items["article_id"], items["product_code"], article_texts(items)):
         h.update(f"{int(a)}\t{int(c)}\t{t}\n".encode())
     meta = {"version": STORE_VERSION, "store": fingerprint(store.meta), "items_sha256": h.hexdigest(), "k": k,
-            "by": by, "separator": SEPARATOR}
+            "by": by, "separator": RETRIEVED_SEPARATOR}
     d = paths.keyed(paths.artifacts_dir() / "retrieval", NEIGHBOURS, fingerprint(meta)[:10])
     f = d / NEIGHBOURS_FILE
     if not f.exists():

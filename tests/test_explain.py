@@ -9,6 +9,7 @@ import pytest
 
 from conftest import CUSTOMERS, write_photo
 from mmreason import explain, retrieval
+from mmreason.collate import RETRIEVED_SEPARATOR
 from mmreason.io import DataError
 from test_serve import tiny_run
 
@@ -89,7 +90,7 @@ def test_offer_retrieved_shows_the_retrieved_copy_after_the_hook(work, monkeypat
     got = json.loads(out.read_text())
     ex = explain.Explainer(work / "run", decode="greedy")
     store = retrieval.ensure_store(ex.data.artifacts.items, ex.data.artifacts.cache, progress=False)
-    firsts = [t.split(retrieval.SEPARATOR)[0] for t in retrieval.neighbour_texts(
+    firsts = [t.split(RETRIEVED_SEPARATOR)[0] for t in retrieval.neighbour_texts(
         store, explain.read_new_articles(work / "new.csv", work / "photos"), k=1, progress=False)]
     assert any(g["source"] == "retrieved" for g in got)
     for g, first in zip(got, firsts):

@@ -11,6 +11,7 @@ from conftest import COLOURS, work_in, write_photo
 from mmreason import evaluate
 from mmreason import retrieval as R
 from mmreason.clip import DEFAULT_MODEL, load_clip
+from mmreason.collate import RETRIEVED_SEPARATOR
 from mmreason.embed import compute_embeddings, lookup
 from test_evaluate import photo_lookup, tiny_items
 
@@ -158,7 +159,7 @@ def test_neighbour_texts_are_distinct_copies_of_other_training_products(sentence
     for c, code in zip(store.copy, store.product_code.tolist()):
         code_of.setdefault(c, set()).add(code)
     for (code, text) in zip(items["product_code"], texts):
-        parts = text.split(R.SEPARATOR)
+        parts = text.split(RETRIEVED_SEPARATOR)
         assert len(parts) == 2 and len(set(parts)) == 2, text
         assert all(code_of.get(p, set()) - {code} for p in parts), (code, text)  # another product's copy
         assert "Held-out copy of the twin." not in parts
