@@ -46,7 +46,7 @@ from mmreason.filters import Filter, is_generic, rejection_report, specific_valu
 from mmreason.generate import preset
 from mmreason.io import DataError, write_report
 from mmreason.lit import ReasonDataModule, ReasonModule, find_checkpoint, load_run
-from mmreason.shown import history_sets, shown_reasons
+from mmreason.shown import DECODINGS, decoding, history_sets, shown_reasons
 
 CONFIG = paths.REPO_ROOT / "configs" / "cpu.yaml"
 # Model variants and the training overrides that make them; "full" is the default training run.
@@ -152,7 +152,7 @@ def load_variant(name: str) -> tuple[ReasonModule, ReasonDataModule] | None:
 
 
 def model_reasons(module, data, frame, items, hist, filt: Filter, decode, product_override=None, progress=True,
-                  constrain=True, offer_retrieved=0):
+                  constrain=True, offer_retrieved=0, fallback=None):
     """The shown reasons (``shown.shown_reasons``) for ``frame``, the filter's rejection report and the share
     of shown reasons whose copy is a retrieved one (``offer_retrieved``)."""
     rows = frame.to_dict("records")
@@ -161,7 +161,7 @@ def model_reasons(module, data, frame, items, hist, filt: Filter, decode, produc
             r["product"] = p
     arts = items.set_index("article_id").loc[frame["article_id"]].reset_index().to_dict("records")
     shown = shown_reasons(module, data, rows, arts, decode, filt, hist, constrain=constrain, progress=progress,
-                          offer_retrieved=offer_retrieved)
+                          offer_retrieved=offer_retrieved, fallback=fallback)
     report = rejection_report([s.selected for s in shown]) | {
         "retrieved_copy_share": float(np.mean([s.source == "retrieved" for s in shown]))}
     return [s.reason for s in shown], report
@@ -311,7 +311,8 @@ def get_parser():
     p.add_argument("--run", default="cpu", help="results/<run>/")
     p.add_argument("--n", type=int, default=600, help="examples per test set (0 = all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--decode", default="beam", help="decoding preset for the generators (greedy, beam, sample, ...)")
+    p.add_argument("--decode", default="beam", choices=DECODINGS,
+                   help="decoding for the generators (default beam; greedy+beam: serving's cascade)")
     p.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS + ABLATION)
     p.add_argument("--no-constrain", dest="constrain", action="store_false",
                    help="decode without the constraint (constraints.py): the ablation's unconstrained rows")
@@ -349,7 +350,7 @@ def main(argv=None) -> int:
     interactions = pd.read_parquet(art.data_dir / "interactions.parquet")
     vocab = vocab_from_items(items)
     filt = Filter(vocab)
-    decode = preset(args.decode, num_return_sequences=4) if args.decode in ("beam", "diverse_beam", "sample") else preset(args.decode)
+    decode, fallback = decoding(args.decode)
     results, dropout, samples = {}, {}, []
     # one datastore (keyed file) for the text retrievers; photo retrieval alone needs no sentence encoder
     text_retrievers = {s for s, by in RETRIEVERS.items() if by != "photo"}
@@ -366,7 +367,7 @@ def main(argv=None) -> int:
                 run, k = OFFERED.get(system, (system, 0))
                 module, vdata = loaded[run]
                 hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode, constrain=args.constrain,
-                                             offer_retrieved=k)
+                                             offer_retrieved=k, fallback=fallback)
             else:
                 parts = baseline_parts(system, frame, items, art.photo_lookup, store)
                 hyps = [f"{hook} {copy}".strip() for hook, copy in parts]

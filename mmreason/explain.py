@@ -33,8 +33,8 @@ from mmreason import paths
 from mmreason.data import evidence_fields, load_tables, price_cuts, product_text, user_context
 from mmreason.io import DataError
 from mmreason.filters import Filter, vocab_from_items
-from mmreason.generate import DecodeConfig, preset
-from mmreason.shown import history_sets, shown_reasons
+from mmreason.generate import DecodeConfig
+from mmreason.shown import DECODINGS, decoding, history_sets, shown_reasons
 
 # what a new article needs: its prompt's product segment (data.product_text), the filter's and the constraint's
 # attributes, and its product code (retrieval never lends an article its own product's copy)
@@ -96,8 +96,9 @@ class Explainer:
         self.items = self.tables["items"].set_index("article_id")
         self.cuts = price_cuts(self.tables["interactions"])
         self.filter = Filter(vocab_from_items(self.tables["items"]))
-        if isinstance(decode, str):
-            decode = preset(decode, num_return_sequences=4) if decode != "greedy" else preset(decode)
+        # a name (shown.DECODINGS: a preset, or the cascade "greedy+beam") or a DecodeConfig (no fallback)
+        self.decode_name = decode if isinstance(decode, str) else decode.strategy
+        decode, self.fallback = decoding(decode) if isinstance(decode, str) else (decode, None)
         self.decode, self.batch_size, self.constrain = decode, batch_size, constrain
         self.offer_retrieved = offer_retrieved  # shown.shown_reasons: retrieved copies offered after the hook
 
@@ -131,7 +132,7 @@ class Explainer:
             sizes.append(article_ids)
         shown = iter(shown_reasons(self.module, self.data, rows, articles, self.decode, self.filter, hists,
                                    constrain=self.constrain, batch_size=self.batch_size, progress=progress,
-                                   offer_retrieved=self.offer_retrieved))
+                                   offer_retrieved=self.offer_retrieved, fallback=self.fallback))
         return [[Explanation(a, s.reason, s.passed, s.rejected, s.source) for a, s in zip(ids, shown)] for ids in sizes]
 
     def _retrieval(self) -> tuple[int, str]:
@@ -169,7 +170,7 @@ class Explainer:
         shown = shown_reasons(self.module, self.data, rows, dicts, self.decode, self.filter,
                               [history_sets(ctx["history"])] * len(rows), constrain=self.constrain, photo=photo,
                               has_photo=has_photo, batch_size=self.batch_size, progress=progress,
-                              offer_retrieved=self.offer_retrieved)
+                              offer_retrieved=self.offer_retrieved, fallback=self.fallback)
         return [Explanation(int(a["article_id"]), s.reason, s.passed, s.rejected, s.source) for a, s in zip(dicts, shown)]
 
     def __call__(self, customer_id: str, article_ids, day=None) -> list[str]:
@@ -184,7 +185,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--customer", required=True, help="customer_id as in the tables")
     p.add_argument("--day", default=None, help="as of this day (default: the day after the data ends)")
     p.add_argument("--run", default=None, help="generator run folder or checkpoint (default artifacts/runs/cpu)")
-    p.add_argument("--decode", default="beam", help="decoding preset")
+    p.add_argument("--decode", default="beam", choices=DECODINGS,
+                   help="decoding (default beam; greedy+beam: greedy, beam search where greedy's reason fails the filter)")
     p.add_argument("--offer-retrieved", type=int, default=0, metavar="K",
                    help="offer the first K retrieved copies after the generated hook, ahead of the generated copy")
     p.add_argument("--out", default=None, help="also write the reasons here as JSON")

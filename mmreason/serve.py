@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mmreason import paths
 from mmreason.recommend import TwoTowerConfig
 from mmreason.serving import Batcher, NotFound, Service
+from mmreason.shown import DECODINGS
 
 log = logging.getLogger("mmreason.serve")
 
@@ -227,7 +228,7 @@ def create_app(service: Service, batching: bool = True, max_batch: int = 32, max
     def health() -> dict:
         b = batcher.batches
         return {"status": "ok", "run": str(service.run), "model": service.model_name,
-                "decode": service.explainer.decode.strategy, "batching": batcher.enabled, "max_batch": max_batch,
+                "decode": service.explainer.decode_name, "batching": batcher.enabled, "max_batch": max_batch,
                 "mean_requests_per_batch": round(sum(b) / len(b), 2) if b else None}
 
     @app.get("/", include_in_schema=False)
@@ -289,8 +290,9 @@ def get_parser() -> argparse.ArgumentParser:
                                                             "popularity", "recent_popularity", "itemknn"],
                    help="the recommender (default two_tower, as `recommend --user`)")
     p.add_argument("--recommend-dir", default=None, help="where the two-tower model is kept (default artifacts/recommend)")
-    p.add_argument("--decode", default="beam", choices=["beam", "greedy", "diverse_beam", "sample"],
-                   help="decoding preset (default beam, as `recommend --explain`)")
+    p.add_argument("--decode", default="beam", choices=DECODINGS,
+                   help="decoding (default beam, as `recommend --explain`; greedy+beam: greedy, and beam search "
+                        "where greedy's reason fails the filter)")
     p.add_argument("--no-batching", action="store_true", help="decode each request alone (for comparison)")
     p.add_argument("--max-batch", type=int, default=32, help="most articles decoded together (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")

@@ -12,6 +12,9 @@
                first, ahead of the generated candidates: the retrieved copy is shown where it passes the
                filter for this article (no contradicting colour / type / pattern), the generated one where
                it does not. A candidate's ``source`` says which.
+    fallback   (a cascade, e.g. ``decoding("greedy+beam")``) the rows whose candidates all fail the filter
+               are decoded again with the fallback config and shown as it decodes them: greedy's speed
+               where greedy's reason passes, beam search's reason where it does not (serving).
 
 Evaluation (evaluate.model_reasons and the personalisation probe), the notebooks' sweeps and case studies
 (analysis), RL's before/after scores, the Explainer (``recommend --explain``, serving) and training
@@ -26,10 +29,26 @@ from dataclasses import dataclass, field
 from mmreason.collate import NAME_SLOT, RETRIEVED_SEPARATOR
 from mmreason.constraints import build as build_constraint
 from mmreason.filters import Filter, vocab_from_items
-from mmreason.generate import DecodeConfig, generate_reasons
+from mmreason.generate import DecodeConfig, generate_reasons, preset
 from mmreason.metrics import split_sentences
 
 _SLOT_RE = re.compile(r"\s*".join(re.escape(ch) for ch in NAME_SLOT))  # the slot as decoded, spaces or not
+
+
+def decoding(name: str) -> tuple[DecodeConfig, DecodeConfig | None]:
+    """A decoding name of the commands -> (config, fallback): a ``generate.PRESETS`` name (beam search and
+    sampling offer 4 candidates to the filter), or a cascade "A+B" (decode with A; rows whose candidates all
+    fail the filter again with B). Unknown name: ValueError listing the choices."""
+    first, _, second = name.partition("+")
+    try:
+        configs = [preset(n, num_return_sequences=4) if n in ("beam", "diverse_beam", "sample") else preset(n)
+                   for n in ([first, second] if second else [first])]
+    except KeyError:
+        raise ValueError(f"unknown decoding {name!r}: use one of {', '.join(DECODINGS)}") from None
+    return configs[0], (configs[1] if second else None)
+
+
+DECODINGS = ("beam", "greedy", "diverse_beam", "sample", "greedy+beam")  # what the commands offer
 
 
 @dataclass
@@ -75,7 +94,7 @@ def offered(reason: str, retrieved: str, k: int) -> list[str]:
 def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mapping], decode: DecodeConfig,
                   filt: Filter, histories: Sequence[Mapping | None] | None = None, constrain: bool = True,
                   photo=None, has_photo=None, batch_size: int = 48, progress: bool = False,
-                  offer_retrieved: int = 0) -> list[Shown]:
+                  offer_retrieved: int = 0, fallback: DecodeConfig | None = None) -> list[Shown]:
     """The shown reason for every row.
 
     model: a ``ReasonModel`` (or a module holding one as ``.model``); data: the run's ``ReasonDataModule``
@@ -85,6 +104,7 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
     photo / has_photo: row-aligned embeddings, looked up by article_id when not given.
     offer_retrieved: how many of the prompt's retrieved copies to offer after the generated hook (module
     docstring); needs a run whose prompt has the retrieved segment.
+    fallback: rows whose shown reason failed the filter are decoded again with it, and its reason is shown.
     """
     model = getattr(model, "model", model)
     histories = list(histories) if histories is not None else [None] * len(rows)
@@ -96,9 +116,8 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
     slots = bool(getattr(data, "slots", False))
     constraints = None
     if constrain:
-        cache: dict = {}
         # a slot run spells the slot where the hook names a purchase: that is what the trie allows
-        constraints = [build_constraint(data.tokenizer, a, [NAME_SLOT] if (slots and n) else n, filt, cache)
+        constraints = [build_constraint(data.tokenizer, a, [NAME_SLOT] if (slots and n) else n, filt)
                        for a, n in zip(articles, names)]
     prompts = [data.prompt_example(dict(r)) for r in rows]
     if offer_retrieved and not all("retrieved" in p for p in prompts):
@@ -119,6 +138,13 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
             shown = (Shown(pick, True, refused, offers + c, "retrieved") if pick is not None else
                      Shown(shown.reason, shown.passed, refused + rejected, offers + c))
         out.append(shown)
+    again = [i for i, s in enumerate(out) if not s.passed] if fallback is not None else []
+    if again:
+        pick = lambda xs: [xs[i] for i in again]  # noqa: E731
+        redo = shown_reasons(model, data, pick(rows), pick(articles), fallback, filt, pick(histories), constrain,
+                             photo[again], has_photo[again], batch_size, progress, offer_retrieved)
+        for i, s in zip(again, redo):
+            out[i] = s
     return out
 
 

@@ -131,6 +131,30 @@ def test_constraint_off_or_none_decodes_as_before(model, tokenizer, batch):
         assert [[ids for ids, _ in c] for c in plain] == [[ids for ids, _ in c] for c in none]
 
 
+def test_a_tokenizers_encodings_are_kept_across_builds():
+    """The server builds one constraint per request: the catalogue's spellings are encoded once per tokenizer
+    (they were 160 ms of a 500 ms one-article request), and a cached build is the same constraint."""
+    calls = []
+
+    class Counting:
+        def __init__(self, tok):
+            self.tok = tok
+
+        def encode(self, text, **kw):
+            calls.append(text)
+            return self.tok.encode(text, **kw)
+
+    tok = Counting(tiny_tokenizer(SENTENCES))
+    first = build(tok, ARTICLE, ["Luna skinny"], FILTER)
+    n = len(calls)
+    assert n > 20
+    again = build(tok, ARTICLE, ["Luna skinny"], FILTER)
+    assert len(calls) == n and again == first
+    build(tok, ARTICLE, ["Lotta top"], FILTER)
+    assert calls[n:] == [" Lotta top"]  # only the new name
+    assert build(tok, ARTICLE, ["Luna skinny"], FILTER, cache={}) == first  # a fresh cache: same rules
+
+
 def test_fill_slots():
     assert fill_slots("most recently the <name> 2 days ago.", ["Luna skinny"]) == "most recently the Luna skinny 2 days ago."
     assert fill_slots("most recently the < name > ago.", ["Luna"]) == "most recently the Luna ago."
@@ -203,6 +227,40 @@ def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
     assert on[1].rejected[0] == (f"{hook} {wrong}", ["wrong_colour", "wrong_type"])
     with pytest.raises(ValueError, match="retrieved"):
         shown_reasons(model, _data(tokenizer, False), rows, [ARTICLE] * 2, decode_cfg, FILTER, offer_retrieved=1)
+
+
+def test_cascade_decodes_again_only_where_the_first_reason_fails(monkeypatch):
+    """fallback (serving's "greedy+beam"): a reason that passes is kept as decoded; the rows whose candidates
+    all fail the filter, and only those, are decoded again with the fallback, whose reason is shown."""
+    import mmreason.shown as shown_mod
+    from mmreason.shown import decoding
+
+    tokenizer = tiny_tokenizer(SENTENCES)
+    first, then = DecodeConfig("greedy", max_new_tokens=4), DecodeConfig("beam", num_beams=2, max_new_tokens=30)
+    calls = []
+
+    def fake(model, tok, prompts, photo, has_photo, decode, **kw):  # first pass: rows 0 and 2 write a cut reason
+        calls.append((decode, [p["article_id"] for p in prompts], photo.shape[0]))
+        if decode is first:
+            return [["Red dress for you"] if p["article_id"] != EXAMPLES[1]["article_id"] else ["Red dress. Soft."]
+                    for p in prompts]
+        return [["Cut off in the middle of", "A red dress for you. Wrap dress."] for _ in prompts]
+
+    monkeypatch.setattr(shown_mod, "generate_reasons", fake)
+    got = shown_reasons(None, _data(tokenizer, False), EXAMPLES, [ARTICLE] * 3, first, FILTER, fallback=then)
+    ids = [e["article_id"] for e in EXAMPLES]
+    assert [(c[0], c[1], c[2]) for c in calls] == [(first, ids, 3), (then, [ids[0], ids[2]], 2)]
+    assert [s.reason for s in got] == ["A red dress for you. Wrap dress.", "Red dress. Soft.",
+                                       "A red dress for you. Wrap dress."]
+    assert all(s.passed for s in got) and got[0].rejected[0] == ("Cut off in the middle of", ["truncated"])
+    calls.clear()
+    assert [s.reason for s in shown_reasons(None, _data(tokenizer, False), EXAMPLES, [ARTICLE] * 3, first,
+                                            FILTER)][0] == "Red dress for you" and len(calls) == 1  # no fallback
+    a, b = decoding("greedy+beam")
+    assert (a.strategy, b.strategy, b.num_return_sequences) == ("greedy", "beam", 4)
+    assert decoding("beam")[1] is None and decoding("beam")[0].num_return_sequences == 4
+    with pytest.raises(ValueError, match="greedy\\+beam"):
+        decoding("greedy+nucleus")
 
 
 def test_sampling_survives_a_row_the_constraint_leaves_no_token(model, tokenizer, batch):
