@@ -52,7 +52,14 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-_ENCODINGS: dict[int, tuple[object, dict]] = {}
+_ENCODINGS: dict[int, tuple[object, dict, dict]] = {}
+
+
+def _kept(tokenizer) -> tuple[dict, dict]:
+    hit = _ENCODINGS.get(id(tokenizer))
+    if hit is None or hit[0] is not tokenizer:
+        hit = _ENCODINGS[id(tokenizer)] = (tokenizer, {}, {})
+    return hit[1], hit[2]
 
 
 def encodings(tokenizer) -> dict:
@@ -60,17 +67,30 @@ def encodings(tokenizer) -> dict:
     article's constraint encodes ~2,000 spellings of the catalogue's colour and type words (160 ms on one
     core), the same for every article, so a server builds them once. Bounded by the catalogue's words and
     purchase names."""
-    hit = _ENCODINGS.get(id(tokenizer))
-    if hit is None or hit[0] is not tokenizer:
-        hit = _ENCODINGS[id(tokenizer)] = (tokenizer, {})
-    return hit[1]
+    return _kept(tokenizer)[0]
+
+
+def _value_rules(value: str, enc) -> tuple[set[int], list[tuple[tuple[int, ...], int]], set[str]]:
+    """What banning ``value`` adds: single-token spellings, (prefix, last token) of the longer ones, words."""
+    singles, after, words = set(), [], set()
+    for form in _spellings(value):
+        ids = enc(form)
+        if len(ids) == 1:
+            singles.add(ids[0])
+        elif ids:
+            after.append((ids[:-1], ids[-1]))
+        words.add(" ".join(_WORD_RE.findall(form.lower())))
+    return singles, after, words
 
 
 def build(tokenizer, article: Mapping, names: Sequence[str], filt, cache: dict | None = None) -> Constraint:
     """The constraint for one example: ``names`` the evidence may cite, ``filt`` a ``filters.Filter``
     (its vocabulary and excuse rules decide what contradicts ``article``). ``cache``: text -> ids, by
-    default ``encodings(tokenizer)``, kept across calls."""
-    cache = encodings(tokenizer) if cache is None else cache
+    default ``encodings(tokenizer)``, kept across calls (with each value's rules)."""
+    if cache is None:
+        cache, rules = _kept(tokenizer)
+    else:
+        rules = {}
 
     def enc(text):
         if text not in cache:
@@ -80,13 +100,13 @@ def build(tokenizer, article: Mapping, names: Sequence[str], filt, cache: dict |
     c = Constraint()
     for values in filt.contradicting(article).values():
         for v in values:
-            for form in _spellings(v):
-                ids = enc(form)
-                if len(ids) == 1:
-                    c.banned.add(ids[0])
-                elif ids:
-                    c.banned_after.setdefault(ids[:-1], set()).add(ids[-1])
-                c.banned_words.add(" ".join(_WORD_RE.findall(form.lower())))
+            if v not in rules:
+                rules[v] = _value_rules(v, enc)
+            singles, after, words = rules[v]
+            c.banned |= singles
+            for prefix, last in after:
+                c.banned_after.setdefault(prefix, set()).add(last)
+            c.banned_words |= words
     for name in names:
         name = (name or "").strip().rstrip(".")
         node = c.trie

@@ -301,14 +301,11 @@ def user_context(tables: dict[str, pd.DataFrame], customer_id: str, day, n_behav
     cuts = cuts or price_cuts(inter)
     past = _past(inter, customer_id, day)
     items = tables["items"].set_index("article_id")
-    counts = {col: Counter() for col in PROFILE_FIELDS}
-    channels, price_sum = Counter(), 0.0
-    for r in past.itertuples(index=False):
-        a = items.loc[r.article_id]
-        for col in PROFILE_FIELDS:
-            counts[col][a[col]] += 1
-        channels[r.sales_channel_id] += 1
-        price_sum += r.price
+    bought = items.loc[past["article_id"].to_numpy(), list(PROFILE_FIELDS)]  # one row per purchase, in order
+    # counted in purchase order, as build_tables counts them (most_common breaks ties by first seen)
+    counts = {col: Counter(bought[col].tolist()) for col in PROFILE_FIELDS}
+    channels = Counter(past["sales_channel_id"].tolist())
+    price_sum = sum(past["price"].tolist(), 0.0)  # left to right, as a loop adds them
     history = _purchases(past, items, day)
     customer = row.iloc[0].to_dict()
     return {"user_profile": profile_text(customer, counts, len(past), channels, price_sum, cuts),
@@ -320,10 +317,18 @@ def _past(interactions: pd.DataFrame, customer_id: str, day: pd.Timestamp) -> pd
     return past.sort_values(["t_dat", "article_id"], kind="stable")            # the order build_tables adds them
 
 
+_PURCHASE_FIELDS = ("prod_name", "product_type_name", "colour_group_name", "graphical_appearance_name",
+                    "garment_group_name", "section_name")
+
+
 def _purchases(past: pd.DataFrame, items: pd.DataFrame, day: pd.Timestamp) -> list[Purchase]:
-    return [Purchase(int(r.article_id), (day - r.t_dat).days, *(items.at[r.article_id, f] for f in (
-        "prod_name", "product_type_name", "colour_group_name", "graphical_appearance_name",
-        "garment_group_name", "section_name"))) for r in past.iloc[::-1].itertuples(index=False)]
+    """``past`` (oldest first) as Purchases, most recent first; ``items`` indexed by article_id."""
+    past = past.iloc[::-1]
+    ids = past["article_id"].to_numpy()
+    cols = items.loc[ids, list(_PURCHASE_FIELDS)]
+    days = (day - past["t_dat"]).dt.days.tolist()
+    return [Purchase(int(a), int(d), *vals) for a, d, *vals in
+            zip(ids.tolist(), days, *(cols[f].tolist() for f in _PURCHASE_FIELDS))]
 
 
 def history_before(interactions: pd.DataFrame, items: pd.DataFrame, customer_id: str, day) -> list[Purchase]:
