@@ -290,9 +290,11 @@ def get_parser() -> argparse.ArgumentParser:
                                                             "popularity", "recent_popularity", "itemknn"],
                    help="the recommender (default two_tower, as `recommend --user`)")
     p.add_argument("--recommend-dir", default=None, help="where the two-tower model is kept (default artifacts/recommend)")
-    p.add_argument("--decode", default="beam", choices=DECODINGS,
-                   help="decoding (default beam, as `recommend --explain`; greedy+beam: greedy, and beam search "
-                        "where greedy's reason fails the filter)")
+    # greedy+beam: on validation as good as beam search (shown reasons pass 98.3% vs 98.0%, same colour and type
+    # precision, copy CIDEr 1.54 vs 1.59) at a quarter of the time (README, serving)
+    p.add_argument("--decode", default="greedy+beam", choices=DECODINGS,
+                   help="decoding (default greedy+beam: greedy, and beam search where greedy's reason fails the "
+                        "filter; beam: as `recommend --explain`)")
     p.add_argument("--no-batching", action="store_true", help="decode each request alone (for comparison)")
     p.add_argument("--max-batch", type=int, default=32, help="most articles decoded together (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")

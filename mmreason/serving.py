@@ -47,7 +47,7 @@ class Ranked:
 class Service:
     """The generator run, the recommender and the tables, loaded once."""
 
-    def __init__(self, run=None, decode: str = "beam", model: str = "two_tower", recommend_dir=None,
+    def __init__(self, run=None, decode: str = "greedy+beam", model: str = "two_tower", recommend_dir=None,
                  two_tower: R.TwoTowerConfig | None = None, progress: bool = False):
         self.run = paths.resolve(run) if run is not None else paths.run_dir()
         self.explainer = Explainer(self.run, decode=decode)

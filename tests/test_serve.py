@@ -65,7 +65,7 @@ def one_line_error(r, status: int, *words) -> str:
 
 def test_health_and_page(client, work):
     h = client.get("/health").json()
-    assert h["status"] == "ok" and h["batching"] is True and h["model"] == "two_tower" and h["decode"] == "beam"
+    assert h["status"] == "ok" and h["batching"] is True and h["model"] == "two_tower" and h["decode"] == "greedy+beam"
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="customer"' in page.text and "/customers/" in page.text and "/recommendations" in page.text
