@@ -43,6 +43,7 @@ class DecodeConfig:
     no_repeat_ngram_size: int = 0     # 0 = off; n-grams are banned within the generated reason only
     repetition_penalty: float = 1.0   # CTRL-style, on tokens already generated; 1.0 = off
     length_penalty: float = 1.0       # score = sum logprob / len**length_penalty
+    eos_penalty: float = 0.0          # subtracted from EOS's log-prob at every step: > 0 writes longer reasons
     num_return_sequences: int = 1     # samples per example, or up to num_beams beam candidates
     seed: int | None = None           # sampling; None = torch's global RNG state
 
@@ -56,16 +57,23 @@ class DecodeConfig:
         if self.strategy == "diverse_beam" and self.num_beams % self.num_beam_groups:
             raise ValueError(f"num_beams ({self.num_beams}) must be a multiple of "
                              f"num_beam_groups ({self.num_beam_groups})")
+        if self.eos_penalty < 0:
+            raise ValueError("eos_penalty must be >= 0 (0 = off)")
         if self.num_beams < 1 or self.num_return_sequences < 1 or self.max_new_tokens < 1:
             raise ValueError("num_beams, num_return_sequences and max_new_tokens must be >= 1")
 
 
 # Named settings for the CLIs and notebooks; change one with dataclasses.replace(PRESETS[name], ...).
+# EOS_PENALTY, chosen on the validation sets (default run, 300 examples, beam + constraint + filter): the
+# model ends its copy early (17 words against the references' 24); penalties 0 / 1 / 2 / 3 gave unseen copy
+# CIDEr 1.59 / 1.61 / 1.71 / 1.70 (BLEU-4 25.5 / 27.0 / 28.9 / 30.8), temporal 1.83 -> 1.95 at 2, with colour
+# and type precision unchanged. The sampling preset keeps the model's own distribution.
+EOS_PENALTY = 2.0
 PRESETS = {
-    "greedy": DecodeConfig("greedy", no_repeat_ngram_size=3),
-    "beam": DecodeConfig("beam", num_beams=4, no_repeat_ngram_size=3),
+    "greedy": DecodeConfig("greedy", no_repeat_ngram_size=3, eos_penalty=EOS_PENALTY),
+    "beam": DecodeConfig("beam", num_beams=4, no_repeat_ngram_size=3, eos_penalty=EOS_PENALTY),
     "diverse_beam": DecodeConfig("diverse_beam", num_beams=4, num_beam_groups=2, diversity_penalty=0.5,
-                                 no_repeat_ngram_size=3, num_return_sequences=4),
+                                 no_repeat_ngram_size=3, num_return_sequences=4, eos_penalty=EOS_PENALTY),
     "sample": DecodeConfig("sample", temperature=0.8, top_p=0.9, no_repeat_ngram_size=3, num_return_sequences=4,
                            seed=0),
 }
@@ -127,8 +135,9 @@ def _step(model, ids, cache, mask, pos, max_pos):
 
 
 # --------------------------------------------------------------------------- logit processing
-def _logprobs(logits, tokens, config: DecodeConfig, constrainer: Constrainer | None = None):
-    """(R, V) logits and (R, t) tokens generated so far -> processed log-probs (R, V).
+def _logprobs(logits, tokens, config: DecodeConfig, constrainer: Constrainer | None = None, eos_id: int | None = None):
+    """(R, V) logits and (R, t) tokens generated so far -> processed log-probs (R, V); EOS's lowered by
+    ``config.eos_penalty`` (so a scored candidate's total carries it once, at its end).
 
     Both penalties look at the generated reason only, not the prompt: the prompt holds the product copy,
     whose colour and type words the reason should be free to repeat.
@@ -152,6 +161,8 @@ def _logprobs(logits, tokens, config: DecodeConfig, constrainer: Constrainer | N
         unbanned = lp
     if constrainer is not None:
         lp = constrainer.mask(lp, unbanned)
+    if config.eos_penalty and eos_id is not None:  # lp is this function's own tensor (log_softmax made it)
+        lp[:, eos_id] -= config.eos_penalty
     return lp
 
 
@@ -189,7 +200,7 @@ def _greedy_or_sample(model, start, config, eos_id, generator, make_constrainer=
     ended = torch.zeros(R, dtype=torch.bool, device=logits.device)             # stopped at EOS
     constrainer = make_constrainer(n) if make_constrainer else None
     for _ in range(int(limit.max())):
-        lp = _logprobs(logits, tokens, config, constrainer)
+        lp = _logprobs(logits, tokens, config, constrainer, eos_id)
         if config.strategy == "greedy":
             best, nxt = lp.max(-1)                                             # first maximum, as argmax
         else:  # done rows, and rows the constraint left no token (scored -inf, as greedy scores them), get a
@@ -252,7 +263,7 @@ def _beam(model, start, config, eos_id, make_constrainer=None):
         del h[S:]
 
     for step in range(max(limit)):
-        lp = _logprobs(logits, tokens, config, constrainer).view(B, K, V)
+        lp = _logprobs(logits, tokens, config, constrainer, eos_id).view(B, K, V)
         live = ~torch.tensor(group_done, device=dev)                           # (B, G)
         new_src = torch.empty(B, K, dtype=torch.long, device=dev)
         new_tok, new_search, new_true = torch.empty_like(new_src), torch.empty_like(search), torch.empty_like(true)

@@ -155,6 +155,26 @@ def test_a_tokenizers_encodings_are_kept_across_builds():
     assert build(tok, ARTICLE, ["Luna skinny"], FILTER, cache={}) == first  # a fresh cache: same rules
 
 
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_eos_penalty_lengthens_reasons_and_is_scored_once(model, tokenizer, batch, strategy):
+    """eos_penalty lowers EOS's log-prob at every step: a mild one ends where the model ends, the candidate's
+    score lower by exactly the penalty; one larger than the model's preference never ends before max_new_tokens."""
+    eos = token_id(tokenizer, EOS)
+    cfg = DecodeConfig(strategy, num_beams=2, max_new_tokens=24, length_penalty=0.0)
+
+    def top(c):
+        with Script(model, tokenizer, " Red dress for you."):
+            return [cands[0] for cands in decode(model, batch, c, eos, tokenizer=tokenizer)]
+
+    plain, mild, pushed = top(cfg), top(replace(cfg, eos_penalty=1.0)), top(replace(cfg, eos_penalty=100.0))
+    assert all(len(ids) < 24 for ids, _ in plain)                    # the script ends with EOS
+    assert [ids for ids, _ in mild] == [ids for ids, _ in plain]
+    assert [s for _, s in mild] == pytest.approx([s - 1.0 for _, s in plain], abs=1e-4)
+    assert all(len(ids) == 24 for ids, _ in pushed)
+    with pytest.raises(ValueError, match="eos_penalty"):
+        DecodeConfig("greedy", eos_penalty=-1.0)
+
+
 def test_fill_slots():
     assert fill_slots("most recently the <name> 2 days ago.", ["Luna skinny"]) == "most recently the Luna skinny 2 days ago."
     assert fill_slots("most recently the < name > ago.", ["Luna"]) == "most recently the Luna ago."
