@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -101,10 +102,30 @@ class Explainer:
         decode, self.fallback = decoding(decode) if isinstance(decode, str) else (decode, None)
         self.decode, self.batch_size, self.constrain = decode, batch_size, constrain
         self.offer_retrieved = offer_retrieved  # shown.shown_reasons: retrieved copies offered after the hook
+        self._next_day, self._contexts = None, OrderedDict()
+
+    CONTEXTS = 4096  # (customer, day) prompt contexts kept (``context``)
 
     def next_day(self) -> pd.Timestamp:
         """The day after the data ends: every purchase is history."""
-        return pd.Timestamp(self.tables["interactions"]["t_dat"].max()) + pd.Timedelta(days=1)
+        if self._next_day is None:
+            self._next_day = pd.Timestamp(self.tables["interactions"]["t_dat"].max()) + pd.Timedelta(days=1)
+        return self._next_day
+
+    def context(self, customer_id: str, day: pd.Timestamp) -> tuple[dict, dict]:
+        """``data.user_context`` and its ``history_sets`` for (customer, day), the last ``CONTEXTS`` pairs kept:
+        the tables do not change while the Explainer lives, and a customer browsing asks for many reasons on
+        one day (the server's recommendations, then /explain). Unknown customer: KeyError."""
+        key = (customer_id, day)
+        hit = self._contexts.get(key)
+        if hit is None:
+            ctx = user_context(self.tables, customer_id, day, cuts=self.cuts)
+            hit = self._contexts[key] = (ctx, history_sets(ctx["history"]))
+            if len(self._contexts) > self.CONTEXTS:
+                self._contexts.popitem(last=False)
+        else:
+            self._contexts.move_to_end(key)
+        return hit
 
     def explain(self, customer_id: str, article_ids, day=None, progress: bool = False) -> list[Explanation]:
         """One reason per article for ``customer_id`` as of ``day`` (default: the day after the data ends).
@@ -122,13 +143,13 @@ class Explainer:
             if unknown:
                 raise KeyError(f"unknown article_id {unknown[0]}")
             day = pd.Timestamp(day) if day is not None else self.next_day()
-            ctx = user_context(self.tables, customer_id, day, cuts=self.cuts)
+            ctx, hist = self.context(customer_id, day)
             arts = [self.items.loc[a].to_dict() | {"article_id": a} for a in article_ids]
             rows += [{"user_profile": ctx["user_profile"], "behaviour": ctx["behaviour"],
                       "product": self.items.at[a, "product"], "article_id": a,
                       **evidence_fields(art, ctx["history"])} for a, art in zip(article_ids, arts)]
             articles += arts
-            hists += [history_sets(ctx["history"])] * len(arts)
+            hists += [hist] * len(arts)
             sizes.append(article_ids)
         shown = iter(shown_reasons(self.module, self.data, rows, articles, self.decode, self.filter, hists,
                                    constrain=self.constrain, batch_size=self.batch_size, progress=progress,
@@ -162,13 +183,13 @@ class Explainer:
             retrieved = retrieval.neighbour_texts(store, arts, k, by, photo_lookup=lambda ids: (photo, has_photo),
                                                   progress=progress)
         day = pd.Timestamp(day) if day is not None else self.next_day()
-        ctx = user_context(self.tables, customer_id, day, cuts=self.cuts)
+        ctx, hist = self.context(customer_id, day)
         dicts = arts.to_dict("records")
         rows = [{"user_profile": ctx["user_profile"], "behaviour": ctx["behaviour"], "product": product_text(a),
                  "article_id": int(a["article_id"]), **evidence_fields(a, ctx["history"]),
                  **({"retrieved": retrieved[i]} if retrieved is not None else {})} for i, a in enumerate(dicts)]
         shown = shown_reasons(self.module, self.data, rows, dicts, self.decode, self.filter,
-                              [history_sets(ctx["history"])] * len(rows), constrain=self.constrain, photo=photo,
+                              [hist] * len(rows), constrain=self.constrain, photo=photo,
                               has_photo=has_photo, batch_size=self.batch_size, progress=progress,
                               offer_retrieved=self.offer_retrieved, fallback=self.fallback)
         return [Explanation(int(a["article_id"]), s.reason, s.passed, s.rejected, s.source) for a, s in zip(dicts, shown)]

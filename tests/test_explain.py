@@ -96,3 +96,23 @@ def test_offer_retrieved_shows_the_retrieved_copy_after_the_hook(work, monkeypat
     for g, first in zip(got, firsts):
         assert g["source"] in ("generated", "retrieved")
         assert (g["source"] == "retrieved") == (g["passed_filter"] and g["reason"].endswith(" " + first)), g
+
+
+def test_contexts_are_kept_per_customer_and_day(work, monkeypatch):
+    """A customer's prompt context is built once per (customer, day) and equals user_context's; the oldest is
+    dropped past Explainer.CONTEXTS (the server asks for many reasons per customer and day)."""
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MMREASON_ARTIFACTS", str(work / "artifacts"))
+    ex = explain.Explainer(work / "run", decode="greedy")
+    real, calls = explain.user_context, []
+    monkeypatch.setattr(explain, "user_context", lambda t, c, d, **kw: calls.append((c, d)) or real(t, c, d, **kw))
+    day = ex.next_day()
+    first = ex.context(CUSTOMERS[0], day)
+    assert ex.context(CUSTOMERS[0], day) is first and len(calls) == 1
+    assert first[0] == real(ex.tables, CUSTOMERS[0], day, cuts=ex.cuts)
+    ex.context(CUSTOMERS[0], day - pd.Timedelta(days=30))  # another day: another context
+    assert len(calls) == 2
+    ex.CONTEXTS = 2
+    ex.context(CUSTOMERS[1], day)                          # the first one is now the oldest, and dropped
+    ex.context(CUSTOMERS[0], day)
+    assert len(calls) == 4
