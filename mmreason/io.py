@@ -109,8 +109,15 @@ def atomic_dir(path: Path):
         raise
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700
     old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
+    _remove(old)  # left by a run that died between the two renames: a folder, or a link (rmtree refuses links)
+    if path.exists() or path.is_symlink():
         os.replace(path, old)
     os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)

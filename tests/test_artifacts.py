@@ -211,3 +211,26 @@ def test_retraining_in_a_reused_folder_loads_the_new_run(workdir, tmp_path, monk
     assert len(list(d.glob("best-*.ckpt"))) == 2 and set(old_best) < set(d.glob("best-*.ckpt"))
     module, _ = load_run(d.parent)
     assert module.config.n_embd == 48 and find_checkpoint(d.parent) not in old_best
+
+
+@pytest.mark.parametrize("leftover", ["folder", "link", "file"])
+def test_atomic_dir_replaces_a_folder_whatever_an_earlier_crash_left(tmp_path, leftover):
+    """A run that died between atomic_dir's two renames leaves ``.<name>.old`` behind (a folder, or a link
+    when the replaced path was a link): the next run replaces the folder anyway (the notebooks hit a link)."""
+    from mmreason.io import atomic_dir
+
+    target, other = tmp_path / "hm", tmp_path / "hm-older"
+    target.mkdir(), other.mkdir()
+    (target / "a.txt").write_text("old")
+    old = tmp_path / ".hm.old"
+    if leftover == "folder":
+        old.mkdir()
+        (old / "x").write_text("x")
+    elif leftover == "link":
+        old.symlink_to(other.name)
+    else:
+        old.write_text("x")
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (target / "a.txt").read_text() == "new" and not old.exists() and not old.is_symlink()
+    assert other.is_dir()  # a link's target is never removed
