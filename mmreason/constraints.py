@@ -30,7 +30,8 @@ _END = "$"  # trie key: a name ends here
 
 @dataclass
 class Constraint:
-    """One example's rules, as token ids of the run's tokenizer (``build``)."""
+    """One example's rules, as token ids of the run's tokenizer (``build``). The value part (banned,
+    banned_after, banned_words) is shared by every constraint with the same contradicting values: read-only."""
 
     banned: set[int] = field(default_factory=set)                       # never emitted
     banned_after: dict[tuple[int, ...], set[int]] = field(default_factory=dict)  # when the ids end with the key
@@ -52,14 +53,16 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-_ENCODINGS: dict[int, tuple[object, dict, dict]] = {}
+_ENCODINGS: dict[int, tuple[object, dict, dict, dict]] = {}
+_PARTS = 2048  # value parts kept per tokenizer (one per distinct set of contradicting values)
 
 
-def _kept(tokenizer) -> tuple[dict, dict]:
+def _kept(tokenizer) -> tuple[dict, dict, dict]:
+    """The tokenizer's (text -> ids, value -> rules, contradicting values -> the constraint's value part)."""
     hit = _ENCODINGS.get(id(tokenizer))
     if hit is None or hit[0] is not tokenizer:
-        hit = _ENCODINGS[id(tokenizer)] = (tokenizer, {}, {})
-    return hit[1], hit[2]
+        hit = _ENCODINGS[id(tokenizer)] = (tokenizer, {}, {}, {})
+    return hit[1], hit[2], hit[3]
 
 
 def encodings(tokenizer) -> dict:
@@ -88,25 +91,32 @@ def build(tokenizer, article: Mapping, names: Sequence[str], filt, cache: dict |
     (its vocabulary and excuse rules decide what contradicts ``article``). ``cache``: text -> ids, by
     default ``encodings(tokenizer)``, kept across calls (with each value's rules)."""
     if cache is None:
-        cache, rules = _kept(tokenizer)
+        cache, rules, parts = _kept(tokenizer)
     else:
-        rules = {}
+        rules, parts = {}, {}
 
     def enc(text):
         if text not in cache:
             cache[text] = tuple(_encode(tokenizer, text))
         return cache[text]
 
-    c = Constraint()
-    for values in filt.contradicting(article).values():
-        for v in values:
+    bad = frozenset(v for values in filt.contradicting(article).values() for v in values)
+    part = parts.get(bad)
+    if part is None:  # shared by every article with these contradicting values: read-only from here on
+        banned, banned_after, banned_words = set(), {}, set()
+        for v in sorted(bad):
             if v not in rules:
                 rules[v] = _value_rules(v, enc)
             singles, after, words = rules[v]
-            c.banned |= singles
+            banned |= singles
             for prefix, last in after:
-                c.banned_after.setdefault(prefix, set()).add(last)
-            c.banned_words |= words
+                banned_after.setdefault(prefix, set()).add(last)
+            banned_words |= words
+        part = (frozenset(banned), {k: frozenset(v) for k, v in banned_after.items()}, frozenset(banned_words))
+        if len(parts) >= _PARTS:
+            parts.pop(next(iter(parts)))
+        parts[bad] = part
+    c = Constraint(banned=part[0], banned_after=part[1], banned_words=part[2])
     for name in names:
         name = (name or "").strip().rstrip(".")
         node = c.trie
@@ -116,7 +126,7 @@ def build(tokenizer, article: Mapping, names: Sequence[str], filt, cache: dict |
             node[_END] = True
     c.the_ids = {ids[-1] for ids in (enc(" the"), enc("the"), enc(" The"), enc("The")) if ids}
     if not c.trie:  # nothing to cite: no citation phrase may be completed
-        c.banned_words |= {p + " the" for p in CITATION_PREFIXES}
+        c.banned_words = c.banned_words | {p + " the" for p in CITATION_PREFIXES}  # a new set: part is shared
     return c
 
 

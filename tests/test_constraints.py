@@ -153,6 +153,11 @@ def test_a_tokenizers_encodings_are_kept_across_builds():
     build(tok, ARTICLE, ["Lotta top"], FILTER)
     assert calls[n:] == [" Lotta top"]  # only the new name
     assert build(tok, ARTICLE, ["Luna skinny"], FILTER, cache={}) == first  # a fresh cache: same rules
+    # the value part is shared between the article's constraints: one with nothing to cite adds its citation
+    # phrases to its own words, never to the shared ones
+    nothing = build(tok, ARTICLE, [], FILTER)
+    assert "like the" in nothing.banned_words and "like the" not in again.banned_words
+    assert nothing.banned is again.banned
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
