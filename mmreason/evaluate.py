@@ -262,7 +262,8 @@ def fmt(v) -> str:
 
 def markdown(results: dict, dropout: dict, meta: dict) -> str:
     lines = [f"# Evaluation ({meta['run']}, silver targets)", "",
-             f"{meta['n']} examples per test set (seed {meta['seed']}), decoding `{meta['decode']}`"
+             f"{meta['n']} examples per {'validation' if meta.get('stage') == 'val' else 'test'} set "
+             f"(seed {meta['seed']}), decoding `{meta['decode']}`"
              f"{' + constraint' if meta.get('constrain', True) else ' (unconstrained)'} + filter. "
              "BLEU/ROUGE on a 0-100 scale, CIDEr raw (0-10), the rest 0-1.", ""]
     for title, cols in TABLES.items():
@@ -311,6 +312,8 @@ def get_parser():
     p.add_argument("--run", default="cpu", help="results/<run>/")
     p.add_argument("--n", type=int, default=600, help="examples per test set (0 = all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stage", default="test", choices=["test", "val"],
+                   help="the test sets, or the validation sets (for choices made before looking at the test sets)")
     p.add_argument("--decode", default="beam", choices=DECODINGS,
                    help="decoding for the generators (default beam; greedy+beam: serving's cascade)")
     p.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS + ABLATION)
@@ -357,7 +360,7 @@ def main(argv=None) -> int:
     store = retrieval.ensure_store(items, art.cache) if set(args.systems) & text_retrievers else None
     t0 = time.time()
     for split in ("temporal", "unseen"):
-        frame = test_frame(examples, split, args.n, args.seed)
+        frame = test_frame(examples, split, args.n, args.seed, stage=args.stage)
         hist = histories(frame, interactions, items)
         results[split] = {}
         for system in args.systems:
@@ -392,7 +395,8 @@ def main(argv=None) -> int:
                         hyps, _ = model_reasons(module, vdata, frame, items, hist, filt, preset("greedy"), product,
                                                 constrain=False)
                         dropout[f"{system}, {label}"] = dropout_scores(hyps, frame, items, vocab)
-    meta = {"run": args.run, "n": args.n, "seed": args.seed, "decode": args.decode, "constrain": args.constrain,
+    meta = {"run": args.run, "n": args.n, "seed": args.seed, "stage": args.stage, "decode": args.decode,
+            "constrain": args.constrain,
             "seconds": round(time.time() - t0)}
     out = Path(args.out or paths.results_dir(args.run))
     table = markdown(results, dropout, meta)

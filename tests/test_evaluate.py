@@ -15,6 +15,7 @@ from mmreason.data import product_text
 from mmreason.embed import lookup as embed_lookup
 from mmreason.filters import Filter, vocab_from_items
 from mmreason.generate import preset
+from mmreason.shown import decoding
 from test_train import TINY
 
 COLS = ["article_id", "product_code", "prod_name", "product_type_name", "product_group_name",
@@ -125,6 +126,19 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
     assert "| unseen | retrieval |" in table and "Attribute dropout" in table
     # The template baseline names the article's own attributes, so its colour grounding is perfect.
     assert m["results"]["unseen"]["template"]["grounding_colour_precision"] == 1.0
+    # --stage val: the validation sets, here with serving's cascade; the samples are that decoding's reasons
+    val = tmp_path / "val"
+    assert evaluate.main(["--out", str(val), "--n", "0", "--stage", "val", "--decode", "greedy+beam",
+                          "--no-embedding", "--systems", "full"]) == 0
+    v = json.loads((val / "metrics.json").read_text())
+    assert v["meta"]["stage"] == "val" and "per validation set" in (val / "metrics.md").read_text()
+    first, then = decoding("greedy+beam")
+    for split in ("temporal", "unseen"):
+        frame = evaluate.test_frame(art.examples, split, 0, 0, stage="val")
+        assert len(frame) and not set(frame["example_id"]) & set(evaluate.test_frame(art.examples, split, 0, 0)["example_id"])
+        hyps, _ = evaluate.model_reasons(*loaded["full"], frame, items, evaluate.histories(frame, interactions, items),
+                                         filt, first, progress=False, fallback=then)
+        assert [s["generated"] for s in v["samples"] if s["split"] == split] == hyps[:5]
 
 
 # ----------------------------------------------------------------------------- hook / copy scoring
