@@ -113,6 +113,41 @@ def test_cited_names_come_from_the_evidence_trie(model, tokenizer, batch, config
         assert len(cited) == len(flat)
 
 
+@pytest.mark.parametrize("config", STRATEGIES[:2], ids=lambda c: c.strategy)
+def test_a_cited_name_ending_in_a_banned_value_is_closed_and_continued(model, tokenizer, batch, config):
+    """The name "Luna trousers" (a purchase) ends in a type that contradicts the article (a dress): after it the
+    reason goes on. Before, the name's word could neither be continued (the name was done) nor closed (a banned
+    value): no token was left, and the reason stopped there with score -inf (most greedy failures on the real run)."""
+    text = " Red dress, most recently the Luna trousers 2 months ago. A wrap dress."
+    cons = [build(tokenizer, ARTICLE, ["Luna trousers"], FILTER)] * len(EXAMPLES)
+    with Script(model, tokenizer, text):  # the tiny tokenizer spells most words letter by letter: room for 64
+        res = decode(model, batch, replace(config, max_new_tokens=64), token_id(tokenizer, EOS), constraints=cons,
+                     tokenizer=tokenizer)
+    for cands in res:
+        ids, score = cands[0]
+        reason = tokenizer.decode(ids, skip_special_tokens=True)
+        assert "most recently the Luna trousers 2 months ago." in reason and score > float("-inf"), reason
+        assert reason.strip().endswith(".")
+
+
+@pytest.mark.parametrize("config", STRATEGIES[:2], ids=lambda c: c.strategy)
+def test_a_reason_ends_only_after_a_finished_sentence(model, tokenizer, batch, config):
+    """"ends": EOS is masked until the text ends with ".", "!" or "?" (the filter's truncated cause)."""
+    script = Script(model, tokenizer, " Red dress for you")
+    script.ids = script.ids[:-5] + [token_id(tokenizer, EOS)]  # the text, then EOS: no final dot
+    with script:
+        free = decode(model, batch, config, token_id(tokenizer, EOS), tokenizer=tokenizer)
+    script.step = 0
+    with Script(model, tokenizer, " Red dress for you") as again:
+        again.ids = again.ids[:-5] + [token_id(tokenizer, EOS)]
+        cons = decode(model, batch, config, token_id(tokenizer, EOS), tokenizer=tokenizer,
+                      constraints=[build(tokenizer, ARTICLE, [], FILTER)] * len(EXAMPLES))
+    for f, c in zip(free, cons):
+        assert tokenizer.decode(f[0][0], skip_special_tokens=True).strip() == "Red dress for you"  # cut, unchecked
+        text = tokenizer.decode(c[0][0], skip_special_tokens=True).strip()
+        assert text.startswith("Red dress for you") and (text[-1] in ".!?" or len(c[0][0]) == config.max_new_tokens), text
+
+
 def test_without_evidence_names_a_citation_cannot_be_completed(model, tokenizer, batch):
     text = " most recently the Lotta top."
     cons = [build(tokenizer, ARTICLE, [], FILTER)] * len(EXAMPLES)
