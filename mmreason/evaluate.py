@@ -185,8 +185,10 @@ def score(hyps, frame, items, hist, vocab, with_embedding=True, parts=None) -> d
     attrs = [{f: "" if is_generic(f, str(v).lower()) else str(v).lower() for f, v in zip(ATTR_FIELDS, row)}
              for row in arts[list(ATTR_FIELDS.values())].itertuples(index=False)]
     history_values = [h["colours"] | h["types"] if h["n"] else set() for h in hist]
+    # a cited purchase's name ("the Siri cardigan") is no claim about the article: grounding does not read it
     out = M.evaluate_all(hyps, refs, features=frame["features"].map(list).tolist(), attrs=attrs, vocab=vocab,
-                         histories=history_values, with_embedding=with_embedding)
+                         histories=history_values, names=[h.get("names") or () for h in hist],
+                         with_embedding=with_embedding)
     out.update(M.name_citation_precision(hyps, [h.get("names") or () for h in hist]))
     parts = [first_sentence_split(h) for h in hyps] if parts is None else parts
     if len(parts) != len(hyps):

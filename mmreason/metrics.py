@@ -194,19 +194,23 @@ def div(hyp_feature_sets: Sequence[Iterable[str]]) -> float:
 
 # --------------------------------------------------------------------------- grounding
 def attribute_grounding(
-    hyps: Sequence[str], attrs: Sequence[Mapping[str, str]], vocab: Mapping[str, Iterable[str]]
+    hyps: Sequence[str], attrs: Sequence[Mapping[str, str]], vocab: Mapping[str, Iterable[str]],
+    names: Sequence[Iterable[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per field and overall: mention_rate, and among hyps naming any value, precision and contradiction.
 
     precision = named the article's true value; contradiction = named some other value of the field
     (a hyp naming both counts in both). Examples whose article lacks the field are skipped for it.
+    names: per hyp, the user's earlier purchases' names; a cited one is no claim about the article and is
+    not read ("most recently the Siri cardigan" names no type for a sweater: ``without_cited_names``).
     """
     out = {}
     pooled = Counter()
+    texts = [without_cited_names(h, n) for h, n in zip(hyps, names, strict=True)] if names is not None else hyps
     for field, values in vocab.items():
         index = _value_index(list(values) + [a.get(field) or "" for a in attrs])
         c = Counter()
-        for hyp, a in zip(hyps, attrs, strict=True):
+        for hyp, a in zip(texts, attrs, strict=True):
             truth = _joined(a.get(field) or "")
             if not truth:
                 continue
@@ -249,6 +253,24 @@ def cited_purchases(sentence: str) -> list[str]:
         out.append(m.group(1))
         rest = m.group(1)
     return out
+
+
+def without_cited_names(hyp: str, names: Iterable[str]) -> list[str]:
+    """hyp's tokens without the earlier purchases' names it cites after a citation phrase ("most recently
+    the Siri cardigan" -> "... most recently the"): a purchase's name is no claim about the article. Only
+    the user's real purchases' names (``names``) are taken out; an invented one stays and is read."""
+    joined = sorted({_joined(n) for n in names if n}, key=len, reverse=True)
+    tokens = []
+    for sentence in split_sentences(hyp):
+        s, pos = _joined(sentence), 0
+        while joined and (m := _CITATION_RE.search(s, pos)) is not None:
+            start, cited = m.start(1), m.group(1)
+            name = next((n for n in joined if cited == n or cited.startswith(n + " ")), None)
+            if name is not None:
+                s = s[:start] + s[start + len(name):]
+            pos = start
+        tokens += s.split()
+    return tokens
 
 
 def cites_a_purchase(cited: str, names: Iterable[str]) -> bool:
@@ -369,6 +391,7 @@ def evaluate_all(
     attrs: Sequence[Mapping[str, str]] | None = None,
     vocab: Mapping[str, Iterable[str]] | None = None,
     histories: Sequence[Iterable[str]] | None = None,
+    names: Sequence[Iterable[str]] | None = None,
     user_ids: Sequence | None = None,
     article_ids: Sequence | None = None,
     with_embedding: bool = True,
@@ -387,7 +410,7 @@ def evaluate_all(
     if attrs is not None:
         if vocab is None:
             vocab = {field: {a[field] for a in attrs if a.get(field)} for field in {f for a in attrs for f in a}}
-        for field, stats in attribute_grounding(hyps, attrs, vocab).items():
+        for field, stats in attribute_grounding(hyps, attrs, vocab, names).items():
             out.update({f"grounding_{field}_{k}": v for k, v in stats.items()})
     if histories is not None:
         # Look for every known attribute value in claims, not only values someone has bought.

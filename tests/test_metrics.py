@@ -218,3 +218,22 @@ def test_embedding_similarity():
     unrelated = M.embedding_similarity(["Black slim trousers in stretch twill."], ["The train to Leeds was late again."])
     assert same == pytest.approx(1.0, abs=1e-4)
     assert same > close > unrelated
+
+
+def test_grounding_does_not_read_a_cited_purchase_name_as_a_claim():
+    """"most recently with the Siri cardigan" names a purchase, not the article's type: with the user's names
+    grounding skips it (a sweater's reason naming no type is no contradiction); an invented name is still read."""
+    hyp = "Black is a regular: most recently with the Siri cardigan. Soft jumper with ribbing. In black."
+    assert M.without_cited_names(hyp, ["Siri cardigan"]) == M.tokenize(
+        "Black is a regular: most recently with the. Soft jumper with ribbing. In black.")
+    assert "cardigan" in M.without_cited_names(hyp, ["Lotta top"])          # not a real purchase: read
+    assert M.without_cited_names("You bought the Siri cardigan, like the Siri cardigan 2 weeks ago.",
+                                 ["siri cardigan"]) == M.tokenize("You bought the, like the 2 weeks ago.")
+    attrs = [{"type": "Sweater"}]
+    vocab = {"type": {"Sweater", "Cardigan"}}
+    before = M.attribute_grounding([hyp], attrs, vocab)["type"]
+    after = M.attribute_grounding([hyp], attrs, vocab, names=[["Siri cardigan"]])["type"]
+    assert before["mention_rate"] == 1.0 and before["precision"] == 0.0
+    assert after["mention_rate"] == 0.0
+    honest = "You bought the Siri cardigan. A sweater in black."
+    assert M.attribute_grounding([honest], attrs, vocab, names=[["Siri cardigan"]])["type"]["precision"] == 1.0
