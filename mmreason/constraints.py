@@ -8,11 +8,11 @@ Three rules, applied to the log-probs of every strategy alike (greedy, sampling,
   values  colour, type and pattern words of the catalogue vocabulary that contradict the article
           (``filters.Filter.contradicting``) cannot be emitted, in any of their usual spellings (lower,
           Capitalised, Title, plural, with or without a leading space); inside a name the trie decides.
-  ends    the reason ends (EOS) only after a finished sentence (".", "!" or "?"): the filter rejects any
-          other ending as truncated. Measured why: 23 of the 25 greedy reasons that failed the filter on
-          the temporal validation set ended right after a cited name ("... most recently with the Disa
-          jacket"), the model's EOS being the likeliest word-ending token there; only max_new_tokens can
-          still cut a reason.
+  ends    the reason ends (EOS) only after a finished sentence (``filters.SENTENCE_END``): the filter
+          rejects any other ending as truncated; only max_new_tokens can still cut a reason.
+A cited name whose last word is a banned value ("the TAZ LONG RN T-SHIRT" for hair ties) is closed like any
+name: the values rule once forbade closing it while the names rule forbade continuing it, no token was left,
+and the reason stopped there (most of greedy's filter failures on the validation sets).
 Measured why (issue 13): at this training budget the full model named a purchase the customer never
 made in 240 of 300 unseen-product reasons, and the right colour in 31.5%, although both were in reach.
 The rules read token ids, as the model wrote them; a word spelled in non-canonical pieces is not seen
@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mmreason.collate import token_id
-from mmreason.tokenizer import EOS
+from mmreason.filters import SENTENCE_END
 
 # metrics._CITATION_RE's phrases without their final "the" (lowercase, as metrics.tokenize reads them)
 CITATION_PREFIXES = ("most recently", "most recently with", "most recently for", "you bought", "like",
@@ -73,14 +72,6 @@ def _kept(tokenizer) -> tuple[dict, dict, dict]:
     return hit[1], hit[2], hit[3]
 
 
-def encodings(tokenizer) -> dict:
-    """The text -> token ids cache ``build`` uses for ``tokenizer``, kept as long as the process runs: one
-    article's constraint encodes ~2,000 spellings of the catalogue's colour and type words (160 ms on one
-    core), the same for every article, so a server builds them once. Bounded by the catalogue's words and
-    purchase names."""
-    return _kept(tokenizer)[0]
-
-
 def _value_rules(value: str, enc) -> tuple[set[int], list[tuple[tuple[int, ...], int]], set[str]]:
     """What banning ``value`` adds: single-token spellings, (prefix, last token) of the longer ones, words."""
     singles, after, words = set(), [], set()
@@ -96,8 +87,10 @@ def _value_rules(value: str, enc) -> tuple[set[int], list[tuple[tuple[int, ...],
 
 def build(tokenizer, article: Mapping, names: Sequence[str], filt, cache: dict | None = None) -> Constraint:
     """The constraint for one example: ``names`` the evidence may cite, ``filt`` a ``filters.Filter``
-    (its vocabulary and excuse rules decide what contradicts ``article``). ``cache``: text -> ids, by
-    default ``encodings(tokenizer)``, kept across calls (with each value's rules)."""
+    (its vocabulary and excuse rules decide what contradicts ``article``). ``cache``: text -> ids; by
+    default the tokenizer's own, kept as long as the process runs with each value's rules and each set of
+    contradicting values' part: one article encodes ~2,000 spellings of the catalogue's colour and type
+    words (160 ms on one core), the same for every article, so a server builds them once."""
     if cache is None:
         cache, rules, parts = _kept(tokenizer)
     else:
@@ -139,7 +132,6 @@ def build(tokenizer, article: Mapping, names: Sequence[str], filt, cache: dict |
 
 
 _WORD_RE = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")  # metrics.tokenize's words
-_FINISHED = re.compile(r"[.!?][\"')\]]*\s*$")  # a finished sentence, as filters._END_RE reads the end
 _CITE_THE = tuple(p + " the" for p in CITATION_PREFIXES)
 _PIECES: dict[int, tuple[object, list[str], torch.Tensor]] = {}
 
@@ -167,7 +159,7 @@ class Constrainer:
     TAIL = 80  # characters of text kept per row: enough for the longest value or citation phrase
 
     def __init__(self, constraints: Sequence[Constraint | None], per_example: int, vocab_size: int, tokenizer,
-                 device):
+                 device, eos_id: int | None = None):
         self.rows = [constraints[r // per_example] for r in range(len(constraints) * per_example)]
         self.tokens: list[list[int]] = [[] for _ in self.rows]
         self.text: list[str] = [""] * len(self.rows)
@@ -182,10 +174,7 @@ class Constrainer:
                 static[i, [t for t in c.banned if t < vocab_size]] = True
         self.static = static.repeat_interleave(per_example, 0).to(device)     # (R, V)
         self.lengths = sorted({len(k) for c in constraints if c is not None for k in c.banned_after})
-        try:
-            self.eos = token_id(tokenizer, EOS)
-        except ValueError:  # a tokenizer without the project's EOS: no "ends" rule
-            self.eos = None
+        self.eos = eos_id  # None: no "ends" rule
 
     def _last_words(self, r: int, n: int = 4) -> list[str] | None:
         """The last n words of row r's text when its last word is still open (else None)."""
@@ -226,7 +215,7 @@ class Constrainer:
                                                    for k in range(1, len(words) + 1)):
                 closing.append(r)
         if self.eos is not None:  # "ends": no EOS before a finished sentence
-            unfinished = [r for r, c in enumerate(self.rows) if c is not None and not _FINISHED.search(self.text[r])]
+            unfinished = [r for r, c in enumerate(self.rows) if c is not None and not SENTENCE_END.search(self.text[r].rstrip())]
             if unfinished:
                 banned[unfinished, self.eos] = True
         if closing:

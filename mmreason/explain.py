@@ -102,14 +102,13 @@ class Explainer:
         decode, self.fallback = decoding(decode) if isinstance(decode, str) else (decode, None)
         self.decode, self.batch_size, self.constrain = decode, batch_size, constrain
         self.offer_retrieved = offer_retrieved  # shown.shown_reasons: retrieved copies offered after the hook
-        self._next_day, self._contexts = None, OrderedDict()
+        self._next_day = pd.Timestamp(self.tables["interactions"]["t_dat"].max()) + pd.Timedelta(days=1)
+        self._contexts = OrderedDict()
 
     CONTEXTS = 4096  # (customer, day) prompt contexts kept (``context``)
 
     def next_day(self) -> pd.Timestamp:
         """The day after the data ends: every purchase is history."""
-        if self._next_day is None:
-            self._next_day = pd.Timestamp(self.tables["interactions"]["t_dat"].max()) + pd.Timedelta(days=1)
         return self._next_day
 
     def context(self, customer_id: str, day: pd.Timestamp) -> tuple[dict, dict]:

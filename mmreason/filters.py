@@ -71,7 +71,7 @@ CLAIM_PATTERNS = HISTORY_CLAIM_PATTERNS + (
     r"\byour wardrobe\b", r"\bmost recently\b",
 )
 
-_END_RE = re.compile(r"[.!?][\"')\]]*$")
+SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")  # a finished reason ends so (else: truncated); constraints' "ends"
 
 
 # --------------------------------------------------------------------------- tidy-up
@@ -87,7 +87,7 @@ def clean(text: str, drop_unfinished: bool = False) -> str:
     text = re.sub(r",([.!?])", r"\1", text)                      # ",." -> "."
     text = re.sub(r"([a-z][.!?])([A-Z])", r"\1 \2", text)        # "ago.Wide" -> "ago. Wide"
     text = re.sub(r"^[\s.,;:!?\-]+", "", text)                   # stray leading punctuation
-    if drop_unfinished and not _END_RE.search(text):
+    if drop_unfinished and not SENTENCE_END.search(text):
         ends = list(re.finditer(r"[.!?][\"')\]]*(?=\s)", text))
         if ends:
             text = text[:ends[-1].end()]
@@ -236,7 +236,7 @@ class Filter:
             return ["empty"]
         causes = []
         sentences = [" ".join(tokenize(s)) for s in split_sentences(reason)]
-        if not _END_RE.search(reason.strip()):
+        if not SENTENCE_END.search(reason.strip()):
             causes.append("truncated")
         joined = f" {' '.join(tokens)} "
         if (_repetitive(tokens, self.repeat_ngram, self.max_repeats) or _repeated_sentence(sentences)

@@ -367,7 +367,7 @@ def decode(model, batch: dict, config: DecodeConfig, eos_id: int,
             if tokenizer is None:
                 raise ValueError("decode with constraints needs the tokenizer")
             V = start[0].size(-1)
-            make = lambda per_example: Constrainer(constraints, per_example, V, tokenizer, device)  # noqa: E731
+            make = lambda per_example: Constrainer(constraints, per_example, V, tokenizer, device, eos_id)  # noqa: E731
         if config.strategy in ("beam", "diverse_beam"):
             return _beam(model, start, config, eos_id, make)
         return _greedy_or_sample(model, start, config, eos_id, generator, make)

@@ -42,9 +42,10 @@ from mmreason import metrics as M
 from mmreason import paths
 from mmreason.collate import EOS, collate, encode_example, token_id
 from mmreason.filters import Filter, vocab_from_items
-from mmreason.generate import DecodeConfig, decode, preset
+from mmreason.generate import DecodeConfig, decode
 from mmreason.io import DataError, atomic_write_json, write_report
 from mmreason.model import SEG_REASON
+from mmreason.shown import DECODINGS, decoding
 
 GROUNDED_FIELDS = {"colour": "colour_group_name", "type": "product_type_name"}
 
@@ -242,9 +243,9 @@ def deployed_scores(module, data, prompts: Prompts, reward: Reward, items: pd.Da
     """The reasons users would see (``evaluate``'s decoding + filter), scored with the reward and the metrics."""
     from mmreason.evaluate import model_reasons, score
 
-    decode_cfg = preset(n_decode, num_return_sequences=4) if n_decode != "greedy" else preset(n_decode)
+    decode_cfg, fallback = decoding(n_decode)
     hyps, report = model_reasons(module, data, prompts.frame, items, prompts.hists, reward.filter, decode_cfg,
-                                 progress=progress)
+                                 progress=progress, fallback=fallback)
     r = reward(hyps, prompts.rows, prompts.hists)
     m = score(hyps, prompts.frame, items, prompts.hists, reward.vocab, with_embedding=False)
     out = {"reward": float(np.mean(r["reward"])), "feedback": float(np.mean(r["feedback"])),
@@ -336,7 +337,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-val", type=int, default=128, help="validation prompts for the sampled-reward curve")
     p.add_argument("--eval-every", type=int, default=25, help="steps between sampled-reward checks")
     p.add_argument("--save-every", type=int, default=25)
-    p.add_argument("--decode", default="beam", help="deployed decoding preset for before/after")
+    p.add_argument("--decode", default="beam", choices=DECODINGS, help="deployed decoding for before/after")
     p.add_argument("--no-progress", action="store_true")
     for f in RLConfig.__dataclass_fields__.values():
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
