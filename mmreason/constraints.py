@@ -230,6 +230,15 @@ class Constrainer:
             lp[r] = row
         return lp
 
+    def keep_rows(self, rows: Sequence[int]) -> None:
+        """Drop every row but rows, in that order (finished rows leaving greedy decoding's batch)."""
+        self.rows = [self.rows[r] for r in rows]
+        self.tokens = [self.tokens[r] for r in rows]
+        self.text = [self.text[r] for r in rows]
+        self.node = [self.node[r] for r in rows]
+        self.close = [self.close[r] for r in rows]
+        self.static = self.static[list(rows)]
+
     def advance(self, new_tokens: Sequence[int], source: Sequence[int] | None = None) -> None:
         """Row r now continues row source[r] (beam reordering; None: itself) with new_tokens[r]."""
         if source is not None:

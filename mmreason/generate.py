@@ -198,7 +198,21 @@ def _greedy_or_sample(model, start, config, eos_id, generator, make_constrainer=
     lengths = torch.zeros(R, dtype=torch.long, device=logits.device)           # scored tokens
     done = torch.zeros(R, dtype=torch.bool, device=logits.device)
     ended = torch.zeros(R, dtype=torch.bool, device=logits.device)             # stopped at EOS
+    rows = torch.arange(R, device=logits.device)                               # each batch row's output row
+    final: list = [None] * R                                                   # (ids, score) per output row
+    # Greedy drops finished rows from the batch once a quarter of it is done, so later steps compute (and
+    # attend over the cache of) live rows only. A row's result does not depend on its batch (the same ids; scores
+    # within float rounding, ~1e-7 on the default run); sampling keeps its rows (its random stream is drawn per row).
+    # Measured on the default run, 64 unseen prompts, greedy preset: 1,357 ms against 1,583 (median of 6, interleaved).
+    shrink = config.strategy == "greedy" and isinstance(cache, kvcache.KVCache)
     constrainer = make_constrainer(n) if make_constrainer else None
+
+    def retire(batch_rows):
+        for r in batch_rows:
+            L = int(lengths[r])
+            final[int(rows[r])] = (tokens[r, :L - 1 if ended[r] else L].tolist(),
+                                   _norm(float(scores[r]), L, config.length_penalty))
+
     for _ in range(int(limit.max())):
         lp = _logprobs(logits, tokens, config, constrainer, eos_id)
         if config.strategy == "greedy":
@@ -219,16 +233,17 @@ def _greedy_or_sample(model, start, config, eos_id, generator, make_constrainer=
         done |= (nxt == eos_id) | (lengths >= limit)
         if done.all():
             break
+        if shrink and 4 * int(done.sum()) >= done.numel():
+            retire(done.nonzero()[:, 0].tolist())
+            keep = (~done).nonzero()[:, 0]
+            tokens, scores, lengths, done, ended, limit, rows, nxt, mask, pos = (
+                t[keep] for t in (tokens, scores, lengths, done, ended, limit, rows, nxt, mask, pos))
+            cache.keep_rows(keep)
+            if constrainer is not None:
+                constrainer.keep_rows(keep.tolist())
         logits, cache, mask, pos = _step(model, nxt, cache, mask, pos, max_pos)
-    out = []
-    for b in range(R // n):
-        cands = []
-        for r in range(b * n, (b + 1) * n):
-            L = int(lengths[r])
-            ids = tokens[r, :L - 1 if ended[r] else L].tolist()
-            cands.append((ids, _norm(float(scores[r]), L, config.length_penalty)))
-        out.append(sorted(cands, key=lambda c: -c[1]))
-    return out
+    retire(range(rows.numel()))
+    return [sorted(final[b * n:(b + 1) * n], key=lambda c: -c[1]) for b in range(R // n)]
 
 
 # --------------------------------------------------------------------------- (diverse) beam search

@@ -65,6 +65,23 @@ class KVCache:
             self.k[layer][:, :, gen] = self.k[layer][beam_idx, :, gen]
             self.v[layer][:, :, gen] = self.v[layer][beam_idx, :, gen]
 
+    def keep_rows(self, idx: torch.Tensor) -> None:
+        """Drop every row but idx (R',), in that order: finished rows leave greedy decoding's batch, so later steps
+        attend over the live rows' keys only. One row per example (K == 1) only."""
+        if self.K != 1:
+            raise RuntimeError("keep_rows needs one row per example (greedy decoding)")
+        if self.k is None:
+            self.pk = [t.index_select(0, idx) for t in self.pk]
+            self.pv = [t.index_select(0, idx) for t in self.pv]
+        else:
+            self.k = [t.index_select(0, idx) for t in self.k]
+            self.v = [t.index_select(0, idx) for t in self.v]
+            self.mask = self.mask.index_select(0, idx)
+        self.prompt_mask = self.prompt_mask.index_select(0, idx)
+        self.B = idx.numel()
+        if self.copy is not None:
+            self.copy = tuple(t.index_select(0, idx) for t in self.copy)
+
     def _alloc(self) -> None:
         R, Lp = self.B * self.K, self.Lp
         self.k, self.v = [], []

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import tiny_tokenizer
-from test_generate import EXAMPLES, tiny_model
+from test_generate import EXAMPLES, SCORE_ATOL, copy_model, tiny_model
 
 from mmreason import metrics as M
 from mmreason.collate import EOS, NAME_SLOT, collate, encode_example, token_id
@@ -334,3 +334,30 @@ def test_sampling_survives_a_row_the_constraint_leaves_no_token(model, tokenizer
     assert len(out) == 3 and all(len(c) == 2 for c in out)
     assert all(score == float("-inf") for _, score in out[0])
     assert all(score > float("-inf") for c in out[1:] for _, score in c)
+
+
+def test_greedy_drops_finished_rows_and_each_row_decodes_as_alone(tokenizer, batch):
+    """Greedy drops finished rows from its batch (once a quarter of it is done; the KV cache, the copy head's
+    prompt state and the constraint's rows go with them): every row's reason and score are what it gets decoded
+    on its own. Short position tables give the rows (prompts of unequal length) unequal room, so they finish
+    at different steps."""
+    model = copy_model(tokenizer, n_positions=40)
+    encoded = [encode_example(tokenizer, ex, max_prompt_tokens=6, with_reason=False) for ex in EXAMPLES]
+    short = {**batch, **collate(encoded, pad_id=tokenizer.pad_token_id, padding_side="left")}
+    short.pop("labels")
+    cons = [build(tokenizer, ARTICLE, ["Luna skinny"], FILTER), None, build(tokenizer, ARTICLE, [], FILTER)]
+    cfg, eos = DecodeConfig("greedy", max_new_tokens=1000, no_repeat_ngram_size=2), token_id(tokenizer, EOS)
+    rows = []  # rows of every model call: the prompt (B, T, C), then one (R, C) per step
+    hook = model.gpt2.transformer.ln_f.register_forward_hook(lambda m, args, out: rows.append(args[0].size(0)))
+    try:
+        together = decode(model, short, cfg, eos, constraints=cons, tokenizer=tokenizer)
+    finally:
+        hook.remove()
+    assert rows[0] == len(EXAMPLES) and rows[-1] < len(EXAMPLES)  # the batch shrank as rows finished
+    lengths = [len(c[0][0]) for c in together]
+    assert len(set(lengths)) > 1
+    for b in range(len(EXAMPLES)):
+        one = {k: v[b:b + 1] for k, v in short.items()}
+        alone = decode(model, one, cfg, eos, constraints=[cons[b]], tokenizer=tokenizer)
+        assert alone[0][0][0] == together[b][0][0]
+        assert alone[0][0][1] == pytest.approx(together[b][0][1], abs=SCORE_ATOL)

@@ -399,10 +399,10 @@ def test_beam_early_stop_with_length_penalty_drops_no_better_hypothesis():
 
 # --------------------------------------------------------------------------- the copy head (pointer-generator)
 
-def copy_model(tokenizer, seed=0):
+def copy_model(tokenizer, seed=0, n_positions=256):
     torch.manual_seed(seed)
     cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, clip_dim=8, prefix_len=2, vocab_size=len(tokenizer),
-                      dropout=0.0, n_positions=256, copy_head=True, copy_dim=16)
+                      dropout=0.0, n_positions=n_positions, copy_head=True, copy_dim=16)
     model = ReasonModel(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
