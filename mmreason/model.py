@@ -333,8 +333,14 @@ class ReasonModel(nn.Module):
         with torch.autocast(h.device.type, enabled=False):
             h, e = h.float(), self.wte(ids).float()
             keys, prev_n, bias = self.copy.sources(h, e, src)
-            log_attn, gate = self.copy.attend(h[:, :-1], e[:, :-1], keys, prev_n, bias)          # (B, k+T-1, k+T)
-            log_attn, gate = log_attn[scored], gate[scored]                                      # (N, k+T), (N,)
+            # queries at the scored positions only (a quarter of a row): each row's first Q of them, in order
+            n = scored.sum(1)                                                                    # (B,)
+            Q = int(n.max()) if n.numel() else 0
+            at = scored.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :Q]     # (B, Q)
+            valid = torch.arange(Q, device=h.device)[None] < n[:, None]                          # (B, Q)
+            take = lambda x: x.gather(1, at[..., None].expand(-1, -1, x.size(-1)))  # noqa: E731  (B, Q, C)
+            log_attn, gate = self.copy.attend(take(h), take(e), keys, prev_n, bias)              # (B, Q, k+T)
+            log_attn, gate = log_attn[valid], gate[valid]                                        # (N, k+T), (N,)
             src_ids = ids[scored.nonzero()[:, 0]]                                                # (N, k+T)
             if full:
                 return CopyHead.mix(lp, gate, log_attn, src_ids), targets, scored

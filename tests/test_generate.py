@@ -457,6 +457,32 @@ def test_copy_head_full_distribution_is_normalised_and_matches_targets(tokenizer
     assert full.gather(1, targets[:, None]).squeeze(1) == pytest.approx(lp, abs=1e-5)
 
 
+def test_copy_head_batch_scores_equal_each_rows_own():
+    """The copy head's queries are gathered at each row's scored positions (rows with unequal reasons, right
+    padding as in training): a batch gives every token the log-prob its row gets alone, in the same order."""
+    V = 40
+    torch.manual_seed(0)
+    model = ReasonModel(ModelConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=V, n_positions=64, dropout=0.0,
+                                    use_photo=False, copy_head=True, copy_dim=16)).eval()
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for prompt_len, reason_len in ((7, 5), (4, 9), (10, 2)):
+        ids = torch.randint(4, V, (prompt_len + reason_len,), generator=g)
+        segs = torch.tensor([1] * prompt_len + [SEG_REASON] * reason_len)
+        labels = torch.cat([torch.full((prompt_len,), -100), ids[prompt_len:]])
+        rows.append((ids, segs, labels))
+    T = max(len(r[0]) for r in rows)
+    pad = lambda x, v: torch.cat([x, torch.full((T - len(x),), v, dtype=x.dtype)])  # noqa: E731
+    ids, segs, labels = (torch.stack([pad(r[i], v) for r in rows]) for i, v in ((0, 0), (1, SEG_REASON), (2, -100)))
+    mask = torch.stack([pad(torch.ones(len(r[0]), dtype=torch.long), 0) for r in rows])
+    with torch.no_grad():
+        batch_lp, batch_targets, _ = model.scored_logprobs(None, None, ids, segs, mask, labels)
+        alone = [model.scored_logprobs(None, None, i[None], s[None], torch.ones(1, len(i), dtype=torch.long), lab[None])
+                 for i, s, lab in rows]
+    assert batch_targets.tolist() == [t for _, targets, _ in alone for t in targets.tolist()]
+    assert batch_lp == pytest.approx(torch.cat([lp for lp, _, _ in alone]), abs=1e-5)
+
+
 def test_copy_head_decoding_mix_equals_the_training_mix():
     """Decoding mixes in probability space (``CopyHead.mix_logits``), training in log space (``mix``): the same
     log-probs, for gates from all-generate to all-copy, wide logits, and source ids repeated in a row."""
