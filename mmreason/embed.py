@@ -134,11 +134,17 @@ def read_embeddings(path: str | Path) -> dict:
 
 def lookup(cache: dict, article_ids) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings for ``article_ids`` in that order: (N, D) with zero rows where there is none, has (N,)."""
-    index = {int(a): i for i, a in enumerate(cache["article_id"].tolist())}
-    rows = torch.tensor([index.get(int(a), -1) for a in article_ids], dtype=torch.long)
-    has = rows >= 0
-    out = torch.zeros(len(rows), cache["embedding"].shape[1])
-    out[has] = cache["embedding"][rows[has]]
+    ids = torch.as_tensor(cache["article_id"], dtype=torch.long)
+    want = torch.as_tensor([int(a) for a in article_ids], dtype=torch.long)
+    out = torch.zeros(len(want), cache["embedding"].shape[1])
+    if not len(ids):
+        return out, torch.zeros(len(want), dtype=torch.bool)
+    # a binary search in the sorted ids: a server looks up one article per request, and building a dict of
+    # every id cost ~4 ms per call (17k ids); a sort costs a fraction of that
+    srt, order = ids.sort(stable=True)
+    at = torch.searchsorted(srt, want).clamp(max=len(srt) - 1)
+    has = srt[at] == want
+    out[has] = cache["embedding"][order[at[has]]]
     return out, has
 
 

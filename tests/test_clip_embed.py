@@ -233,3 +233,14 @@ def test_retrieval_finds_each_held_out_product_by_its_own_text(items, monkeypatc
     monkeypatch.setattr(E, "encode_texts", texts_naming(1))  # every text points at another product
     r = E.retrieval(None, None, cache, items)
     assert r["image_to_text"]["R@1"] == r["text_to_image"]["R@1"] == 0.0
+
+
+def test_lookup_finds_each_id_in_the_asked_order():
+    """``embed.lookup``: rows in the order asked (repeats, ids absent, ids below and above every cached one), zero
+    rows where there is no embedding; an empty cache has none."""
+    cache = {"article_id": torch.tensor([30, 10, 20]), "embedding": torch.tensor([[3.0, 0], [1.0, 0], [2.0, 0]])}
+    emb, has = E.lookup(cache, [20, 5, 30, 10, 20, 99, 25])
+    assert has.tolist() == [True, False, True, True, True, False, False]
+    assert emb[:, 0].tolist() == [2.0, 0.0, 3.0, 1.0, 2.0, 0.0, 0.0]
+    emb, has = E.lookup({"article_id": torch.zeros(0, dtype=torch.long), "embedding": torch.zeros(0, 2)}, [1, 2])
+    assert emb.shape == (2, 2) and not has.any()
