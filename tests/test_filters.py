@@ -66,6 +66,18 @@ def test_a_hyphen_joins_words():
     assert f.check("A polo shirt in jersey.", tee, None) == ["wrong_type"]
 
 
+def test_contradicting_is_kept_per_article_and_never_stale():
+    """``contradicting`` is kept by the columns it reads: the same article gives the same values; an article that
+    differs in any of those columns (its type, its copy) gets its own."""
+    f = Filter({"colour": {"green"}, "type": {"t-shirt", "shirt", "polo shirt", "trousers"}, "pattern": set()})
+    tee = {"product_type_name": "T-shirt", "colour_group_name": "Green", "graphical_appearance_name": "Solid"}
+    first = f.contradicting(tee)
+    assert f.contradicting(dict(tee)) is first
+    assert f.contradicting({**tee, "product_type_name": "Trousers"})["type"] == {"t-shirt", "shirt", "polo shirt"}
+    assert f.contradicting({**tee, "detail_desc": "A polo shirt collar."})["type"] == {"trousers"}  # its own words
+    assert f.contradicting(tee)["type"] == {"polo shirt", "trousers"}
+
+
 def test_values_the_article_explains_pass(filt):
     dress = ITEMS.set_index("article_id").loc[400000001].to_dict()  # Wrap dress, Dark Red, All over pattern
     reason = "A wrap dress to wear over a sweater, in dark red."
