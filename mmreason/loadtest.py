@@ -129,7 +129,19 @@ async def measure(args, batching: bool) -> tuple[list[dict], dict]:
     return [r | {"batching": batching} for r in rows], health
 
 
-def run(args) -> int:
+def command_line(args, defaults: dict | None) -> str:
+    """The command that reproduces a report: the flags that differ from serve's ``defaults`` (the run is named
+    in the report's text)."""
+    names = ("decode", "model", "threads", "max_batch", "max_wait_ms")
+    flags = [f"--{k.replace('_', '-')} {getattr(args, k):g}" if isinstance(getattr(args, k), float)
+             else f"--{k.replace('_', '-')} {getattr(args, k)}"
+             for k in names if defaults is not None and getattr(args, k) != defaults.get(k)]
+    return " ".join(["python -m mmreason.serve --loadtest", f"--duration {args.duration:g}", *flags])
+
+
+def run(args, defaults: dict | None = None) -> int:
+    """The load test of ``args`` (serve's flags); ``defaults``: serve's defaults, to name in the report the flags
+    that differ from them."""
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     load_before = os.getloadavg()
     rows, health = [], {}
@@ -154,7 +166,8 @@ def run(args) -> int:
         lines.append("| " + " | ".join("on" if c == "batching" and r[c] else "off" if c == "batching"
                                        else str(r.get(c, "")) for c in cols) + " |")
     table = "\n".join(lines)
-    md = (f"# Serving load test (CPU)\n\n`python -m mmreason.serve --loadtest --duration {args.duration:g}`, "
+    command = command_line(args, defaults)
+    md = (f"# Serving load test (CPU)\n\n`{command}`, "
           f"started {started}: the server on 127.0.0.1 (run `{payload['run']}`, {args.decode} decoding + filter, "
           f"{args.model} recommender, torch threads {args.threads}), a closed-loop client in another process; "
           f"{args.duration:g} s per row; real customers and the articles the recommender gives them. "

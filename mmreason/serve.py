@@ -322,7 +322,7 @@ def main(argv=None) -> int:
     if args.loadtest:
         from mmreason import loadtest
 
-        return loadtest.run(args)
+        return loadtest.run(args, defaults=vars(get_parser().parse_args([])))
     try:
         cfg = TwoTowerConfig(**{f: getattr(args, f) for f in TwoTowerConfig.__dataclass_fields__})
         service = Service(args.run, decode=args.decode, model=args.model, recommend_dir=args.recommend_dir, two_tower=cfg)

@@ -266,3 +266,14 @@ def test_a_reason_with_no_candidate_is_reported_not_raised():
     assert r.filter == "failed: no candidate"
     ok = serve.reason_of(Explanation(123, "A fine reason.", True, [("bad", ["empty"])]))
     assert ok.causes == [] and ok.rejected_before == 1
+
+
+def test_load_test_report_names_the_flags_that_differ_from_the_defaults():
+    from mmreason import loadtest, serve
+
+    defaults = vars(serve.get_parser().parse_args([]))
+    args = serve.get_parser().parse_args(["--loadtest", "--duration", "15", "--threads", "2", "--max-wait-ms", "2.5"])
+    assert loadtest.command_line(args, defaults) == \
+        "python -m mmreason.serve --loadtest --duration 15 --threads 2 --max-wait-ms 2.5"
+    plain = serve.get_parser().parse_args(["--loadtest", "--duration", "15"])
+    assert loadtest.command_line(plain, defaults) == "python -m mmreason.serve --loadtest --duration 15"
