@@ -35,6 +35,7 @@ def free_port() -> int:
 
 def start_server(args, batching: bool, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mmreason.serve", "--port", str(port), "--threads", str(args.threads),
+           "--batch-threads", str(args.batch_threads), "--parallel-from", str(args.parallel_from),
            "--decode", args.decode, "--model", args.model, "--max-batch", str(args.max_batch),
            "--max-wait-ms", str(args.max_wait_ms)]
     cmd += ["--run", args.run] if args.run else []
@@ -132,7 +133,7 @@ async def measure(args, batching: bool) -> tuple[list[dict], dict]:
 def command_line(args, defaults: dict | None) -> str:
     """The command that reproduces a report: the flags that differ from serve's ``defaults`` (the run is named
     in the report's text)."""
-    names = ("decode", "model", "threads", "max_batch", "max_wait_ms")
+    names = ("decode", "model", "threads", "batch_threads", "parallel_from", "max_batch", "max_wait_ms")
     flags = [f"--{k.replace('_', '-')} {getattr(args, k):g}" if isinstance(getattr(args, k), float)
              else f"--{k.replace('_', '-')} {getattr(args, k)}"
              for k in names if defaults is not None and getattr(args, k) != defaults.get(k)]
@@ -154,7 +155,8 @@ def run(args, defaults: dict | None = None) -> int:
     for key, r in on.items():
         r["speedup_rps"] = round(r["rps"] / off[key]["rps"], 2) if off[key]["rps"] else None
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-               "torch_threads": args.threads, "load_avg_before": [round(x, 2) for x in load_before],
+               "torch_threads": args.threads, "batch_threads": args.batch_threads,
+               "parallel_from": args.parallel_from, "load_avg_before": [round(x, 2) for x in load_before],
                "load_avg_after": [round(x, 2) for x in load_after]}
     payload = {"started": started, "duration_s": args.duration, "run": args.run or "artifacts/runs/cpu",
                "decode": args.decode, "model": args.model, "max_batch": args.max_batch,
@@ -169,7 +171,7 @@ def run(args, defaults: dict | None = None) -> int:
     command = command_line(args, defaults)
     md = (f"# Serving load test (CPU)\n\n`{command}`, "
           f"started {started}: the server on 127.0.0.1 (run `{payload['run']}`, {args.decode} decoding + filter, "
-          f"{args.model} recommender, torch threads {args.threads}), a closed-loop client in another process; "
+          f"{args.model} recommender, torch threads {args.threads}, {args.batch_threads} for batches of {args.parallel_from}+ articles), a closed-loop client in another process; "
           f"{args.duration:g} s per row; real customers and the articles the recommender gives them. "
           f"Dynamic batching: up to {args.max_batch} articles or {args.max_wait_ms:g} ms. `speedup_rps`: requests/s "
           f"with batching over without. Machine: {machine['cpus']} CPUs ({machine['processor'] or 'unknown'}), "

@@ -298,9 +298,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batching", action="store_true", help="decode each request alone (for comparison)")
     p.add_argument("--max-batch", type=int, default=32, help="most articles decoded together (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
-    # One intra-op thread: on 2 shared cores, 2 threads made a one-article beam decode 10x slower
-    # whenever another process was busy (4.9 s vs 0.5 s, measured); batching is the parallelism here.
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    # One intra-op thread for small batches: on 2 shared cores, 2 threads made a one-article beam decode 10x
+    # slower whenever another process was busy (4.9 s vs 0.5 s, measured); a batch of 32 has the work to use a
+    # second thread (load test: README)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for small batches (default 1)")
+    p.add_argument("--batch-threads", type=int, default=2,
+                   help="torch threads for a decoding batch of at least --parallel-from articles (default 2)")
+    p.add_argument("--parallel-from", type=int, default=8, help="articles from which a batch decodes on "
+                                                                "--batch-threads threads (default 8)")
     for f in TwoTowerConfig.__dataclass_fields__.values():  # --dim, --epochs, ... as `recommend` has them
         kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
         p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
@@ -325,7 +330,8 @@ def main(argv=None) -> int:
         return loadtest.run(args, defaults=vars(get_parser().parse_args([])))
     try:
         cfg = TwoTowerConfig(**{f: getattr(args, f) for f in TwoTowerConfig.__dataclass_fields__})
-        service = Service(args.run, decode=args.decode, model=args.model, recommend_dir=args.recommend_dir, two_tower=cfg)
+        service = Service(args.run, decode=args.decode, model=args.model, recommend_dir=args.recommend_dir, two_tower=cfg,
+                          threads=(args.threads, args.batch_threads, args.parallel_from))
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mmreason import paths
 from mmreason import recommend as R
@@ -48,7 +49,11 @@ class Service:
     """The generator run, the recommender and the tables, loaded once."""
 
     def __init__(self, run=None, decode: str = "greedy+beam", model: str = "two_tower", recommend_dir=None,
-                 two_tower: R.TwoTowerConfig | None = None, progress: bool = False):
+                 two_tower: R.TwoTowerConfig | None = None, progress: bool = False,
+                 threads: tuple[int, int, int] | None = None):
+        # (threads, batch_threads, parallel_from): a decoding call of at least parallel_from articles runs on
+        # batch_threads torch threads, a smaller one on threads; None leaves torch's setting alone
+        self.threads = threads
         self.run = paths.resolve(run) if run is not None else paths.run_dir()
         self.explainer = Explainer(self.run, decode=decode)
         data_dir = self.explainer.data.artifacts.data_dir  # the tables the generator was trained on
@@ -130,6 +135,9 @@ class Service:
     # -- reasons
     def explain_many(self, requests) -> list[list[Explanation]]:
         """(customer_id, article_ids, day) requests -> reasons, in one decoding call."""
+        if self.threads is not None:
+            small, large, start = self.threads
+            torch.set_num_threads(large if sum(len(ids) for _, ids, _ in requests) >= start else small)
         return self.explainer.explain_many([(self.customer(c), ids, self.day(d)) for c, ids, d in requests])
 
 

@@ -241,6 +241,23 @@ def test_service_batches_real_requests(service):
     assert all(e.reason for o in out for e in o)
 
 
+def test_service_decodes_large_batches_on_more_threads(service, monkeypatch):
+    """``threads=(small, large, from)``: a decoding call of at least ``from`` articles runs on ``large`` torch
+    threads, a smaller one on ``small``; None (the default) leaves torch's setting alone."""
+    import torch
+
+    set_to = []
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    monkeypatch.setattr(service.explainer, "explain_many", lambda requests: [[] for _ in requests])
+    service.explain_many([(A, [TEE], None)])
+    assert set_to == []
+    monkeypatch.setattr(service, "threads", (1, 2, 3))
+    service.explain_many([(A, [TEE], None)])
+    service.explain_many([(A, [TEE, BIKINI], None), (CUSTOMERS[1], [DRESS], None)])
+    service.explain_many([(A, [TEE, BIKINI], None)])
+    assert set_to == [1, 2, 1]
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def test_cli_without_a_run_fails_in_one_line(tmp_path, capsys, monkeypatch):
