@@ -33,11 +33,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# serve's flags that shape what the load test measures: each server gets them, a report names those not at default
+SERVER_FLAGS = ("decode", "model", "threads", "batch_threads", "parallel_from", "max_batch", "max_wait_ms")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def start_server(args, batching: bool, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mmreason.serve", "--port", str(port), "--threads", str(args.threads),
-           "--batch-threads", str(args.batch_threads), "--parallel-from", str(args.parallel_from),
-           "--decode", args.decode, "--model", args.model, "--max-batch", str(args.max_batch),
-           "--max-wait-ms", str(args.max_wait_ms)]
+    cmd = [sys.executable, "-m", "mmreason.serve", "--port", str(port)]
+    for name in SERVER_FLAGS:
+        cmd += [_flag(name), _value(getattr(args, name))]
     cmd += ["--run", args.run] if args.run else []
     cmd += ["--recommend-dir", args.recommend_dir] if args.recommend_dir else []
     cmd += [] if batching else ["--no-batching"]
@@ -133,10 +144,8 @@ async def measure(args, batching: bool) -> tuple[list[dict], dict]:
 def command_line(args, defaults: dict | None) -> str:
     """The command that reproduces a report: the flags that differ from serve's ``defaults`` (the run is named
     in the report's text)."""
-    names = ("decode", "model", "threads", "batch_threads", "parallel_from", "max_batch", "max_wait_ms")
-    flags = [f"--{k.replace('_', '-')} {getattr(args, k):g}" if isinstance(getattr(args, k), float)
-             else f"--{k.replace('_', '-')} {getattr(args, k)}"
-             for k in names if defaults is not None and getattr(args, k) != defaults.get(k)]
+    flags = [f"{_flag(name)} {_value(getattr(args, name))}" for name in SERVER_FLAGS
+             if defaults is not None and getattr(args, name) != defaults.get(name)]
     return " ".join(["python -m mmreason.serve --loadtest", f"--duration {args.duration:g}", *flags])
 
 
