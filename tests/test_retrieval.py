@@ -185,3 +185,14 @@ def test_text_type_ranks_the_query_own_product_type_first(sentence_encoder):
         assert store.article_id[idx[0, 0]] == expected, qtype
     with pytest.raises(ValueError, match="product types"):
         R.nearest(store, tee_text, None, [0], by="text_type")
+
+
+def test_encode_texts_keeps_the_given_order_whatever_the_length_order(sentence_encoder):
+    # encode_texts encodes longest first in chunks; each row must come back to its text's place
+    texts = ["Jeans", "A long soft knitted sweater in a wool blend with dropped shoulders and ribbed cuffs",
+             "Top", "Trousers in woven fabric with a high waist", "Dress in jersey", "Bikini top"]
+    got = R.encode_texts(texts, sentence_encoder, batch_size=2, progress=False)
+    alone = torch.cat([R.encode_texts([t], sentence_encoder, progress=False) for t in texts])
+    assert got.shape == (len(texts), alone.size(1))
+    # same text, other padding: equal up to float rounding of the padded matmuls
+    torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
