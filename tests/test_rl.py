@@ -29,7 +29,9 @@ def work(tmp_path_factory):
     make_hm(root / "hm", broken_photo=False, missing_photo=False, bad_rows=False)
     with pytest.MonkeyPatch.context() as mp:
         work_in(mp, root)
+        # dropout on (configs/cpu.yaml trains without it), so the exact resume below also replays dropout masks
         assert train.main([*TINY, "--data.pipeline.hm_dir", str(root / "hm"), "--trainer.max_epochs", "2",
+                           "--model.config.dropout", "0.1",
                            "--trainer.default_root_dir", str(root / "run"), "--n_report", "0",
                            "--model.n_samples", "0", "--ckpt_path", "none"]) == 0
         assert FB.main(["--data", str(root / "artifacts" / "data" / "hm"), "--out", str(root / "artifacts" / "feedback"),

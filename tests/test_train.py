@@ -64,8 +64,10 @@ def test_fit_prints_samples_and_perplexity(in_workdir, capsys):
 @pytest.mark.parametrize("interrupt", [["--trainer.max_epochs", "1"], ["--trainer.max_steps", "1"]],
                          ids=["at-epoch-end", "mid-epoch"])
 def test_interrupted_run_resumed_from_last_ends_where_an_uninterrupted_one_does(in_workdir, interrupt):
-    # batch 2 -> 2 batches an epoch, validation (and last.ckpt) after every batch; dropout stays on.
+    # batch 2 -> 2 batches an epoch, validation (and last.ckpt) after every batch; dropout on (configs/cpu.yaml
+    # trains without it), so the resumed run must also replay the dropout masks.
     common = ["--model.lr_decay_steps", "20", "--data.batch_size", "2", "--trainer.limit_val_batches", "1",
+              "--model.config.dropout", "0.1",
               "--trainer.val_check_interval", "0.5",
               "--n_report", "0", "--model.n_samples", "0"]
 
