@@ -374,6 +374,15 @@ def decode(model, batch: dict, config: DecodeConfig, eos_id: int,
     try:
         device = next(model.parameters()).device
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        # longest prompt first, so the cache's parts (kvcache.part_bounds) hold little padding; sampling keeps the
+        # given order (its random stream is drawn row by row)
+        B = batch["attention_mask"].size(0)
+        order = batch["attention_mask"].sum(1).argsort(descending=True, stable=True).tolist()
+        if config.strategy == "sample" or order == list(range(B)):
+            order = None
+        else:
+            batch = {k: v[order] if torch.is_tensor(v) and v.dim() and v.size(0) == B else v for k, v in batch.items()}
+            constraints = None if constraints is None else [constraints[i] for i in order]
         if config.strategy == "sample" and generator is None:
             generator = _generator(config, device)
         start = _start(model, batch, config.max_new_tokens)
@@ -384,8 +393,15 @@ def decode(model, batch: dict, config: DecodeConfig, eos_id: int,
             V = start[0].size(-1)
             make = lambda per_example: Constrainer(constraints, per_example, V, tokenizer, device, eos_id)  # noqa: E731
         if config.strategy in ("beam", "diverse_beam"):
-            return _beam(model, start, config, eos_id, make)
-        return _greedy_or_sample(model, start, config, eos_id, generator, make)
+            out = _beam(model, start, config, eos_id, make)
+        else:
+            out = _greedy_or_sample(model, start, config, eos_id, generator, make)
+        if order is None:
+            return out
+        back = [None] * B
+        for j, i in enumerate(order):
+            back[i] = out[j]
+        return back
     finally:
         model.train(was_training)
 

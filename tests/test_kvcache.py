@@ -38,8 +38,17 @@ def hf_last_logits(model, x, mask, pos):
     return model.gpt2(inputs_embeds=x, attention_mask=mask, position_ids=pos).logits[:, -1]
 
 
+def one_row_parts(monkeypatch):
+    """Every example its own part of the cache (at most 4 parts), whatever the batch size."""
+    bounds = kvcache.part_bounds
+    monkeypatch.setattr(kvcache, "part_bounds", lambda lengths: bounds(lengths, min_rows=1))
+
+
+@pytest.mark.parametrize("parts", ["one", "per_row"])
 @pytest.mark.parametrize("train_mode", ["full", "lora"])
-def test_prompt_and_steps_match_hugging_face(train_mode):
+def test_prompt_and_steps_match_hugging_face(train_mode, parts, monkeypatch):
+    if parts == "per_row":  # three prompts of 7, 4 and 6 tokens, each cached at its own length
+        one_row_parts(monkeypatch)
     model, batch = tiny_model(train_mode), prompt()
     x, mask, pos = model.embed_prefix(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
                                       batch["segment_ids"], batch["attention_mask"])
@@ -95,3 +104,45 @@ def test_unsupported_variant_decodes_through_hugging_face_cache(monkeypatch):
     for ca, cb in zip(a, b):
         for (_, sa), (_, sb) in zip(ca, cb):
             assert abs(sa - sb) < 1e-4
+
+
+def varied_prompts(n=20, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 12, (n,), generator=g).tolist()
+    batch = prompt(seed, lengths)
+    batch["has_photo"] = torch.rand(n, generator=g) > 0.3
+    return batch
+
+
+def row(batch, i):
+    return {k: v[i:i + 1] for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("copy_head", [False, True])
+@pytest.mark.parametrize("cfg", [DecodeConfig("greedy", max_new_tokens=6, no_repeat_ngram_size=2),
+                                 DecodeConfig("beam", num_beams=3, num_return_sequences=3, max_new_tokens=6),
+                                 DecodeConfig("diverse_beam", num_beams=4, num_beam_groups=2, num_return_sequences=4,
+                                              max_new_tokens=6)], ids=["greedy", "beam", "diverse_beam"])
+def test_a_batch_in_parts_decodes_each_prompt_as_it_does_alone(cfg, copy_head):
+    # 20 prompts of 2..11 tokens in random order: decode orders them longest first and caches them in 2 parts
+    torch.manual_seed(0)
+    model = ReasonModel(ModelConfig(clip_dim=8, prefix_len=2, n_layer=2, n_head=2, n_embd=16, n_positions=64,
+                                    vocab_size=40, dropout=0.0, copy_head=copy_head, copy_dim=8)).eval()
+    batch = varied_prompts()
+    assert len(kvcache.part_bounds(batch["attention_mask"].sum(1))) == 2
+    together = decode(model, batch, cfg, eos_id=0)
+    for i in range(len(together)):
+        alone = decode(model, row(batch, i), cfg, eos_id=0)[0]
+        assert [ids for ids, _ in together[i]] == [ids for ids, _ in alone], f"prompt {i}"
+        for (_, a), (_, b) in zip(together[i], alone):
+            assert abs(a - b) < 1e-4
+
+
+def test_sampling_in_parts_draws_what_one_part_draws(monkeypatch):
+    # sampling keeps the batch's order (its random stream is drawn row by row); the parts must not change a draw
+    model, batch = tiny_model(), varied_prompts()
+    cfg = DecodeConfig("sample", num_return_sequences=2, max_new_tokens=6, seed=0)
+    parts = decode(model, batch, cfg, eos_id=0)
+    monkeypatch.setattr(kvcache, "part_bounds", lambda lengths: [(0, lengths.numel())])
+    one = decode(model, batch, cfg, eos_id=0)
+    assert [[ids for ids, _ in c] for c in parts] == [[ids for ids, _ in c] for c in one]
