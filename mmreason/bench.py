@@ -16,6 +16,9 @@ written to ``results/bench/<device>.{json,md}``:
 
 ``--tiny`` shrinks every measurement (the tests run it on a tiny fixture run). Numbers from a loaded
 machine are not the machine's: run it alone.
+
+Longer than 400 lines: a command that measures several paths (the training step in a plain loop and in
+Lightning, decoding against Hugging Face's twin, CLIP, GPT-2 124M on CUDA) and writes one report of them.
 """
 from __future__ import annotations
 
@@ -38,10 +41,12 @@ from transformers import GPT2LMHeadModel
 from transformers.activations import ACT2FN
 
 from mmreason import paths
-from mmreason.collate import EOS, collate, encode_example, token_id
-from mmreason.generate import DecodeConfig, decode
-from mmreason.lit import ReasonModule, cpu_has_bf16, load_run
-from mmreason.model import SEG_REASON, ModelConfig, ReasonModel
+from mmreason.model.collate import EOS, collate, encode_example, token_id
+from mmreason.decoding.generate import DecodeConfig, decode
+from mmreason.training.module import ReasonModule, cpu_has_bf16
+from mmreason.training.runs import load_run
+from mmreason.model.network import SEG_REASON, ModelConfig, ReasonModel
+from mmreason.features.clip import load_clip
 
 # Published single-H100 training throughput of GPT-2 124M (bf16), for the CUDA section.
 ANCHORS = {"llm.c (GPT-2 124M, H100)": 468e3, "modded-nanogpt (GPT-2 124M, H100)": 330e3}
@@ -315,7 +320,6 @@ def clip_speed(clip_model: str, n: int, batch: int, steps: int) -> dict:
     (throughput does not depend on pixel values; photo decoding is not included)."""
     from open_clip.loss import ClipLoss
 
-    from mmreason.clip import load_clip
 
     model, preprocess, tokenizer = load_clip(clip_model, pretrained=None)
     size = preprocess.size

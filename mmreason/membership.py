@@ -34,10 +34,15 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from mmreason import paths
-from mmreason.collate import EOS, encode_example
+from mmreason.decoding.filters import vocab_from_items
+from mmreason.decoding.generate import preset
+from mmreason.decoding.shown import sample_reasons
+from mmreason.evaluation.systems import histories, score, test_frame
 from mmreason.io import DataError, write_report
-from mmreason.lit import Collator, ReasonDataset, find_checkpoint, load_run
-from mmreason.privacy import epsilon, example_losses, held_out_customers
+from mmreason.model.collate import EOS, encode_example
+from mmreason.training.datamodule import Collator, ReasonDataset
+from mmreason.training.privacy import epsilon, example_losses, held_out_customers
+from mmreason.training.runs import find_checkpoint, load_run
 
 DEFAULT_RUNS = ["artifacts/runs/cpu", "artifacts/runs/privacy-nodp", "artifacts/runs/privacy-nodp-40",
                 "artifacts/runs/privacy-dp8", "artifacts/runs/privacy-dp1"]  # README, privacy: how each is trained
@@ -124,11 +129,6 @@ def val_perplexity(module, data) -> float:
 
 def utility(module, data, n_gen: int, seed: int) -> dict:
     """Validation perplexity; copy CIDEr and attribute grounding of greedy reasons on unseen products."""
-    from mmreason.evaluate import histories, score, test_frame
-    from mmreason.filters import vocab_from_items
-    from mmreason.generate import preset
-    from mmreason.shown import sample_reasons
-
     out = {"val_ppl": val_perplexity(module, data)}
     if n_gen:
         art = data.artifacts

@@ -26,240 +26,35 @@ and ``results/cpu/rl.{json,md}`` (``--results``). A rerun resumes from the last 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mmreason import metrics as M
 from mmreason import paths
-from mmreason.collate import EOS, collate, encode_example, token_id
-from mmreason.filters import Filter, vocab_from_items
-from mmreason.generate import DecodeConfig, decode
+from mmreason.decoding.shown import DECODINGS
+from mmreason.evaluation.systems import test_frame
 from mmreason.io import DataError, atomic_write_json, write_report
-from mmreason.model import SEG_REASON
-from mmreason.shown import DECODINGS, decoding
+from mmreason.policy.reinforce import (
+    Prompts,
+    Reward,
+    RLConfig,
+    deployed_scores,
+    load_feedback,
+    resumable,
+    rl_step,
+    same_run,
+    sampled_reward,
+    save,
+    write_log,
+)
+from mmreason.training.runs import find_checkpoint, load_run
 
-GROUNDED_FIELDS = {"colour": "colour_group_name", "type": "product_type_name"}
-
-
-@dataclass
-class RLConfig:
-    steps: int = 150
-    prompts: int = 16              # prompts per step
-    samples: int = 4               # sampled reasons per prompt
-    baseline: str = "loo"          # "loo": mean reward of the prompt's other samples; "greedy": classic SCST
-    temperature: float = 1.0
-    max_new_tokens: int = 80
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    kl_coef: float = 0.1           # per-token KL(policy || supervised), exact over the vocabulary
-    w_feedback: float = 1.0
-    w_grounding: float = 0.5
-    w_reference: float = 2.0       # ROUGE-L F1 with the silver reason (real copy + real-history hook)
-    w_filter: float = 0.5
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.baseline not in ("loo", "greedy"):
-            raise ValueError(f"baseline must be 'loo' or 'greedy', not {self.baseline!r}")
-        if self.baseline == "loo" and self.samples < 2:
-            raise ValueError("the leave-one-out baseline needs --samples >= 2")
-
-
-# --------------------------------------------------------------------------- reward
-
-class Reward:
-    """reward(texts, rows) for rows with customer_id, article_id, t_dat; also returns each part."""
-
-    def __init__(self, feedback, items: pd.DataFrame, config: RLConfig):
-        self.feedback, self.config = feedback, config
-        self.items = items.set_index("article_id")
-        self.vocab = vocab_from_items(items)
-        self.filter = Filter(self.vocab)
-        self.index = {f: {tuple(v.split()): v for v in self.vocab[f]} for f in GROUNDED_FIELDS}
-        from rouge_score import rouge_scorer
-
-        self.rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-
-    def grounding(self, text: str, article: dict, causes: list[str]) -> float:
-        """(true colour named + true type named - fields with a wrong value) / 2, in [-1.5, 1]."""
-        named = sum(" ".join(M.tokenize(str(article[col]))) in M.mentioned_values(text, self.index[f])
-                    for f, col in GROUNDED_FIELDS.items())
-        wrong = sum(c in ("wrong_colour", "wrong_type", "wrong_pattern") for c in causes)
-        return (named - wrong) / 2
-
-    def __call__(self, texts: list[str], rows: list[dict], hists: list[dict]) -> dict[str, np.ndarray]:
-        """rows: customer_id, article_id, t_dat and (for the reference term) reason, the silver target."""
-        c = self.config
-        arts = [self.items.loc[int(r["article_id"])].to_dict() for r in rows]
-        causes = [self.filter.check(t, a, h) for t, a, h in zip(texts, arts, hists)]
-        passed = np.array([not cs for cs in causes], dtype=float)
-        grounding = np.array([self.grounding(t, a, cs) for t, a, cs in zip(texts, arts, causes)])
-        if self.feedback is not None:
-            p = self.feedback.score_batch([r["customer_id"] for r in rows], [int(r["article_id"]) for r in rows],
-                                          texts, [r["t_dat"] for r in rows])
-        else:
-            p = np.full(len(texts), 0.5)
-        p = np.clip(p, 1e-6, 1 - 1e-6)
-        logit = np.log(p / (1 - p))
-        reference = np.array([self.rouge.score(r["reason"], t)["rougeL"].fmeasure if r.get("reason") else 0.0
-                              for t, r in zip(texts, rows)])
-        total = (c.w_feedback * logit + c.w_grounding * grounding + c.w_reference * reference
-                 - c.w_filter * (1 - passed))
-        return {"reward": total, "feedback": p, "feedback_logit": logit, "grounding": grounding,
-                "reference": reference, "passed": passed, "causes": causes}
-
-
-# --------------------------------------------------------------------------- prompts
-
-class Prompts:
-    """Examples of one frame, encoded once: prompt ids, photo embeddings, rows and histories."""
-
-    def __init__(self, data, frame: pd.DataFrame, interactions: pd.DataFrame, items: pd.DataFrame):
-        from mmreason.evaluate import histories
-
-        self.frame = frame.reset_index(drop=True)
-        self.rows = self.frame[["customer_id", "article_id", "t_dat", "reason"]].to_dict("records")
-        self.hists = histories(self.frame, interactions, items)
-        self.encoded = [encode_example(data.tokenizer, data.prompt_example(r), data.max_prompt_tokens, with_reason=False)
-                        for r in self.frame.to_dict("records")]
-        self.photo, self.has_photo = data.artifacts.photo_lookup(self.frame["article_id"].to_numpy())
-
-    def __len__(self):
-        return len(self.frame)
-
-    def batch(self, idx, pad_id: int) -> dict:
-        b = collate([self.encoded[i] for i in idx], pad_id=pad_id, padding_side="left")
-        b.pop("labels")
-        t = torch.as_tensor(np.asarray(idx))
-        return b | {"photo_embedding": self.photo[t], "has_photo": self.has_photo[t]}
-
-
-def sequence_batch(prompts: Prompts, idx, samples: list[list[list[int]]], eos_id: int, pad_id: int,
-                   max_new_tokens: int) -> dict:
-    """Prompt + sampled reason rows (prompt-major: row i*K + j is sample j of prompt idx[i]), labels on the
-    reason. A sample shorter than max_new_tokens stopped at EOS, so EOS is part of what the policy chose."""
-    rows, photo_rows = [], []
-    for i, cands in zip(idx, samples):
-        p = prompts.encoded[i]
-        for ids in cands:
-            reason = list(ids) + ([eos_id] if len(ids) < max_new_tokens else [])
-            rows.append({"input_ids": p["input_ids"] + reason, "segment_ids": p["segment_ids"] + [SEG_REASON] * len(reason),
-                         "labels": [-100] * len(p["input_ids"]) + reason})
-            photo_rows.append(i)
-    b = collate(rows, pad_id=pad_id, padding_side="right")
-    t = torch.as_tensor(photo_rows)
-    return b | {"photo_embedding": prompts.photo[t], "has_photo": prompts.has_photo[t]}
-
-
-def token_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> (log-probs over the vocabulary (N, V) at the N reason positions, the chosen tokens (N,), row of each (N,))."""
-    lp, targets, scored = model.scored_logprobs(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
-                                                batch["segment_ids"], batch["attention_mask"], batch["labels"], full=True)
-    return lp, targets, scored.nonzero()[:, 0]
-
-
-# --------------------------------------------------------------------------- one update
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """Each step draws from its own seeded stream, so a resumed run samples what an uninterrupted one would."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def rl_step(policy, reference, optimizer, prompts: Prompts, reward: Reward, config: RLConfig, step: int,
-            tokenizer) -> dict:
-    eos_id = token_id(tokenizer, EOS)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    rng = np.random.default_rng([config.seed, step])
-    idx = rng.choice(len(prompts), size=min(config.prompts, len(prompts)), replace=False).tolist()
-    K = config.samples
-    sampler = DecodeConfig("sample", temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                           num_return_sequences=K)
-    prompt_batch = prompts.batch(idx, pad_id)
-    samples = [[ids for ids, _ in c] for c in decode(policy, prompt_batch, sampler, eos_id, step_generator(config.seed, step))]
-    texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for c in samples for ids in c]
-    rows = [prompts.rows[i] for i in idx for _ in range(K)]
-    hists = [prompts.hists[i] for i in idx for _ in range(K)]
-    r = reward(texts, rows, hists)
-    R = torch.as_tensor(r["reward"], dtype=torch.float32).view(len(idx), K)          # (B, K)
-    if config.baseline == "loo":
-        base = (R.sum(1, keepdim=True) - R) / (K - 1)                                  # (B, K)
-    else:
-        greedy = decode(policy, prompt_batch, DecodeConfig("greedy", max_new_tokens=config.max_new_tokens), eos_id)
-        g_texts = [tokenizer.decode(c[0][0], skip_special_tokens=True).strip() for c in greedy]
-        g = reward(g_texts, [prompts.rows[i] for i in idx], [prompts.hists[i] for i in idx])["reward"]
-        base = torch.as_tensor(g, dtype=torch.float32)[:, None].expand_as(R)
-    adv = (R - base).flatten()                                                         # (B*K,)
-
-    batch = sequence_batch(prompts, idx, samples, eos_id, pad_id, config.max_new_tokens)
-    policy.eval()  # no dropout: the log-probs must be those of the policy that sampled
-    logp_all, targets, row = token_logprobs(policy, batch)                             # (N, V), (N,), (N,)
-    with torch.no_grad():
-        ref_all, _, _ = token_logprobs(reference, batch)
-    logp = logp_all.gather(1, targets[:, None]).squeeze(1)                             # (N,)
-    seq_logp = torch.zeros(len(adv)).index_add(0, row, logp)                           # (B*K,)
-    kl_tok = (logp_all.exp() * (logp_all - ref_all)).sum(-1)                           # (N,)
-    n_tok = row.numel()
-    pg_loss = -(adv * seq_logp).sum() / n_tok
-    kl = kl_tok.mean()
-    loss = pg_loss + config.kl_coef * kl
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
-    optimizer.step()
-    return {"step": step + 1, "reward": float(R.mean()), "feedback": float(r["feedback"].mean()),
-            "grounding": float(r["grounding"].mean()), "reference": float(r["reference"].mean()),
-            "passed": float(r["passed"].mean()), "kl": float(kl.detach()), "pg_loss": float(pg_loss.detach()), "grad_norm": float(grad_norm),
-            "tokens_per_sample": n_tok / len(adv), "distinct2": M.distinct(texts, 2)}
-
-
-# --------------------------------------------------------------------------- evaluation
-
-def sampled_reward(model, prompts: Prompts, reward: Reward, config: RLConfig, tokenizer, batch: int = 32) -> dict:
-    """Mean reward (and parts) of reasons sampled as in training (temperature, K=1), seed-fixed."""
-    eos_id = token_id(tokenizer, EOS)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    cfg = DecodeConfig("sample", temperature=config.temperature, max_new_tokens=config.max_new_tokens)
-    gen, texts = torch.Generator().manual_seed(config.seed), []
-    for s in range(0, len(prompts), batch):
-        idx = list(range(s, min(s + batch, len(prompts))))
-        texts += [tokenizer.decode(c[0][0], skip_special_tokens=True).strip()
-                  for c in decode(model, prompts.batch(idx, pad_id), cfg, eos_id, gen)]
-    r = reward(texts, prompts.rows, prompts.hists)
-    return {k: float(np.mean(r[k])) for k in ("reward", "feedback", "grounding", "reference", "passed")}
-
-
-def deployed_scores(module, data, prompts: Prompts, reward: Reward, items: pd.DataFrame, n_decode: str = "beam",
-                    progress: bool = True) -> dict:
-    """The reasons users would see (``evaluate``'s decoding + filter), scored with the reward and the metrics."""
-    from mmreason.evaluate import model_reasons, score
-
-    decode_cfg, fallback = decoding(n_decode)
-    hyps, report = model_reasons(module, data, prompts.frame, items, prompts.hists, reward.filter, decode_cfg,
-                                 progress=progress, fallback=fallback)
-    r = reward(hyps, prompts.rows, prompts.hists)
-    m = score(hyps, prompts.frame, items, prompts.hists, reward.vocab, with_embedding=False)
-    out = {"reward": float(np.mean(r["reward"])), "feedback": float(np.mean(r["feedback"])),
-           "grounding": float(np.mean(r["grounding"])), "reference": float(np.mean(r["reference"])),
-           "shown_passes_filter": float(np.mean(r["passed"])),
-           "first_choice_rejected": report["first_choice_rejected_rate"],
-           **{k: m[k] for k in KEY_METRICS if k in m}}
-    return out | {"samples": [{"article_id": int(a), "generated": h, "silver": s} for a, h, s in
-                              list(zip(prompts.frame["article_id"], hyps, prompts.frame["reason"]))[:8]]}
-
-
-KEY_METRICS = ["grounding_colour_precision", "grounding_type_precision", "grounding_colour_mention_rate",
-               "history_claim_precision", "name_citation_precision", "distinct2", "usr", "self_bleu4", "bleu4", "cider", "hook_cider",
-               "copy_bleu4", "copy_cider"]
 TABLE = [("reward", "reward"), ("P(buy)", "feedback"), ("grounding", "grounding"), ("ROUGE-L ref.", "reference"),
          ("shown passes filter", "shown_passes_filter"), ("top cand. rejected", "first_choice_rejected"),
          ("colour prec.", "grounding_colour_precision"), ("type prec.", "grounding_type_precision"),
@@ -286,42 +81,6 @@ def markdown(before: dict, after: dict, train_before: dict, train_after: dict, m
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-def resumable(config: RLConfig) -> dict:
-    """The settings a checkpoint must share to be continued (``steps`` may grow: a run can be extended)."""
-    return {k: v for k, v in asdict(config).items() if k != "steps"}
-
-
-def same_run(recorded: str, base_path: Path) -> bool:
-    """A recorded supervised checkpoint is ``base_path`` (records before issue 16 say ``artifacts/runs/...``)."""
-    return paths.resolve(recorded).resolve() == Path(base_path).resolve()
-
-
-def save(path: Path, module, base_ckpt: dict, optimizer, config: RLConfig, step: int, log: list[dict], run: str) -> None:
-    # settings and the recorded artifacts (ReasonDataModule's state) of the supervised run
-    ckpt = {k: v for k, v in base_ckpt.items() if k in ("hyper_parameters", "datamodule_hyper_parameters", "ReasonDataModule")}
-    ckpt["state_dict"] = module.state_dict()
-    ckpt["rl"] = {"config": asdict(config), "step": step, "optimizer": optimizer.state_dict(), "log": log,
-                  "supervised_run": run}
-    tmp = path.with_suffix(".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
-
-
-def write_log(path: Path, log: list[dict]) -> None:
-    if not log:
-        return
-    keys = list(dict.fromkeys(k for row in log for k in row))
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, keys)
-        w.writeheader()
-        w.writerows(log)
-    tmp.replace(path)
-
-
 # --------------------------------------------------------------------------- CLI
 
 def get_parser() -> argparse.ArgumentParser:
@@ -345,26 +104,7 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_feedback(path, data_dir: Path):
-    from mmreason import feedback as fb
-    from mmreason.recommend import load_photo_embeddings
-
-    path = Path(path) if path else paths.artifacts_dir() / "feedback" / "model.pkl"
-    if not path.exists():
-        print(f"[rl] no feedback model at {path}: training one (python -m mmreason.feedback)")
-        argv = ["--data", str(data_dir), "--out", str(path.parent), "--no-progress"]  # embeddings: auto
-        if fb.main(argv) != 0:
-            raise DataError("training the feedback model failed (see above)")
-    meta = path.parent / "metrics.json"
-    emb = json.loads(meta.read_text()).get("embeddings") if meta.exists() else None
-    photo = load_photo_embeddings(emb) if emb else None
-    return fb.FeedbackModel.load(path, data_dir=data_dir, photo_embeddings=photo)
-
-
 def main(argv=None) -> int:
-    from mmreason.evaluate import test_frame
-    from mmreason.lit import find_checkpoint, load_run
-
     args = get_parser().parse_args(argv)
     paths.offline()
     config = RLConfig(**{f: getattr(args, f) for f in RLConfig.__dataclass_fields__})

@@ -25,16 +25,19 @@ import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmreason import paths
-from mmreason.recommend import TwoTowerConfig
-from mmreason.serving import Batcher, NotFound, Service
-from mmreason.shown import DECODINGS
+from mmreason.decoding.shown import DECODINGS
+from mmreason.io import DataError
+from mmreason.recsys.twotower import TwoTowerConfig
+from mmreason.serving import loadtest
+from mmreason.serving.service import Batcher, NotFound, Service
 
 log = logging.getLogger("mmreason.serve")
 
@@ -321,12 +324,9 @@ def main(argv=None) -> int:
     import torch
     import uvicorn
 
-    from mmreason.io import DataError
 
     torch.set_num_threads(args.threads)
     if args.loadtest:
-        from mmreason import loadtest
-
         return loadtest.run(args, defaults=vars(get_parser().parse_args([])))
     try:
         cfg = TwoTowerConfig(**{f: getattr(args, f) for f in TwoTowerConfig.__dataclass_fields__})

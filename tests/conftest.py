@@ -93,7 +93,7 @@ def no_personal_data_in_outputs(tmp_path_factory):
     the 10 characters the README shows), an Amazon reviewer or an age (``mmreason.pii``). Skipped: the
     raw inputs the fixtures write (customers and transactions) and files a test plants on purpose."""
     yield
-    from mmreason import pii
+    from mmreason.datasets import pii
 
     real = pii.PersonalData.from_data(REAL_HM, REAL_HM.parent / "amazon_fashion5" / "AMAZON_FASHION_5.json.gz")
     personal = pii.PersonalData([*CUSTOMERS, "e" * 64, *real.id_pieces], ["Jane Doe", "Bob Roe", *real.names])
@@ -133,7 +133,7 @@ def tiny_tokenizer(sentences):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from mmreason.collate import EOS, SPECIAL_TOKENS
+    from mmreason.model.collate import EOS, SPECIAL_TOKENS
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

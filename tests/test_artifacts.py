@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_hm, work_in
 from mmreason import evaluate, paths, train
 from mmreason.io import DataError
-from mmreason.lit import find_checkpoint, load_run
+from mmreason.training import cli
+from mmreason.training.runs import find_checkpoint, load_run
+
+from conftest import make_hm, work_in
 from test_train import TINY
 
 # ----------------------------------------------------------------------------- keyed paths and links
@@ -158,7 +160,7 @@ def test_another_configuration_never_changes_the_default_runs_inputs(in_work, ca
     assert before and all(s["generated"] for s in before)
 
     # 2. the GPU config on CPU, a few steps, with other CLIP epochs and another tokenizer vocabulary
-    gpu_on_cpu = ["--config", str(train.CONFIG_DIR / "gpu.yaml"), *TINY, "--data.pipeline.hm_dir", hm,
+    gpu_on_cpu = ["--config", str(cli.CONFIG_DIR / "gpu.yaml"), *TINY, "--data.pipeline.hm_dir", hm,
                   "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--model.compile", "false",
                   "--data.num_workers", "0", "--data.pipeline.clip_model", "mmr-vit-tiny",
                   "--data.pipeline.clip_epochs", "2", "--data.pipeline.tokenizer_vocab", "420",

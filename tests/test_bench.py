@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_hm, work_in
 from mmreason import bench, train
-from mmreason.lit import cpu_has_bf16
+from mmreason.training.module import cpu_has_bf16
 from test_train import TINY
 
 

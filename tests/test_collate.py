@@ -1,13 +1,13 @@
 """encode_example / collate on a tiny byte-level BPE tokenizer trained here (no hub)."""
 import pytest
 import torch
-from conftest import tiny_tokenizer
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from mmreason.collate import (BEHAVIOUR, EOS, PRODUCT, REASON, USER, collate,
-                              encode_example)
-from mmreason.model import SEG_BEHAVIOUR, SEG_PRODUCT, SEG_REASON, SEG_USER, ModelConfig, ReasonModel
+from mmreason.model.collate import BEHAVIOUR, EOS, PRODUCT, REASON, USER, collate, encode_example
+from mmreason.model.network import SEG_BEHAVIOUR, SEG_PRODUCT, SEG_REASON, SEG_USER, ModelConfig, ReasonModel
+
+from conftest import tiny_tokenizer
 
 SENTENCES = [
     "a soft cotton jumper in navy blue", "she often buys dresses, knitwear and trousers",

@@ -9,15 +9,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_tokenizer
 from test_generate import EXAMPLES, SCORE_ATOL, copy_model, tiny_model
 
 from mmreason import metrics as M
-from mmreason.collate import EOS, NAME_SLOT, collate, encode_example, token_id
-from mmreason.constraints import build
-from mmreason.filters import Filter
-from mmreason.generate import DecodeConfig, decode
-from mmreason.shown import fill_slots, shown_reasons
+from mmreason.decoding.constraints import build
+from mmreason.decoding.filters import Filter
+from mmreason.decoding.generate import DecodeConfig, decode
+from mmreason.decoding.shown import fill_slots, shown_reasons
+from mmreason.model.collate import EOS, NAME_SLOT, collate, encode_example, token_id
+
+from conftest import tiny_tokenizer
 
 SENTENCES = [
     "matches your taste for red dress: you have bought them twice, most recently the Luna skinny 2 months ago.",
@@ -292,8 +293,8 @@ def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
 def test_cascade_decodes_again_only_where_the_first_reason_fails(monkeypatch):
     """fallback (serving's "greedy+beam"): a reason that passes is kept as decoded; the rows whose candidates
     all fail the filter, and only those, are decoded again with the fallback, whose reason is shown."""
-    import mmreason.shown as shown_mod
-    from mmreason.shown import decoding
+    import mmreason.decoding.shown as shown_mod
+    from mmreason.decoding.shown import decoding
 
     tokenizer = tiny_tokenizer(SENTENCES)
     first, then = DecodeConfig("greedy", max_new_tokens=4), DecodeConfig("beam", num_beams=2, max_new_tokens=30)
@@ -326,7 +327,7 @@ def test_cascade_decodes_again_only_where_the_first_reason_fails(monkeypatch):
 def test_sampling_survives_a_row_the_constraint_leaves_no_token(model, tokenizer, batch):
     """A row whose every token is forbidden scores -inf (as greedy scores it) instead of crashing the sampler
     (torch.multinomial on an all -inf row: the notebooks' decoding sweep hit it on the default run)."""
-    from mmreason.constraints import Constraint
+    from mmreason.decoding.constraints import Constraint
 
     everything = Constraint(banned=set(range(len(tokenizer))))
     out = decode(model, batch, DecodeConfig("sample", num_return_sequences=2, seed=0, max_new_tokens=8),

@@ -5,10 +5,12 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import tiny_tokenizer
 
 from mmreason import data
-from mmreason.reasons import Purchase, build_hook, when
+from mmreason.datasets import prompts, splits
+from mmreason.datasets.reasons import Purchase, build_hook, when
+
+from conftest import tiny_tokenizer
 
 
 def run(tmp_path, hm, *extra):
@@ -70,14 +72,14 @@ def test_audit_counts_a_fact_only_where_the_model_can_read_it():
            "product": "name: New trousers; type: Trousers", "hook_facts": ["Luna skinny", "twice", "2 months ago"],
            "features": ["trousers", "black"]}
     ex = pd.DataFrame([row])
-    assert data.audit(ex)["targets_all_visible"] == 1.0
-    no_evidence = data.audit(ex, fields=("user_profile", "behaviour", "product"))
+    assert prompts.audit(ex)["targets_all_visible"] == 1.0
+    no_evidence = prompts.audit(ex, fields=("user_profile", "behaviour", "product"))
     assert no_evidence["facts_visible_n"] == 3 and no_evidence["invisible"] == [(7, "twice"), (7, "2 months ago")]
-    cut = data.audit(ex, caps=data.PROMPT_BUDGET | {"evidence": 30, "behaviour": 8})  # bytes: the name is gone
+    cut = prompts.audit(ex, caps=prompts.PROMPT_BUDGET | {"evidence": 30, "behaviour": 8})  # bytes: the name is gone
     assert cut["targets_all_visible"] == 0.0 and (7, "Luna skinny") in cut["invisible"]
     tok = tiny_tokenizer([row["evidence"], row["behaviour"]])
-    assert data.audit(ex, tokenizer=tok)["targets_all_visible"] == 1.0
-    assert data.audit(ex, caps=data.PROMPT_BUDGET | {"evidence": 5}, tokenizer=tok)["targets_all_visible"] == 0.0
+    assert prompts.audit(ex, tokenizer=tok)["targets_all_visible"] == 1.0
+    assert prompts.audit(ex, caps=prompts.PROMPT_BUDGET | {"evidence": 5}, tokenizer=tok)["targets_all_visible"] == 0.0
 
 
 def test_when_reads_naturally():
@@ -89,15 +91,15 @@ def test_when_reads_naturally():
 
 def test_temporal_split_rule():
     d = pd.to_datetime(["2019-01-01", "2019-02-01", "2019-03-01", "2019-04-01"])
-    assert data.temporal_split(list(d)) == {d[0]: "train", d[1]: "train", d[2]: "val", d[3]: "test"}
-    assert data.temporal_split(list(d[:2])) == {d[0]: "train", d[1]: "test"}
-    assert data.temporal_split(list(d[:1])) == {d[0]: "train"}
+    assert splits.temporal_split(list(d)) == {d[0]: "train", d[1]: "train", d[2]: "val", d[3]: "test"}
+    assert splits.temporal_split(list(d[:2])) == {d[0]: "train", d[1]: "test"}
+    assert splits.temporal_split(list(d[:1])) == {d[0]: "train"}
 
 
 def test_unseen_split_holds_out_whole_product_codes():
-    split = data.unseen_product_split(range(1000), seed=0, test_frac=0.1, val_frac=0.05)
+    split = splits.unseen_product_split(range(1000), seed=0, test_frac=0.1, val_frac=0.05)
     assert sum(v == "test" for v in split.values()) == 100 and sum(v == "val" for v in split.values()) == 50
-    assert split == data.unseen_product_split(range(1000), seed=0, test_frac=0.1, val_frac=0.05)
+    assert split == splits.unseen_product_split(range(1000), seed=0, test_frac=0.1, val_frac=0.05)
 
 
 # ----------------------------------------------------------------------------- the CLI on a tiny fixture
@@ -269,25 +271,25 @@ def test_real_slice_of_hm(tmp_path, real_hm, capsys):
     # caps cut it: by the byte bound (any byte-level BPE) that the CLI prints, and exactly with a BPE
     # trained on the slice. The prompt before the audit (no evidence, old caps) fails it: the test can fail.
     assert f"audit_targets_all_facts_visible: {len(ex):,} of {len(ex):,}" in out
-    assert data.audit(ex)["targets_all_visible"] == 1.0
+    assert prompts.audit(ex)["targets_all_visible"] == 1.0
     tok = tiny_tokenizer(pd.concat([ex[c] for c in ("user_profile", "behaviour", "product", "reason")]).unique().tolist())
-    exact = data.audit(ex, tokenizer=tok)
+    exact = prompts.audit(ex, tokenizer=tok)
     assert exact["targets_all_visible"] == 1.0 and exact["facts"] > 2 * len(ex), exact
-    before = data.audit(ex, caps={"user_profile": 64, "behaviour": 48, "product": 48}, tokenizer=tok,
+    before = prompts.audit(ex, caps={"user_profile": 64, "behaviour": 48, "product": 48}, tokenizer=tok,
                         fields=("user_profile", "behaviour", "product"))
     assert before["targets_all_visible"] < 0.8
-    # the evidence is what data.evidence_fields rebuilds for the same article and history (explain, probe)
+    # the evidence is what prompts.evidence_fields rebuilds for the same article and history (explain, probe)
     items = t["items"].set_index("article_id")
     for r in ex.sample(n=min(100, len(ex)), random_state=1).itertuples():
-        past = data.history_before(t["interactions"], items, r.customer_id, r.t_dat)
-        assert data.evidence_fields(items.loc[r.article_id].to_dict(), past) == {"evidence": r.evidence,
+        past = prompts.history_before(t["interactions"], items, r.customer_id, r.t_dat)
+        assert prompts.evidence_fields(items.loc[r.article_id].to_dict(), past) == {"evidence": r.evidence,
                                                                                  "cited_name": r.cited_name}
 
 
 def assert_context_rebuilds_examples(t, examples):
     """user_context (used to explain recommendations on any day) writes the prompts the examples hold."""
     for r in examples.itertuples():
-        c = data.user_context(t, r.customer_id, r.t_dat)
+        c = prompts.user_context(t, r.customer_id, r.t_dat)
         assert (c["user_profile"], c["behaviour"]) == (r.user_profile, r.behaviour)
         assert len(c["history"]) == r.n_history
 
@@ -298,10 +300,10 @@ def test_user_context_rebuilds_every_fixture_prompt(tmp_path, clean_hm_dir):
     t = tables(out)
     assert_context_rebuilds_examples(t, t["examples"])
     # after the data ends: everything is history, most recent first
-    c = data.user_context(t, "a" * 64, "2019-12-31")
+    c = prompts.user_context(t, "a" * 64, "2019-12-31")
     assert len(c["history"]) == 5 and c["history"][0].prod_name == "Striped tee"
     with pytest.raises(KeyError):
-        data.user_context(t, "nobody", "2019-12-31")
+        prompts.user_context(t, "nobody", "2019-12-31")
 
 
 def test_amazon_adapter_drops_reviewer_names(tmp_path):

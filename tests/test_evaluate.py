@@ -7,15 +7,17 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ARTICLES, make_hm, work_in
 from mmreason import evaluate
 from mmreason import metrics as M
-from mmreason import retrieval
-from mmreason.data import product_text
-from mmreason.embed import lookup as embed_lookup
-from mmreason.filters import Filter, vocab_from_items
-from mmreason.generate import preset
-from mmreason.shown import decoding
+from mmreason.datasets.prompts import product_text
+from mmreason.decoding.filters import Filter, vocab_from_items
+from mmreason.decoding.generate import preset
+from mmreason.decoding.shown import decoding
+from mmreason.evaluation import systems
+from mmreason.features import retrieval
+from mmreason.features.embed import lookup as embed_lookup
+
+from conftest import ARTICLES, make_hm, work_in
 from test_train import TINY
 
 COLS = ["article_id", "product_code", "prod_name", "product_type_name", "product_group_name",
@@ -58,11 +60,11 @@ def photo_lookup(vectors: dict[int, list[float]]):
 
 def test_drop_attributes_removes_colour_and_pattern_only():
     p = "name: Strap top; type: Vest top; pattern: Solid; colour: Black (Dark Black); section: Basics"
-    assert evaluate.drop_attributes(p) == "name: Strap top; type: Vest top; section: Basics"
+    assert systems.drop_attributes(p) == "name: Strap top; type: Vest top; section: Basics"
 
 
 def test_first_sentence_split():
-    assert evaluate.first_sentence_split("In black, like the Top. Jersey top. Straps.") == (
+    assert systems.first_sentence_split("In black, like the Top. Jersey top. Straps.") == (
         "In black, like the Top.", "Jersey top. Straps.")
 
 
@@ -81,32 +83,32 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     # Every system's numbers are those of its own output: rebuilt here from the tables and checkpoints.
-    loaded = {name: evaluate.load_variant(name) for name in evaluate.VARIANTS}
+    loaded = {name: systems.load_variant(name) for name in systems.VARIANTS}
     art = loaded["full"][1].artifacts
     items, interactions = art.items, pd.read_parquet(art.data_dir / "interactions.parquet")
     filt = Filter(vocab_from_items(items))
     for split in ("temporal", "unseen"):
-        assert set(m["results"][split]) == set(evaluate.SYSTEMS)
-        frame = evaluate.test_frame(art.examples, split, 0, 0)
-        hist = evaluate.histories(frame, interactions, items)
+        assert set(m["results"][split]) == set(systems.SYSTEMS)
+        frame = systems.test_frame(art.examples, split, 0, 0)
+        hist = systems.histories(frame, interactions, items)
         for system, r in m["results"][split].items():
             if system in loaded:  # greedy decoding is deterministic: the same reasons again
-                hyps, _ = evaluate.model_reasons(*loaded[system], frame, items, hist, filt, preset("greedy"),
+                hyps, _ = systems.model_reasons(*loaded[system], frame, items, hist, filt, preset("greedy"),
                                                  progress=False)
-                hooks, copies = zip(*map(evaluate.first_sentence_split, hyps))
-            elif system in evaluate.OFFERED:  # the run's hook + a retrieved copy where it passes the filter
-                run, k = evaluate.OFFERED[system]
-                hyps, report = evaluate.model_reasons(*loaded[run], frame, items, hist, filt, preset("greedy"),
+                hooks, copies = zip(*map(systems.first_sentence_split, hyps))
+            elif system in systems.OFFERED:  # the run's hook + a retrieved copy where it passes the filter
+                run, k = systems.OFFERED[system]
+                hyps, report = systems.model_reasons(*loaded[run], frame, items, hist, filt, preset("greedy"),
                                                       progress=False, offer_retrieved=k)
                 assert r["retrieved_copy_share"] == pytest.approx(report["retrieved_copy_share"])
-                hooks, copies = zip(*map(evaluate.first_sentence_split, hyps))
+                hooks, copies = zip(*map(systems.first_sentence_split, hyps))
             elif system == "template":
-                hyps = evaluate.template_reasons(frame, items)
+                hyps = systems.template_reasons(frame, items)
                 sections = items.set_index("article_id").loc[frame["article_id"], "section_name"]
                 hooks = [f"A pick for you from {s}." for s in sections]
                 copies = [h[len(k) + 1:] for h, k in zip(hyps, hooks)]
             else:  # a retriever: no hook, all of it is copy
-                hyps = copies = evaluate.retrieval_reasons(frame, items, art.photo_lookup, evaluate.RETRIEVERS[system],
+                hyps = copies = systems.retrieval_reasons(frame, items, art.photo_lookup, systems.RETRIEVERS[system],
                                                            retrieval.ensure_store(items, art.cache))
                 hooks = [""] * len(hyps)
             assert [s["generated"] for s in m["samples"] if (s["split"], s["system"]) == (split, system)] == hyps[:5]
@@ -134,9 +136,9 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
     assert v["meta"]["stage"] == "val" and "per validation set" in (val / "metrics.md").read_text()
     first, then = decoding("greedy+beam")
     for split in ("temporal", "unseen"):
-        frame = evaluate.test_frame(art.examples, split, 0, 0, stage="val")
-        assert len(frame) and not set(frame["example_id"]) & set(evaluate.test_frame(art.examples, split, 0, 0)["example_id"])
-        hyps, _ = evaluate.model_reasons(*loaded["full"], frame, items, evaluate.histories(frame, interactions, items),
+        frame = systems.test_frame(art.examples, split, 0, 0, stage="val")
+        assert len(frame) and not set(frame["example_id"]) & set(systems.test_frame(art.examples, split, 0, 0)["example_id"])
+        hyps, _ = systems.model_reasons(*loaded["full"], frame, items, systems.histories(frame, interactions, items),
                                          filt, first, progress=False, fallback=then)
         assert [s["generated"] for s in v["samples"] if s["split"] == split] == hyps[:5]
 
@@ -150,17 +152,17 @@ def test_a_copy_equal_to_the_reference_gets_the_best_copy_score():
     assert sum(len(M.split_sentences(c)) > 1 for c in copies) == 3  # copies the first-sentence cut would trim
     kw = dict(items=items, hist=no_history(len(frame)), vocab=vocab_from_items(items), with_embedding=False)
     # A system with no hook that writes exactly the reference copy: scored whole, it is the best copy.
-    m = evaluate.score(copies, frame, parts=[("", c) for c in copies], **kw)
+    m = systems.score(copies, frame, parts=[("", c) for c in copies], **kw)
     best_cider = M.cider(copies, copies)  # CIDEr's best: each copy against itself (below 10 for copies under 4 words)
     assert m["copy_bleu4"] == pytest.approx(100.0) and m["copy_rougeL"] == pytest.approx(100.0)
     assert m["copy_cider"] == pytest.approx(best_cider) and best_cider > 5
     assert m["hook_bleu4"] == 0.0  # it wrote no hook
     # The generators' default: the first sentence is the hook, so the silver reason itself scores best on both.
-    g = evaluate.score(frame["reason"].tolist(), frame, **kw)
+    g = systems.score(frame["reason"].tolist(), frame, **kw)
     assert g["hook_bleu4"] == pytest.approx(100.0) and g["copy_bleu4"] == pytest.approx(100.0)
     assert g["copy_cider"] == pytest.approx(best_cider)
     with pytest.raises(ValueError, match="parts"):
-        evaluate.score(copies, frame, parts=[("", c) for c in copies[:-1]], **kw)
+        systems.score(copies, frame, parts=[("", c) for c in copies[:-1]], **kw)
 
 
 def test_baselines_are_scored_on_what_they_wrote(sentence_encoder):
@@ -171,12 +173,12 @@ def test_baselines_are_scored_on_what_they_wrote(sentence_encoder):
     ref_copy = frame["item_copy"].tolist()
     store = retrieval.build_store(items, lookup, sentence_encoder, progress=False)
     # No retriever writes a hook: its copy score is the score of the retrieved texts, whole.
-    for system, by in evaluate.RETRIEVERS.items():
-        texts = evaluate.retrieval_reasons(frame, items, lookup, by)
-        parts = evaluate.baseline_parts(system, frame, items, lookup)
-        assert parts == evaluate.baseline_parts(system, frame, items, lookup, store) == [("", t) for t in texts]
+    for system, by in systems.RETRIEVERS.items():
+        texts = systems.retrieval_reasons(frame, items, lookup, by)
+        parts = systems.baseline_parts(system, frame, items, lookup)
+        assert parts == systems.baseline_parts(system, frame, items, lookup, store) == [("", t) for t in texts]
         assert sum(len(M.split_sentences(t)) > 1 for t in texts) >= 2, system
-        m = evaluate.score(texts, frame, parts=parts, **kw)
+        m = systems.score(texts, frame, parts=parts, **kw)
         # the same metric of the same strings, computed twice: equal up to float summation order
         assert m["copy_rougeL"] == pytest.approx(M.rouge(texts, ref_copy)["rougeL"], abs=1e-9), system
         assert m["copy_cider"] == pytest.approx(M.cider(texts, ref_copy), abs=1e-9), system
@@ -185,17 +187,17 @@ def test_baselines_are_scored_on_what_they_wrote(sentence_encoder):
         assert m["hook_bleu4"] == 0.0, system
     # The template: its section hook, then its attribute copy (whatever full stops the names hold).
     items.loc[items["article_id"] == 200000001, "prod_name"] = "Strap top w. lace. Basic"
-    tparts = evaluate.baseline_parts("template", frame, items, lookup)
+    tparts = systems.baseline_parts("template", frame, items, lookup)
     assert tparts[2] == ("A pick for you from Womens Everyday Basics.",
                          "Strap top w. lace. Basic: vest top in black, solid.")
-    assert evaluate.template_reasons(frame, items) == [f"{h} {c}" for h, c in tparts]
-    t = evaluate.score(evaluate.template_reasons(frame, items), frame, parts=tparts, **kw)
+    assert systems.template_reasons(frame, items) == [f"{h} {c}" for h, c in tparts]
+    t = systems.score(systems.template_reasons(frame, items), frame, parts=tparts, **kw)
     copies = [c for _, c in tparts]
     assert t["copy_rougeL"] == pytest.approx(M.rouge(copies, ref_copy)["rougeL"], abs=1e-9)
     hooks = [h for h, _ in tparts]
     assert t["hook_rougeL"] == pytest.approx(M.rouge(hooks, frame["hook"].tolist())["rougeL"], abs=1e-9)
     with pytest.raises(ValueError, match="baseline"):
-        evaluate.baseline_parts("full", frame, items, lookup)
+        systems.baseline_parts("full", frame, items, lookup)
 
 
 # ----------------------------------------------------------------------------- retrieval
@@ -208,7 +210,7 @@ def test_retrieval_skips_the_article_and_its_other_colours():
     vectors = {jeans_black: [1, 0, 0], jeans_blue: [1, 0.01, 0], trousers: [0.9, 0.3, 0], top: [0, 1, 0],
                tee: [0, 0.9, 0.3]}
     frame = pd.DataFrame({"article_id": [jeans_black, jeans_blue, top]})
-    got = evaluate.retrieval_reasons(frame, items, photo_lookup(vectors))
+    got = systems.retrieval_reasons(frame, items, photo_lookup(vectors))
     assert got == [f"Copy of {trousers}.", f"Copy of {trousers}.", f"Copy of {tee}."]
 
 
@@ -218,4 +220,4 @@ def test_retrieval_without_a_photo_falls_back_to_the_most_common_copy():
     items.loc[items["article_id"].isin([600000001, 700000001]), "detail_desc"] = "The common copy."
     vectors = {a: [1.0, i] for i, a in enumerate(items["article_id"])}
     no_photo, lookup = 300000001, photo_lookup({a: v for a, v in vectors.items() if a != 300000001})
-    assert evaluate.retrieval_reasons(pd.DataFrame({"article_id": [no_photo]}), items, lookup) == ["The common copy."]
+    assert systems.retrieval_reasons(pd.DataFrame({"article_id": [no_photo]}), items, lookup) == ["The common copy."]

@@ -6,12 +6,15 @@ import json
 
 import pandas as pd
 import pytest
+from test_serve import tiny_run
+
+from mmreason import explain
+from mmreason.features import retrieval
+from mmreason.io import DataError
+from mmreason.model.collate import RETRIEVED_SEPARATOR
+from mmreason.serving import explainer
 
 from conftest import CUSTOMERS, write_photo
-from mmreason import explain, retrieval
-from mmreason.collate import RETRIEVED_SEPARATOR
-from mmreason.io import DataError
-from test_serve import tiny_run
 
 NEW = [  # a new colour of an existing product (its own product's copy must not be lent to it), and a new product
     (100000009, 100000, "Skinny jeans", "Trousers", "Garment Lower body", "Denim", "Dark Red", "Womens Casual",
@@ -56,9 +59,9 @@ def test_new_articles_prompt_parts(work, monkeypatch):
     the article's own product."""
     monkeypatch.chdir(work)
     monkeypatch.setenv("MMREASON_ARTIFACTS", str(work / "artifacts"))
-    arts = explain.read_new_articles(work / "new.csv", work / "photos")
+    arts = explainer.read_new_articles(work / "new.csv", work / "photos")
     assert arts["has_photo"].tolist() == [True, False]
-    ex = explain.Explainer(work / "run", decode="greedy")
+    ex = explainer.Explainer(work / "run", decode="greedy")
     assert "retrieved" in ex.data.prompt_fields and ex._retrieval()[0] > 0  # the default config retrieves
     store = retrieval.ensure_store(ex.data.artifacts.items, ex.data.artifacts.cache, progress=False)
     texts = retrieval.neighbour_texts(store, arts, k=2, progress=False)
@@ -79,7 +82,7 @@ def test_bad_articles_file_is_one_line_and_writes_nothing(work, monkeypatch, cap
     assert rc == 2 and len(err.splitlines()) == 1 and "colour_group_name" in err
     assert not out.exists()
     with pytest.raises(DataError, match="no such articles file"):
-        explain.read_new_articles(tmp_path / "none.csv")
+        explainer.read_new_articles(tmp_path / "none.csv")
 
 
 def test_offer_retrieved_shows_the_retrieved_copy_after_the_hook(work, monkeypatch, capsys):
@@ -88,10 +91,10 @@ def test_offer_retrieved_shows_the_retrieved_copy_after_the_hook(work, monkeypat
     out = work / "offered.json"
     assert run(work, monkeypatch, "--offer-retrieved", "1", "--out", str(out)) == 0
     got = json.loads(out.read_text())
-    ex = explain.Explainer(work / "run", decode="greedy")
+    ex = explainer.Explainer(work / "run", decode="greedy")
     store = retrieval.ensure_store(ex.data.artifacts.items, ex.data.artifacts.cache, progress=False)
     firsts = [t.split(RETRIEVED_SEPARATOR)[0] for t in retrieval.neighbour_texts(
-        store, explain.read_new_articles(work / "new.csv", work / "photos"), k=1, progress=False)]
+        store, explainer.read_new_articles(work / "new.csv", work / "photos"), k=1, progress=False)]
     assert any(g["source"] == "retrieved" for g in got)
     for g, first in zip(got, firsts):
         assert g["source"] in ("generated", "retrieved")
@@ -103,9 +106,9 @@ def test_contexts_are_kept_per_customer_and_day(work, monkeypatch):
     dropped past Explainer.CONTEXTS (the server asks for many reasons per customer and day)."""
     monkeypatch.chdir(work)
     monkeypatch.setenv("MMREASON_ARTIFACTS", str(work / "artifacts"))
-    ex = explain.Explainer(work / "run", decode="greedy")
-    real, calls = explain.user_context, []
-    monkeypatch.setattr(explain, "user_context", lambda t, c, d, **kw: calls.append((c, d)) or real(t, c, d, **kw))
+    ex = explainer.Explainer(work / "run", decode="greedy")
+    real, calls = explainer.user_context, []
+    monkeypatch.setattr(explainer, "user_context", lambda t, c, d, **kw: calls.append((c, d)) or real(t, c, d, **kw))
     day = ex.next_day()
     first = ex.context(CUSTOMERS[0], day)
     assert ex.context(CUSTOMERS[0], day) is first and len(calls) == 1

@@ -9,21 +9,22 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ARTICLES, make_hm, prepared_tables
 from mmreason import data
 from mmreason import feedback as FB
-from mmreason import recommend as R
+from mmreason.recsys import context, feedback, feedback_train, twotower
+
+from conftest import ARTICLES, make_hm, prepared_tables
 
 
 def test_asof_counts_a_day_window():
-    asof = FB.AsOf(np.array([1, 1, 1, 2, 1]), np.array([5, 7, 9, 6, 7]))
+    asof = feedback.AsOf(np.array([1, 1, 1, 2, 1]), np.array([5, 7, 9, 6, 7]))
     assert asof.count([1, 1, 1, 2, 3], [7, 8, 100, 7, 100]).tolist() == [1, 3, 4, 1, 0]
     assert asof.count([1], [9], since=[6]).tolist() == [2]  # days 7 and 7, not 5, not 9
 
 
 def test_content_tokens_drop_stopwords():
-    assert FB.content_tokens("You bought the Black jeans, in denim!") == {"bought", "black", "jeans", "denim"}
-    assert FB.content_tokens("") == set() and FB.content_tokens(None) == set()
+    assert feedback.content_tokens("You bought the Black jeans, in denim!") == {"bought", "black", "jeans", "denim"}
+    assert feedback.content_tokens("") == set() and feedback.content_tokens(None) == set()
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +74,8 @@ def plant_text_labels(pairs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 
 
 def test_pairs_are_symmetric_and_negatives_not_bought(prepared):
-    ctx = R.load_context(prepared / "data")
-    pairs = FB.build_pairs(ctx, negatives=3, seed=0, progress=False)
+    ctx = context.load_context(prepared / "data")
+    pairs = feedback_train.build_pairs(ctx, negatives=3, seed=0, progress=False)
     pos = pairs[pairs["label"] == 1]
     assert len(pos) == len(ctx.i_item) and (pairs["label"] == 0).sum() == 3 * len(pos)
     bought = set(zip(ctx.i_user, ctx.i_item, ctx.i_day))
@@ -84,15 +85,15 @@ def test_pairs_are_symmetric_and_negatives_not_bought(prepared):
     ex = pd.read_parquet(prepared / "data" / "examples.parquet")
     ex["user"] = ctx.user_row.loc[ex["customer_id"]].to_numpy()
     ex["item"] = ctx.item_row.loc[ex["article_id"]].to_numpy()
-    ex["day"] = R.day_number(ex["t_dat"])
+    ex["day"] = context.day_number(ex["t_dat"])
     merged = pos.merge(ex, on=["user", "item", "day"])
     assert len(merged) == len(pos) and (merged["reason_x"] == merged["reason_y"]).all()
     assert set(pairs["split"]) == {"train", "val", "test"}
 
 
 def test_negatives_are_not_bought_from_their_day_to_the_end_of_its_week(prepared):
-    ctx = R.load_context(prepared / "data")
-    pairs = FB.build_pairs(ctx, negatives=3, seed=0, progress=False)
+    ctx = context.load_context(prepared / "data")
+    pairs = feedback_train.build_pairs(ctx, negatives=3, seed=0, progress=False)
     neg = pairs[pairs["label"] == 0]
     bought = pd.DataFrame({"user": ctx.i_user, "item": ctx.i_item, "bought": ctx.i_day})
     clash = neg.merge(bought, on=["user", "item"])
@@ -101,7 +102,7 @@ def test_negatives_are_not_bought_from_their_day_to_the_end_of_its_week(prepared
     # The fixture's case: customer c bought the wrap dress on Saturday 2 Feb and the bikini top on Sunday,
     # in one 7-day period, and nobody else bought anything that week.
     c, dress, bikini = ctx.user_row["c" * 64], ctx.item_row[400000001], ctx.item_row[700000001]
-    saturday = int(R.day_number([pd.Timestamp("2019-02-02")])[0])
+    saturday = int(context.day_number([pd.Timestamp("2019-02-02")])[0])
     assert saturday // 7 == (saturday + 1) // 7
     on = {d: set(neg.loc[(neg["user"] == c) & (neg["day"] == d), "item"]) for d in (saturday, saturday + 1)}
     assert bikini not in on[saturday]  # bought the next day: not a non-purchase
@@ -109,11 +110,11 @@ def test_negatives_are_not_bought_from_their_day_to_the_end_of_its_week(prepared
 
 
 def test_features_use_only_earlier_purchases(prepared):
-    ctx = R.load_context(prepared / "data")
-    f = FB.PairFeatures(ctx)
+    ctx = context.load_context(prepared / "data")
+    f = feedback.PairFeatures(ctx)
     users = np.array([ctx.user_row["a" * 64]] * 2)
     items = np.array([ctx.item_row[100000001], ctx.item_row[500000001]])
-    day = R.day_number([pd.Timestamp("2019-02-10")] * 2)
+    day = context.day_number([pd.Timestamp("2019-02-10")] * 2)
     x, hist_n = f.user_item(users, items, day, "next")
     names = f.names(text=False)
     assert hist_n.tolist() == [2, 2]  # the two 2019-01-05 purchases, not that day's own
@@ -127,8 +128,8 @@ def test_features_use_only_earlier_purchases(prepared):
     later["customer_id"] = ["a" * 64, "b" * 64]
     tables["interactions"] = pd.concat([tables["interactions"], later]).drop_duplicates(
         ["customer_id", "article_id", "t_dat"])
-    ctx2 = R.Context(tables)
-    x2, _ = FB.PairFeatures(ctx2).user_item(users, items, day, "next")
+    ctx2 = context.Context(tables)
+    x2, _ = feedback.PairFeatures(ctx2).user_item(users, items, day, "next")
     np.testing.assert_allclose(x, x2)
     # History words for the text overlap: only the first hist_n purchases.
     assert "jeans" in f.history_tokens(users[0], 1) and "strap" not in f.history_tokens(users[0], 1)
@@ -140,8 +141,8 @@ def test_cli_reports_auc_against_a_planted_signal_and_scores_arbitrary_text(busy
     emb = tmp_path / "emb.pt"
     torch.save({"article_id": torch.tensor(items["article_id"].to_numpy()),
                 "embedding": torch.randn(len(items), 16)}, emb)
-    real_pairs = FB.build_pairs
-    monkeypatch.setattr(FB, "build_pairs", lambda *a, **k: plant_text_labels(real_pairs(*a, **k)))
+    real_pairs = feedback_train.build_pairs
+    monkeypatch.setattr(feedback_train, "build_pairs", lambda *a, **k: plant_text_labels(real_pairs(*a, **k)))
     out = tmp_path / "fb"
     # C = 1: the default 0.01 learns one planted word only to AUC ~0.65 (L2 outweighs a tf-idf value of ~0.2)
     assert FB.main(["--data", str(busy / "data"), "--out", str(out), "--negatives", "2", "--C", "1",
@@ -159,8 +160,8 @@ def test_cli_reports_auc_against_a_planted_signal_and_scores_arbitrary_text(busy
         assert s["mean_abs_real_minus_shuffled"] > 0.1, s  # another pair's reason moves the score
     assert "photo_sim" in m["dense_coefficients"]
     with pytest.raises(Exception, match="photo"):  # trained with photos: loading without them is refused
-        FB.FeedbackModel.load(out / "model.pkl", busy / "data")
-    model = FB.FeedbackModel.load(out / "model.pkl", busy / "data", R.load_photo_embeddings(emb))
+        feedback.FeedbackModel.load(out / "model.pkl", busy / "data")
+    model = feedback.FeedbackModel.load(out / "model.pkl", busy / "data", twotower.load_photo_embeddings(emb))
     reason = "Matches your taste for black trousers: you bought the Skinny jeans last week."
     texts = ["", reason, reason + PLANT, "🙂 totally unrelated words " * 50, "trousers trousers trousers", None]
     p = model.score_batch(["a" * 64] * len(texts), [500000001] * len(texts), texts)
@@ -179,14 +180,14 @@ def test_cli_reports_auc_against_a_planted_signal_and_scores_arbitrary_text(busy
 
 
 def test_feedback_model_kinds_read_only_what_they_say(busy):
-    ctx = R.load_context(busy / "data")
-    pairs = plant_text_labels(FB.build_pairs(ctx, negatives=2, seed=1, progress=False), seed=1)
+    ctx = context.load_context(busy / "data")
+    pairs = plant_text_labels(feedback_train.build_pairs(ctx, negatives=2, seed=1, progress=False), seed=1)
     train, test = pairs[pairs["split"] == "train"], pairs[pairs["split"] == "test"]
-    cfg = FB.FeedbackConfig(negatives=2, C=1.0)  # C = 1: see the CLI test
-    for kind in FB.KINDS:
-        m = FB.FeedbackModel(ctx, cfg, None, kind).fit(train)
+    cfg = feedback.FeedbackConfig(negatives=2, C=1.0)  # C = 1: see the CLI test
+    for kind in feedback.KINDS:
+        m = feedback.FeedbackModel(ctx, cfg, None, kind).fit(train)
         p, p_blank = m.predict(test, "test"), m.predict(test.assign(reason=""), "test")
-        auc = FB.auc(test["label"], p)
+        auc = feedback_train.auc(test["label"], p)
         if kind == "no_text":  # the text is never read: blanking it changes nothing, and the label is in it
             np.testing.assert_allclose(logit(p_blank), logit(p), rtol=0, atol=1e-9)  # the same features go in
             assert auc == pytest.approx(0.5, abs=0.15), kind  # measured 0.50
@@ -200,9 +201,9 @@ def test_feedback_model_kinds_read_only_what_they_say(busy):
 def test_purchase_probability_moves_with_the_reason_text(busy):
     """The RL reward is this model's logit P(buy | reason) at its default settings: a reason word that came
     with purchases must raise it for every pair, also against another word of the same length."""
-    ctx = R.load_context(busy / "data")
-    pairs = plant_text_labels(FB.build_pairs(ctx, negatives=2, seed=2, progress=False), seed=2)
-    m = FB.FeedbackModel(ctx, FB.FeedbackConfig(negatives=2)).fit(pairs[pairs["split"] == "train"])
+    ctx = context.load_context(busy / "data")
+    pairs = plant_text_labels(feedback_train.build_pairs(ctx, negatives=2, seed=2, progress=False), seed=2)
+    m = feedback.FeedbackModel(ctx, feedback.FeedbackConfig(negatives=2)).fit(pairs[pairs["split"] == "train"])
     test = pairs[pairs["split"] == "test"]
     plain = test.assign(reason=test["reason"].str.replace(PLANT, "", regex=False))
     plain_, planted, other_word = (logit(m.predict(plain.assign(reason=plain["reason"] + w), "test"))

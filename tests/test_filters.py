@@ -4,8 +4,9 @@ import math
 import pandas as pd
 import pytest
 
+from mmreason.decoding.filters import CAUSES, GENERIC_VALUES, Filter, check, clean, rejection_report, vocab_from_items
+
 from conftest import ARTICLES
-from mmreason.filters import CAUSES, GENERIC_VALUES, Filter, check, clean, rejection_report, vocab_from_items
 
 COLS = ["article_id", "product_code", "prod_name", "product_type_name", "product_group_name",
         "graphical_appearance_name", "colour_group_name", "section_name", "garment_group_name", "detail_desc"]
@@ -210,7 +211,7 @@ def test_grounding_metrics_ignore_the_values_the_filter_ignores():
     """"a metal buckle" is no colour claim for the filter, and none for the grounding metrics either:
     evaluate scores grounding on filters.specific_values (a generic word was read as the colour Metal)."""
     from mmreason import metrics as M
-    from mmreason.filters import specific_values
+    from mmreason.decoding.filters import specific_values
 
     vocab = {"colour": {"black", "metal", "mole", "unknown", "dark blue"}, "type": {"trousers", "top"}}
     spec = specific_values(vocab)

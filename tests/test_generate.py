@@ -3,11 +3,12 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import tiny_tokenizer
 
-from mmreason.collate import EOS, SPECIAL_TOKENS, collate, encode_example
-from mmreason.generate import PRESETS, DecodeConfig, decode, generate_reasons, preset
-from mmreason.model import SEG_REASON, ModelConfig, ReasonModel
+from mmreason.decoding.generate import PRESETS, DecodeConfig, decode, generate_reasons, preset
+from mmreason.model.collate import EOS, SPECIAL_TOKENS, collate, encode_example
+from mmreason.model.network import SEG_REASON, ModelConfig, ReasonModel
+
+from conftest import tiny_tokenizer
 
 SENTENCES = [
     "a soft cotton jumper in navy blue", "she often buys dresses, knitwear and trousers",
@@ -486,7 +487,7 @@ def test_copy_head_batch_scores_equal_each_rows_own():
 def test_copy_head_decoding_mix_equals_the_training_mix():
     """Decoding mixes in probability space (``CopyHead.mix_logits``), training in log space (``mix``): the same
     log-probs, for gates from all-generate to all-copy, wide logits, and source ids repeated in a row."""
-    from mmreason.model import CopyHead
+    from mmreason.model.network import CopyHead
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 50, generator=g) * 8                                  # log-probs down to ~ -60
     gate = torch.tensor([-12.0, -2.0, 0.0, 0.5, 3.0, 12.0])

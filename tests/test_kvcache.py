@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmreason import kvcache
-from mmreason.generate import DecodeConfig, decode
-from mmreason.model import SEG_REASON, ModelConfig, ReasonModel
+from mmreason.decoding import kvcache
+from mmreason.decoding.generate import DecodeConfig, decode
+from mmreason.model.network import SEG_REASON, ModelConfig, ReasonModel
 
 ATOL = 1e-5  # float32 sums in another order (SDPA/einsum against HF's attention): ~1e-7 seen, 1e-5 allowed
 

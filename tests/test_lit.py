@@ -13,16 +13,18 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
+from mmreason.datasets.hm import load_tables
+from mmreason.model.network import ModelConfig
+from mmreason.training import datamodule
+from mmreason.training.datamodule import BucketSampler, ReasonDataModule
+from mmreason.training.module import ReasonModule
+
 from conftest import prepared_tables
-from mmreason import lit
-from mmreason.data import load_tables
-from mmreason.lit import BucketSampler, ReasonDataModule, ReasonModule
-from mmreason.model import ModelConfig
 
 
 def with_examples(monkeypatch, examples: pd.DataFrame) -> None:
     """Data modules read these examples instead of running the artifact pipeline."""
-    monkeypatch.setattr(lit, "ensure_artifacts", lambda config: SimpleNamespace(examples=examples))
+    monkeypatch.setattr(datamodule, "ensure_artifacts", lambda config: SimpleNamespace(examples=examples))
 
 
 # ----------------------------------------------------------------------------- ReasonDataModule.frame

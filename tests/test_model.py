@@ -4,8 +4,15 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from mmreason import paths
-from mmreason.model import (ATTENTION, SEG_PRODUCT, SEG_REASON, SEG_USER, ModelConfig, ReasonModel,
-                            causal_mask_suffices)
+from mmreason.model.network import (
+    ATTENTION,
+    SEG_PRODUCT,
+    SEG_REASON,
+    SEG_USER,
+    ModelConfig,
+    ReasonModel,
+    causal_mask_suffices,
+)
 
 paths.offline()
 

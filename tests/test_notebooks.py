@@ -16,8 +16,10 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from PIL import Image
 
+from mmreason import notebooks, paths
+from mmreason.evaluation import analysis, plots
+
 from conftest import make_hm, write_photo
-from mmreason import analysis, notebooks, paths, plots
 
 # Every figure each notebook writes in fast mode (04 draws one figure per case user: 2 in fast mode).
 FIGURES = {

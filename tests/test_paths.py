@@ -10,9 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import CUSTOMERS, make_hm
 from mmreason import evaluate, explain, paths, rl, serve, train
 from mmreason import recommend as R
+from mmreason.evaluation import systems
+from mmreason.policy import reinforce
+
+from conftest import CUSTOMERS, make_hm
 from test_train import TINY
 
 
@@ -63,8 +66,8 @@ def test_command_defaults_follow_the_roots(roots):
     assert Path(serve.get_parser().parse_args([]).out) == res / "serve"
     assert paths.results_dir("cpu") == res / "cpu"
     # an RL run recorded its supervised checkpoint as artifacts/runs/...: still the same run, so it resumes
-    assert rl.same_run("artifacts/runs/cpu/checkpoints/last.ckpt", art / "runs" / "cpu" / "checkpoints" / "last.ckpt")
-    assert not rl.same_run("artifacts/runs/dp/checkpoints/last.ckpt", art / "runs" / "cpu" / "checkpoints" / "last.ckpt")
+    assert reinforce.same_run("artifacts/runs/cpu/checkpoints/last.ckpt", art / "runs" / "cpu" / "checkpoints" / "last.ckpt")
+    assert not reinforce.same_run("artifacts/runs/dp/checkpoints/last.ckpt", art / "runs" / "cpu" / "checkpoints" / "last.ckpt")
 
 
 def test_train_evaluate_explain_recommend_write_only_under_the_roots(roots, tmp_path, capsys):
@@ -75,7 +78,7 @@ def test_train_evaluate_explain_recommend_write_only_under_the_roots(roots, tmp_
                        "--model.n_samples", "0", "--ckpt_path", "none"]) == 0
     run = art / "runs" / "cpu"
     assert (run / "checkpoints" / "last.ckpt").exists() and list((run / "logs").rglob("metrics.csv"))
-    assert evaluate.load_variant("full") is not None
+    assert systems.load_variant("full") is not None
     assert evaluate.main(["--run", "tiny", "--systems", "template", "full", "--n", "0", "--decode", "greedy",
                           "--no-embedding"]) == 0
     assert (res / "tiny" / "metrics.json").exists()

@@ -10,11 +10,13 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from mmreason import membership, pii, train
+from mmreason.datasets import pii as personal_data
+from mmreason.model.network import ModelConfig, ReasonModel
+from mmreason.training import cli, privacy
+
 from conftest import CUSTOMERS, make_hm, work_in
 from test_train import TINY as TRAIN_TINY
-from mmreason import membership, pii, privacy, train
-from mmreason.model import ModelConfig, ReasonModel
-
 
 # ----------------------------------------------------------------------------- DP-SGD
 
@@ -152,7 +154,7 @@ def test_attack_population_splits_by_whole_customers():
 @pytest.fixture
 def personal():
     words = ["wildcat", "mark"]  # catalogue words: a one-word name that is one is not flagged
-    return pii.PersonalData(CUSTOMERS + ["0123456789abcdef" * 4],
+    return personal_data.PersonalData(CUSTOMERS + ["0123456789abcdef" * 4],
                             ["Jane Doe", "Amazon Customer", "Wildcat", "Mark", "JP", "Tonya B.", "Sws", "Ann Li",
                              "Tova"], words)
 
@@ -189,7 +191,7 @@ def test_scan_text_allows_what_is_not_personal(personal, text):
 
 def test_findings_never_repeat_more_than_the_allowed_prefix(personal):
     f = personal.scan_text("id " + "0123456789abcdef" * 4, "x")
-    assert len(f) == 1 and len(f[0].shown) == pii.ID_PREFIX and "0123456789abcdef"[:11] not in str(f[0])
+    assert len(f) == 1 and len(f[0].shown) == personal_data.ID_PREFIX and "0123456789abcdef"[:11] not in str(f[0])
 
 
 def test_figure_text_is_scanned(personal):
@@ -235,7 +237,7 @@ def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch,
     work_in(monkeypatch, dp_runs)
     common = [*TINY, "--data.pipeline.hm_dir", str(dp_runs / "hm"), "--data.holdout_customers", "0.5",
               "--trainer.max_epochs", "10"]  # a fixture epoch is one Poisson batch: max_steps decides
-    assert train.main(["--config", str(train.CONFIG_DIR / "dp.yaml"), *common, "--trainer.max_steps", "3",
+    assert train.main(["--config", str(cli.CONFIG_DIR / "dp.yaml"), *common, "--trainer.max_steps", "3",
                        "--model.dp.target_epsilon", "2", "--trainer.default_root_dir", "artifacts/runs/dp"]) == 0
     out = capsys.readouterr().out
     assert "[privacy] epsilon 2.00 at delta" in out and "protected unit: one example, not one customer" in out
@@ -249,10 +251,10 @@ def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch,
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["privacy"]["epsilon"] == pytest.approx(acc["epsilon"])
     assert not any("_module" in k for k in ckpt["state_dict"])  # plain weights: loads like any run
-    assert all(len(s["customer_id"]) <= pii.ID_PREFIX for s in summary["samples"])
+    assert all(len(s["customer_id"]) <= personal_data.ID_PREFIX for s in summary["samples"])
     # without Poisson sampling the accounting would not hold: refused in one line
     with pytest.raises(Exception, match="Poisson"):
-        train.main(["--config", str(train.CONFIG_DIR / "dp.yaml"), *common, "--data.sampling", "bucket",
+        train.main(["--config", str(cli.CONFIG_DIR / "dp.yaml"), *common, "--data.sampling", "bucket",
                     "--trainer.max_steps", "1", "--trainer.default_root_dir", "artifacts/runs/dp-bucket"])
     assert train.main([*common, "--trainer.max_steps", "3", "--trainer.default_root_dir", "artifacts/runs/plain"]) == 0
     capsys.readouterr()
@@ -266,7 +268,7 @@ def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch,
         assert 0 <= r["example_auc"] <= 1 and 0 <= r["customer_auc"] <= 1 and r["val_ppl"] > 1
     assert "| artifacts/runs/dp | DP-SGD, 3 Poisson steps" in (res / "cpu.md").read_text()
     # every output these commands wrote is free of personal data
-    personal = pii.PersonalData.from_data(dp_runs / "hm")
+    personal = personal_data.PersonalData.from_data(dp_runs / "hm")
     outputs = [res, run / "summary.json", dp_runs / "artifacts" / "runs" / "plain" / "summary.json",
                *(dp_runs / "artifacts" / "runs").rglob("metrics.csv"), *(dp_runs / "artifacts" / "runs").rglob("*.yaml")]
     assert personal.scan_paths(outputs) == []

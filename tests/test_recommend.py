@@ -11,34 +11,36 @@ import pytest
 import torch
 
 from mmreason import recommend as R
-from conftest import prepared_tables
+from mmreason.recsys import api, baselines, context, twotower
+from mmreason.recsys import ranking as rk
 
+from conftest import prepared_tables
 
 # ----------------------------------------------------------------------------- metrics
 
 def test_metrics_on_hand_computed_cases():
     ranked, targets = [5, 3, 9, 1], {3, 1}
-    assert R.hit_rate_at_k(ranked, targets, 1) == 0.0
-    assert R.hit_rate_at_k(ranked, targets, 2) == 1.0
-    assert R.recall_at_k(ranked, targets, 2) == 0.5
-    assert R.recall_at_k(ranked, targets, 4) == 1.0
-    assert R.ndcg_at_k(ranked, targets, 2) == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
-    assert R.ndcg_at_k(ranked, targets, 4) == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)))
-    assert R.ndcg_at_k([3, 1], targets, 2) == pytest.approx(1.0)
-    assert R.ndcg_at_k([7, 8], targets, 2) == 0.0
+    assert rk.hit_rate_at_k(ranked, targets, 1) == 0.0
+    assert rk.hit_rate_at_k(ranked, targets, 2) == 1.0
+    assert rk.recall_at_k(ranked, targets, 2) == 0.5
+    assert rk.recall_at_k(ranked, targets, 4) == 1.0
+    assert rk.ndcg_at_k(ranked, targets, 2) == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert rk.ndcg_at_k(ranked, targets, 4) == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)))
+    assert rk.ndcg_at_k([3, 1], targets, 2) == pytest.approx(1.0)
+    assert rk.ndcg_at_k([7, 8], targets, 2) == 0.0
     # three targets, k=2: the ideal has only two hits
-    assert R.ndcg_at_k([3, 4], {3, 1, 2}, 2) == pytest.approx(1 / (1 + 1 / math.log2(3)))
-    assert R.recall_at_k([3, 4], {3, 1, 2}, 2) == pytest.approx(1 / 3)
-    m = R.ranking_metrics([[5, 3], [7, 8]], [{3}, {1}], ks=(1, 2))
+    assert rk.ndcg_at_k([3, 4], {3, 1, 2}, 2) == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert rk.recall_at_k([3, 4], {3, 1, 2}, 2) == pytest.approx(1 / 3)
+    m = rk.ranking_metrics([[5, 3], [7, 8]], [{3}, {1}], ks=(1, 2))
     assert m["HR@1"] == 0.0 and m["HR@2"] == 0.5 and m["Recall@2"] == 0.5
     assert m["NDCG@2"] == pytest.approx(0.5 / math.log2(3))
 
 
 def test_top_k_breaks_ties_by_row_and_excludes():
     s = np.array([[1.0, 3.0, 3.0, 0.0, 3.0]])
-    assert R.top_k(s, 2).tolist() == [[1, 2]]
-    assert R.top_k(s, 3, [np.array([1])]).tolist() == [[2, 4, 0]]
-    assert R.top_k(s, 6, [np.array([0, 1])]).tolist() == [[2, 4, 3, -1, -1, -1]]
+    assert rk.top_k(s, 2).tolist() == [[1, 2]]
+    assert rk.top_k(s, 3, [np.array([1])]).tolist() == [[2, 4, 0]]
+    assert rk.top_k(s, 6, [np.array([0, 1])]).tolist() == [[2, 4, 3, -1, -1, -1]]
 
 
 # ----------------------------------------------------------------------------- a hand-made purchase set
@@ -76,12 +78,12 @@ def hand_tables(extra=()):
 
 def ranking(fn, ctx, task, who="x"):
     i = task.customers.index(who)
-    rows = R.top_k(fn(ctx, task, np.array([i])), ctx.n_items)[0]
+    rows = rk.top_k(fn(ctx, task, np.array([i])), ctx.n_items)[0]
     return ctx.items["article_id"].to_numpy()[rows].tolist()
 
 
 def test_task_history_and_targets_stop_at_the_day():
-    ctx = R.Context(hand_tables())
+    ctx = context.Context(hand_tables())
     task = ctx.task("val")
     assert task.customers == ["x"] and task.targets == [{ctx.item_row[C]}]
     assert sorted(ctx.items["article_id"].to_numpy()[task.history[0]].tolist()) == [A, B]
@@ -91,53 +93,53 @@ def test_task_history_and_targets_stop_at_the_day():
 
 
 def test_popularity_counts_only_purchases_before_the_day():
-    ctx = R.Context(hand_tables())
+    ctx = context.Context(hand_tables())
     task = ctx.task("val")
     # As of day 10: D 4 (two of them 50 days earlier), A 3, B 3, C 2, E 0 (bought on day 20), F 0.
-    assert ranking(R.score_popularity, ctx, task) == [D, A, B, C, E, F]
+    assert ranking(baselines.score_popularity, ctx, task) == [D, A, B, C, E, F]
     # The global count over the train split sees the four later E purchases.
-    assert ranking(R.score_popularity_global, ctx, task)[:2] == [D, E]
+    assert ranking(baselines.score_popularity_global, ctx, task)[:2] == [D, E]
     # The last 4 weeks: D's two old purchases fall out (A 3, B 3, C 2, D 2); all-time count breaks ties.
-    assert ranking(R.score_recent_popularity, ctx, task) == [A, B, D, C, E, F]
+    assert ranking(baselines.score_recent_popularity, ctx, task) == [A, B, D, C, E, F]
 
 
 def test_itemknn_and_repurchase_on_hand_made_purchases():
-    ctx = R.Context(hand_tables())
+    ctx = context.Context(hand_tables())
     task = ctx.task("val")
     # x bought A, B. cos(A, C) = 2/sqrt(3*2) = .82; cos(B, D) = 2/sqrt(3*4) = .58; cos(A, B) = 1/3.
-    r = ranking(R.score_itemknn, ctx, task)
+    r = ranking(baselines.score_itemknn, ctx, task)
     assert r[:2] == [C, D] and set(r[2:4]) == {A, B} and r[4:] == [E, F]
-    s = R.score_itemknn(ctx, task, np.array([0]))[0] / 1e3
+    s = baselines.score_itemknn(ctx, task, np.array([0]))[0] / 1e3
     assert s[ctx.item_row[C]] == pytest.approx(2 / math.sqrt(6), abs=1e-3)
     assert s[ctx.item_row[D]] == pytest.approx(2 / math.sqrt(12), abs=1e-3)
     # Repurchase: the more recent B, then A, then F (another colour of A), then the rest by popularity.
-    assert ranking(R.score_repurchase, ctx, task)[:4] == [B, A, F, D]
+    assert ranking(baselines.score_repurchase, ctx, task)[:4] == [B, A, F, D]
 
 
 def test_no_scorer_sees_purchases_on_or_after_the_evaluation_day():
-    ctx = R.Context(hand_tables())
+    ctx = context.Context(hand_tables())
     task = ctx.task("val")
     later = [("y", B, 10, "train"), ("w", D, 11, "train"), ("x", E, 12, "train"), ("q", C, 10, "train")]
-    ctx2 = R.Context(hand_tables(later))
+    ctx2 = context.Context(hand_tables(later))
     task2 = ctx2.task("val")
     for name in ["popularity", "recent_popularity", "itemknn", "repurchase"]:
-        fn = R.BASELINES[name]
+        fn = baselines.BASELINES[name]
         np.testing.assert_allclose(fn(ctx, task, np.array([0])), fn(ctx2, task2, np.array([0])), err_msg=name)
     # ... while the all-dates global count does move: that is why it is labelled as such.
-    glob = R.score_popularity_global
+    glob = baselines.score_popularity_global
     assert not np.allclose(glob(ctx, task, np.array([0])), glob(ctx2, task2, np.array([0])))
 
 
 def test_test_split_history_includes_val_day_but_not_test_day():
     extra = [("x", D, 15, "test"), ("y", B, 12, "val")]
-    ctx = R.Context(hand_tables(extra))
+    ctx = context.Context(hand_tables(extra))
     task = ctx.task("test")
     i = task.customers.index("x")
     assert sorted(ctx.items["article_id"].to_numpy()[task.history[i]].tolist()) == [A, B, C]
     assert task.targets[i] == {ctx.item_row[D]}
     assert set(np.unique(task.pool_day)) <= set(ctx.i_day[np.isin(ctx.i_split, ["train", "val"])])
     # y's val day (12) comes before x's test day (15): as-of popularity for x may count it, for test.
-    pop = R.score_popularity(ctx, task, np.array([i]))[0]
+    pop = baselines.score_popularity(ctx, task, np.array([i]))[0]
     assert pop[ctx.item_row[B]] == 4  # x, v, v2 (train) + y (val)
 
 
@@ -145,14 +147,14 @@ def test_test_split_history_includes_val_day_but_not_test_day():
 
 def test_two_tower_trains_on_train_pairs_only_and_uses_photos(tmp_path):
     extra = [("y", B, 12, "val"), ("y", D, 30, "test"), ("x", D, 15, "test")]
-    ctx = R.Context(hand_tables(extra), fingerprint="hand")
+    ctx = context.Context(hand_tables(extra), fingerprint="hand")
     rng = np.random.default_rng(0)
     photos = {a: rng.normal(size=8).astype(np.float32) for a in [A, B, C, D, E]}  # F has no photo
-    photo = R.photo_matrix(photos, ctx.items["article_id"])
+    photo = twotower.photo_matrix(photos, ctx.items["article_id"])
     assert photo[0].shape == (6, 8) and photo[1].tolist() == [True] * 5 + [False]
     assert np.allclose(np.linalg.norm(photo[0][:5], axis=1), 1.0)
-    cfg = R.TwoTowerConfig(dim=8, epochs=2, batch_size=4, max_history=3)
-    rec = R.TwoTowerRecommender(ctx, cfg, photo)
+    cfg = twotower.TwoTowerConfig(dim=8, epochs=2, batch_size=4, max_history=3)
+    rec = twotower.TwoTowerRecommender(ctx, cfg, photo)
     users, hists, targets = rec.training_pairs()
     train = {(u, i, d) for u, i, d, s in zip(ctx.i_user, ctx.i_item, ctx.i_day, ctx.i_split) if s == "train"}
     train_targets = {(u, i) for u, i, _ in train}
@@ -160,29 +162,29 @@ def test_two_tower_trains_on_train_pairs_only_and_uses_photos(tmp_path):
     assert ctx.item_row[D] not in targets[users == ctx.user_row["x"]]  # x's test purchase is no target
     assert hists.shape[1] == 3 and (hists[:, -1] >= 0).all()  # right-aligned, newest last
     # For the test split it may also learn from val days, never from test days.
-    users_t, _, targets_t = R.TwoTowerRecommender(ctx, cfg, photo, splits=R.ALLOWED["test"]).training_pairs()
+    users_t, _, targets_t = twotower.TwoTowerRecommender(ctx, cfg, photo, splits=context.ALLOWED["test"]).training_pairs()
     allowed = {(u, i) for u, i, s in zip(ctx.i_user, ctx.i_item, ctx.i_split) if s != "test"}
     assert all((u, t) in allowed for u, t in zip(users_t, targets_t))
     assert (ctx.user_row["y"], ctx.item_row[B]) in set(zip(users_t, targets_t))  # y's val day
-    rec2 = R.two_tower(ctx, cfg, photo, tmp_path, progress=False)
+    rec2 = twotower.two_tower(ctx, cfg, photo, tmp_path, progress=False)
     task = ctx.task("test")
     s = rec2.scores(ctx, task, np.arange(len(task.customers)))
     assert s.shape == (len(task.customers), 6) and np.isfinite(s).all() and (np.abs(s) <= 1 + 1e-5).all()
     # Saved and reused: same data, config and photos -> same scores without training.
-    again = R.two_tower(ctx, cfg, photo, tmp_path, progress=False)
+    again = twotower.two_tower(ctx, cfg, photo, tmp_path, progress=False)
     np.testing.assert_allclose(again.scores(ctx, task, np.arange(len(task.customers))), s, rtol=1e-5)
     # The (ids, matrix) form of the embeddings is the same thing.
     ids = np.array(list(photos)), np.stack(list(photos.values()))
-    np.testing.assert_allclose(R.photo_matrix(ids, ctx.items["article_id"])[0], photo[0])
+    np.testing.assert_allclose(twotower.photo_matrix(ids, ctx.items["article_id"])[0], photo[0])
 
 
 def test_two_tower_retrains_when_photos_change(tmp_path, capsys):
-    ctx = R.Context(hand_tables(), fingerprint="hand")
-    cfg = R.TwoTowerConfig(dim=8, epochs=1, batch_size=4)
-    R.two_tower(ctx, cfg, None, tmp_path, progress=False)
-    photo = R.photo_matrix({A: np.ones(4)}, ctx.items["article_id"])
+    ctx = context.Context(hand_tables(), fingerprint="hand")
+    cfg = twotower.TwoTowerConfig(dim=8, epochs=1, batch_size=4)
+    twotower.two_tower(ctx, cfg, None, tmp_path, progress=False)
+    photo = twotower.photo_matrix({A: np.ones(4)}, ctx.items["article_id"])
     capsys.readouterr()
-    R.two_tower(ctx, cfg, photo, tmp_path, progress=False)
+    twotower.two_tower(ctx, cfg, photo, tmp_path, progress=False)
     assert "retraining" in capsys.readouterr().out
 
 
@@ -227,7 +229,7 @@ def test_cli_writes_the_table_for_every_model(prepared, tmp_path, capsys):
     for split in ("val", "test"):
         assert R.main(args + ["--split", split, "--embeddings", str(emb)]) == 0
         m = json.loads((out / split / "metrics.json").read_text())
-        assert {r["model"] for r in m["results"].values()} == set(R.MODELS)
+        assert {r["model"] for r in m["results"].values()} == set(api.MODELS)
         assert m["customers"] == (2 if split == "val" else 3)
         # All 8 articles fit in a top 10 and no target was bought before its day: every ranking holds every target.
         for r in m["results"].values():
@@ -262,35 +264,35 @@ def test_cli_user_mode_and_unknown_user(prepared, tmp_path, capsys):
 
 
 def test_recommend_for_user_returns_named_articles(prepared, tmp_path):
-    df = R.recommend_for_user("itemknn", "b" * 64, 4, split="test", data_dir=prepared / "data", out_dir=tmp_path)
+    df = api.recommend_for_user("itemknn", "b" * 64, 4, split="test", data_dir=prepared / "data", out_dir=tmp_path)
     assert list(df["rank"]) == [1, 2, 3, 4]
     assert {"article_id", "prod_name", "product_type_name", "colour_group_name", "score", "bought"} <= set(df.columns)
-    with pytest.raises(R.UnknownUser):
-        R.recommend_for_user("popularity", "zzz", 3, data_dir=prepared / "data", out_dir=tmp_path)
-    with pytest.raises(R.UnknownUser):  # d has one purchase day: no test day
-        R.recommend_for_user("popularity", "d" * 64, 3, split="test", data_dir=prepared / "data", out_dir=tmp_path)
+    with pytest.raises(context.UnknownUser):
+        api.recommend_for_user("popularity", "zzz", 3, data_dir=prepared / "data", out_dir=tmp_path)
+    with pytest.raises(context.UnknownUser):  # d has one purchase day: no test day
+        api.recommend_for_user("popularity", "d" * 64, 3, split="test", data_dir=prepared / "data", out_dir=tmp_path)
 
 
 def test_embeddings_default_to_the_cache_beside_the_tables(tmp_path):
     data = tmp_path / "artifacts" / "data" / "hm"
     data.mkdir(parents=True)
-    assert R.resolve_embeddings("auto", data) is None  # no cache yet: the models run without photos
-    cache = tmp_path / "artifacts" / "embeddings" / R.DEFAULT_EMBEDDINGS
+    assert twotower.resolve_embeddings("auto", data) is None  # no cache yet: the models run without photos
+    cache = tmp_path / "artifacts" / "embeddings" / twotower.DEFAULT_EMBEDDINGS
     cache.parent.mkdir()
     cache.touch()
-    assert R.resolve_embeddings("auto", data) == str(cache.resolve())
-    assert R.resolve_embeddings(None, data) == str(cache.resolve())
-    assert R.resolve_embeddings("none", data) is None
-    assert R.resolve_embeddings("x.pt", data) == "x.pt"
+    assert twotower.resolve_embeddings("auto", data) == str(cache.resolve())
+    assert twotower.resolve_embeddings(None, data) == str(cache.resolve())
+    assert twotower.resolve_embeddings("none", data) is None
+    assert twotower.resolve_embeddings("x.pt", data) == "x.pt"
     assert R.main(["--data", str(data), "--embeddings", str(tmp_path / "missing.pt")]) == 2  # one-line error
 
 
 def test_repurchase_then_ranks_own_articles_first_then_the_other_model():
-    ctx = R.Context(hand_tables())
+    ctx = context.Context(hand_tables())
     task = ctx.task("val")
     order = [E, D, C, B, A, F]  # a stand-in for the two-tower: its own preference, best first
     pref = np.zeros(ctx.n_items)
     pref[[ctx.item_row[a] for a in order]] = np.arange(len(order), 0, -1)
     other = lambda ctx, task, idx: np.tile(pref, (len(idx), 1))  # noqa: E731
     # x bought A and B (and F is another colour of A): repurchase's order for those, the stand-in's for the rest
-    assert ranking(R.repurchase_then(other), ctx, task) == [B, A, F, E, D, C]
+    assert ranking(baselines.repurchase_then(other), ctx, task) == [B, A, F, E, D, C]

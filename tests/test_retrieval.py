@@ -6,14 +6,15 @@ import os
 import pandas as pd
 import pytest
 import torch
+from test_evaluate import photo_lookup, tiny_items
+
+from mmreason.evaluation import systems as evaluate
+from mmreason.features import retrieval
+from mmreason.features.clip import DEFAULT_MODEL, load_clip
+from mmreason.features.embed import compute_embeddings, lookup
+from mmreason.model.collate import RETRIEVED_SEPARATOR
 
 from conftest import COLOURS, work_in, write_photo
-from mmreason import evaluate
-from mmreason import retrieval as R
-from mmreason.clip import DEFAULT_MODEL, load_clip
-from mmreason.collate import RETRIEVED_SEPARATOR
-from mmreason.embed import compute_embeddings, lookup
-from test_evaluate import photo_lookup, tiny_items
 
 JEANS_BLACK, JEANS_BLUE, TOP, TEE, DRESS, TROUSERS, SWEATER, BIKINI = (
     100000001, 100000002, 200000001, 300000001, 400000001, 500000001, 600000001, 700000001)
@@ -33,23 +34,23 @@ def with_twin(items: pd.DataFrame, of: int, article_id: int, code: int, split: s
 def test_nearest_never_returns_the_query_own_product_code(sentence_encoder):
     items = tiny_items()
     lookup_fn = one_hot_lookup(items)
-    store = R.build_store(items, lookup_fn, sentence_encoder, progress=False)
+    store = retrieval.build_store(items, lookup_fn, sentence_encoder, progress=False)
     assert DRESS not in store.article_id.tolist()  # no copy of its own: nothing to lend
     # Each store row queried with its own embeddings: its own row is the best match of every kind.
     text, photo = store.text, store.photo
     codes = store.product_code.numpy()
-    for by in R.BY:
-        idx, score = R.nearest(store, text, photo, codes, k=len(store), by=by, query_types=store.product_type)
+    for by in retrieval.BY:
+        idx, score = retrieval.nearest(store, text, photo, codes, k=len(store), by=by, query_types=store.product_type)
         for q in range(len(store)):
             got = [i for i in idx[q].tolist() if i >= 0]
             assert all(store.product_code[i] != codes[q] for i in got), (by, q)
             assert len(got) == int((store.product_code != codes[q]).sum()), (by, q)  # everything else, in order
             assert score[q, : len(got)].diff().le(0).all()
     # The black jeans' nearest text is the blue jeans' (same words but one colour), which it must skip.
-    idx, _ = R.nearest(store, text[:1], None, [100000], by="text")
+    idx, _ = retrieval.nearest(store, text[:1], None, [100000], by="text")
     assert store.article_id[idx[0, 0]] not in (JEANS_BLACK, JEANS_BLUE)
     # A query whose product is every row of the store has nothing left: -1.
-    idx, score = R.nearest(R.build_store(items[items["product_code"] == 100000], lookup_fn, sentence_encoder,
+    idx, score = retrieval.nearest(retrieval.build_store(items[items["product_code"] == 100000], lookup_fn, sentence_encoder,
                                          progress=False), text[:1], None, [100000], by="text")
     assert idx.tolist() == [[-1]] and score.isinf().all()
 
@@ -58,17 +59,17 @@ def test_text_retriever_returns_the_copy_of_identical_attribute_text(sentence_en
     items = with_twin(tiny_items(), TROUSERS, 910000001, 910000, "test", "Held-out copy of the twin.")
     items = with_twin(items, SWEATER, 920000001, 920000, "test", "Another held-out copy.")
     lookup_fn = one_hot_lookup(items)
-    store = R.build_store(items, lookup_fn, sentence_encoder, progress=False)
+    store = retrieval.build_store(items, lookup_fn, sentence_encoder, progress=False)
     assert not {910000001, 920000001} & set(store.article_id.tolist())  # held-out products are never in the store
     frame = pd.DataFrame({"article_id": [910000001, 920000001]})
     got = evaluate.retrieval_reasons(frame, items, lookup_fn, "text", store)
     assert got == ["Wide trousers in woven fabric.", "Soft knit sweater with dropped shoulders. Ribbed hems."]
-    text, _ = R.embed_articles(items.set_index("article_id").loc[frame["article_id"]].reset_index(), sentence_encoder)
-    _, score = R.nearest(store, text, None, [910000, 920000], by="text")
+    text, _ = retrieval.embed_articles(items.set_index("article_id").loc[frame["article_id"]].reset_index(), sentence_encoder)
+    _, score = retrieval.nearest(store, text, None, [910000, 920000], by="text")
     assert score[:, 0].tolist() == pytest.approx([1.0, 1.0], abs=1e-5)  # the same text, the same vector
     # A training query whose twin is in the store but of its own product_code is not given its own copy.
     twin_code = with_twin(tiny_items(), TROUSERS, 500000002, 500000, "train", "Wide trousers in woven fabric.")
-    own = R.build_store(twin_code, one_hot_lookup(twin_code), sentence_encoder, progress=False)
+    own = retrieval.build_store(twin_code, one_hot_lookup(twin_code), sentence_encoder, progress=False)
     assert evaluate.retrieval_reasons(pd.DataFrame({"article_id": [TROUSERS]}), twin_code, one_hot_lookup(twin_code),
                                       "text", own) != ["Wide trousers in woven fabric."]
 
@@ -90,61 +91,61 @@ def photo_items(tmp_path_factory):
 
 def test_a_new_article_is_queried_against_a_store_built_before_it(photo_items, sentence_encoder):
     items, clip, cache, d = photo_items
-    store = R.build_store(items, lambda ids: lookup(cache, ids), sentence_encoder, progress=False)
+    store = retrieval.build_store(items, lambda ids: lookup(cache, ids), sentence_encoder, progress=False)
     # A new product straight from articles.parquet's columns (no `product` column), never in the tables:
     # the trousers' attributes and colour, photographed alike. No generator is involved.
     new = items[items["article_id"] == TROUSERS].drop(columns=["product", "split_unseen"])
     new = new.assign(article_id=990000001, product_code=990000, detail_desc="", photo_path=str(d / "new.jpg"))
     write_photo(d / "new.jpg", COLOURS["Black"])
-    text, photo = R.embed_articles(new, sentence_encoder, clip=clip)
+    text, photo = retrieval.embed_articles(new, sentence_encoder, clip=clip)
     # its photo embedding is the one the store's CLIP gives that photo (the trousers' photo is the same image)
     assert torch.allclose(photo[0], store.photo[store.article_id.tolist().index(TROUSERS)], atol=1e-5)
     for by in ("text", "both"):
-        assert R.retrieve_copies(store, new, by, sentence_encoder, clip=clip) == ["Wide trousers in woven fabric."], by
+        assert retrieval.retrieve_copies(store, new, by, sentence_encoder, clip=clip) == ["Wide trousers in woven fabric."], by
     # the photo alone ties all the black garments (one flat colour each)
-    idx, _ = R.nearest(store, text, photo, new["product_code"], k=1, by="photo")
+    idx, _ = retrieval.nearest(store, text, photo, new["product_code"], k=1, by="photo")
     assert store.article_id[idx[0, 0]] in (JEANS_BLACK, TOP, TROUSERS, BIKINI)
     # A new article without a photo: by photo it gets the fallback copy, by both it is ranked on text.
     bare = new.assign(has_photo=False, photo_path="")
-    assert R.retrieve_copies(store, bare, "photo", sentence_encoder, clip=clip) == [R.fallback_copy(store, "photo")]
-    assert R.retrieve_copies(store, bare, "both", sentence_encoder, clip=clip) == ["Wide trousers in woven fabric."]
+    assert retrieval.retrieve_copies(store, bare, "photo", sentence_encoder, clip=clip) == [retrieval.fallback_copy(store, "photo")]
+    assert retrieval.retrieve_copies(store, bare, "both", sentence_encoder, clip=clip) == ["Wide trousers in woven fabric."]
 
 
 def test_store_file_round_trips_and_is_keyed_by_what_made_it(photo_items, sentence_encoder, tmp_path, monkeypatch,
                                                                capsys):
     items, _, cache, _ = photo_items
     work_in(monkeypatch, tmp_path)
-    store = R.ensure_store(items, cache, sentence_encoder, progress=False)
-    f = tmp_path / "artifacts" / "retrieval" / f"{R.store_dir(store.meta).name}" / R.STORE_FILE
+    store = retrieval.ensure_store(items, cache, sentence_encoder, progress=False)
+    f = tmp_path / "artifacts" / "retrieval" / f"{retrieval.store_dir(store.meta).name}" / retrieval.STORE_FILE
     assert store.path == str(f) and f.exists() and (f.parent / "meta.json").exists()
-    assert os.readlink(tmp_path / "artifacts" / "retrieval" / R.NAME) == f.parent.name
-    back = R.load_store(f)
+    assert os.readlink(tmp_path / "artifacts" / "retrieval" / retrieval.NAME) == f.parent.name
+    back = retrieval.load_store(f)
     for name in ("article_id", "product_code", "text", "photo"):
         assert torch.equal(getattr(back, name), getattr(store, name)), name
     assert back.copy == store.copy and back.meta == store.meta
     assert back.meta["text_encoder"].startswith("all-MiniLM-L6-v2") and back.meta["n"] == len(store)
     # A second call reads the file back rather than embedding again.
     capsys.readouterr()
-    again = R.ensure_store(items, cache, sentence_encoder, progress=False)
+    again = retrieval.ensure_store(items, cache, sentence_encoder, progress=False)
     assert "reusing" in capsys.readouterr().out and torch.equal(again.text, store.text)
     # Other photo embeddings, or another copy, make another key; the older store stays where it was.
     other_cache = cache | {"embedding": cache["embedding"].flip(0)}
-    other = R.ensure_store(items, other_cache, sentence_encoder, progress=False)
+    other = retrieval.ensure_store(items, other_cache, sentence_encoder, progress=False)
     edited = items.assign(detail_desc=items["detail_desc"].replace("Padded bikini top.", "Padded bikini top, lined."))
-    third = R.ensure_store(edited, cache, sentence_encoder, progress=False)
+    third = retrieval.ensure_store(edited, cache, sentence_encoder, progress=False)
     assert len({store.path, other.path, third.path}) == 3 and f.exists()
-    assert os.readlink(tmp_path / "artifacts" / "retrieval" / R.NAME) == R.store_dir(third.meta).name
+    assert os.readlink(tmp_path / "artifacts" / "retrieval" / retrieval.NAME) == retrieval.store_dir(third.meta).name
 
 
 def test_nearest_refuses_what_it_cannot_rank():
     items = tiny_items()
-    store = R.build_store(items, one_hot_lookup(items), text=False, progress=False)
+    store = retrieval.build_store(items, one_hot_lookup(items), text=False, progress=False)
     with pytest.raises(ValueError, match="by must be"):
-        R.nearest(store, None, store.photo, store.product_code, by="colour")
+        retrieval.nearest(store, None, store.photo, store.product_code, by="colour")
     with pytest.raises(ValueError, match="text embeddings"):
-        R.nearest(store, None, store.photo, store.product_code, by="text")
+        retrieval.nearest(store, None, store.photo, store.product_code, by="text")
     with pytest.raises(ValueError, match="store's CLIP"):
-        R.nearest(store, None, torch.zeros(len(store), 3), store.product_code, by="photo")
+        retrieval.nearest(store, None, torch.zeros(len(store), 3), store.product_code, by="photo")
 
 
 def test_neighbour_texts_are_distinct_copies_of_other_training_products(sentence_encoder, tmp_path, monkeypatch):
@@ -153,8 +154,8 @@ def test_neighbour_texts_are_distinct_copies_of_other_training_products(sentence
     items = with_twin(tiny_items(), TROUSERS, 910000001, 910000, "test", "Held-out copy of the twin.")
     items = with_twin(items, TROUSERS, 930000001, 930000, "train", "Wide trousers in woven fabric.")  # same copy
     lookup_fn = one_hot_lookup(items)
-    store = R.build_store(items, lookup_fn, sentence_encoder, progress=False)
-    texts = R.neighbour_texts(store, items, k=2, encoder=sentence_encoder, progress=False)
+    store = retrieval.build_store(items, lookup_fn, sentence_encoder, progress=False)
+    texts = retrieval.neighbour_texts(store, items, k=2, encoder=sentence_encoder, progress=False)
     code_of = {}
     for c, code in zip(store.copy, store.product_code.tolist()):
         code_of.setdefault(c, set()).add(code)
@@ -166,33 +167,33 @@ def test_neighbour_texts_are_distinct_copies_of_other_training_products(sentence
     # the trousers' textual twin (another product, same copy) is its nearest: its copy comes first, once
     assert texts[items.index[items["article_id"] == TROUSERS][0]].startswith("Wide trousers in woven fabric.")
     work_in(monkeypatch, tmp_path)
-    got, f = R.ensure_neighbours(store, items, k=2, encoder=sentence_encoder)
+    got, f = retrieval.ensure_neighbours(store, items, k=2, encoder=sentence_encoder)
     assert f.exists() and got == dict(zip(items["article_id"].astype(int), texts))
-    again, f2 = R.ensure_neighbours(store, items, k=2, encoder=sentence_encoder)
+    again, f2 = retrieval.ensure_neighbours(store, items, k=2, encoder=sentence_encoder)
     assert f2 == f and again == got
-    assert R.ensure_neighbours(store, items, k=1, encoder=sentence_encoder)[1] != f  # keyed by k
+    assert retrieval.ensure_neighbours(store, items, k=1, encoder=sentence_encoder)[1] != f  # keyed by k
 
 
 def test_text_type_ranks_the_query_own_product_type_first(sentence_encoder):
     items = tiny_items()
-    store = R.build_store(items, one_hot_lookup(items), sentence_encoder, progress=False)
+    store = retrieval.build_store(items, one_hot_lookup(items), sentence_encoder, progress=False)
     row = {a: i for i, a in enumerate(store.article_id.tolist())}
     tee_text = store.text[row[TEE]][None]
-    by_text, _ = R.nearest(store, tee_text, None, [0], by="text")
+    by_text, _ = retrieval.nearest(store, tee_text, None, [0], by="text")
     assert store.article_id[by_text[0, 0]] == TEE                    # the text alone finds the tee itself
     for qtype, expected in (("Sweater", SWEATER), ("Kaftan", TEE)):  # a type the store lacks: text decides
-        idx, _ = R.nearest(store, tee_text, None, [0], by="text_type", query_types=[qtype])
+        idx, _ = retrieval.nearest(store, tee_text, None, [0], by="text_type", query_types=[qtype])
         assert store.article_id[idx[0, 0]] == expected, qtype
     with pytest.raises(ValueError, match="product types"):
-        R.nearest(store, tee_text, None, [0], by="text_type")
+        retrieval.nearest(store, tee_text, None, [0], by="text_type")
 
 
 def test_encode_texts_keeps_the_given_order_whatever_the_length_order(sentence_encoder):
     # encode_texts encodes longest first in chunks; each row must come back to its text's place
     texts = ["Jeans", "A long soft knitted sweater in a wool blend with dropped shoulders and ribbed cuffs",
              "Top", "Trousers in woven fabric with a high waist", "Dress in jersey", "Bikini top"]
-    got = R.encode_texts(texts, sentence_encoder, batch_size=2, progress=False)
-    alone = torch.cat([R.encode_texts([t], sentence_encoder, progress=False) for t in texts])
+    got = retrieval.encode_texts(texts, sentence_encoder, batch_size=2, progress=False)
+    alone = torch.cat([retrieval.encode_texts([t], sentence_encoder, progress=False) for t in texts])
     assert got.shape == (len(texts), alone.size(1))
     # same text, other padding: equal up to float rounding of the padded matmuls
     torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)

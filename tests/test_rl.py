@@ -10,15 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_hm, work_in
 from mmreason import feedback as FB
 from mmreason import recommend as R
 from mmreason import rl, train
-from mmreason.collate import EOS, token_id
-from mmreason.explain import Explainer
-from mmreason.filters import Filter, vocab_from_items
-from mmreason.generate import DecodeConfig, decode
-from mmreason.lit import load_run
+from mmreason.decoding.filters import Filter, vocab_from_items
+from mmreason.decoding.generate import DecodeConfig, decode
+from mmreason.model.collate import EOS, token_id
+from mmreason.policy import reinforce
+from mmreason.serving.explainer import Explainer
+from mmreason.training.runs import load_run
+
+from conftest import make_hm, work_in
 from test_train import TINY
 
 
@@ -53,9 +55,9 @@ def rl_args(work, out, *extra):
 def test_reward_parts_follow_the_article_and_the_formula(in_work):
     _, data = load_run(in_work / "run")
     items = data.artifacts.items
-    fb = rl.load_feedback(None, data.artifacts.data_dir)
-    config = rl.RLConfig(w_feedback=1.0, w_grounding=0.5, w_reference=2.0, w_filter=0.5)
-    reward = rl.Reward(fb, items, config)
+    fb = reinforce.load_feedback(None, data.artifacts.data_dir)
+    config = reinforce.RLConfig(w_feedback=1.0, w_grounding=0.5, w_reference=2.0, w_filter=0.5)
+    reward = reinforce.Reward(fb, items, config)
     row = {"customer_id": "a" * 64, "article_id": 300000001, "t_dat": pd.Timestamp("2019-04-01"),  # white striped tee
            "reason": "T-shirt in cotton jersey with stripes."}
     hist = {"n": 4, "colours": {"black", "light blue"}, "types": {"trousers", "vest top"}, "patterns": {"denim", "solid"},
@@ -80,14 +82,14 @@ def test_sequence_log_probs_match_the_sampler(in_work):
     tok = data.tokenizer
     eos = token_id(tok, EOS)
     interactions = pd.read_parquet(data.artifacts.data_dir / "interactions.parquet")
-    prompts = rl.Prompts(data, data.frame("train"), interactions, data.artifacts.items)
+    prompts = reinforce.Prompts(data, data.frame("train"), interactions, data.artifacts.items)
     idx = list(range(min(3, len(prompts))))
     cfg = DecodeConfig("sample", max_new_tokens=6, num_return_sequences=2)
     cands = decode(module.model, prompts.batch(idx, eos), cfg, eos, torch.Generator().manual_seed(0))
     samples = [[ids for ids, _ in c] for c in cands]
-    batch = rl.sequence_batch(prompts, idx, samples, eos, eos, cfg.max_new_tokens)
+    batch = reinforce.sequence_batch(prompts, idx, samples, eos, eos, cfg.max_new_tokens)
     with torch.no_grad():
-        logp_all, targets, row = rl.token_logprobs(module.model, batch)
+        logp_all, targets, row = reinforce.token_logprobs(module.model, batch)
     logp = logp_all.gather(1, targets[:, None]).squeeze(1)
     for r, (ids, score) in enumerate(c for cs in cands for c in cs):
         n = len(ids) + (len(ids) < cfg.max_new_tokens)
@@ -96,7 +98,7 @@ def test_sequence_log_probs_match_the_sampler(in_work):
 
 
 class PlantedReward:
-    """Stands in for ``rl.Reward``: call k returns the k-th planted reward vector, and records what it saw."""
+    """Stands in for ``reinforce.Reward``: call k returns the k-th planted reward vector, and records what it saw."""
 
     def __init__(self, *rewards):
         self.rewards, self.texts, self.rows = [np.asarray(r, dtype=float) for r in rewards], [], []
@@ -111,24 +113,24 @@ class PlantedReward:
 
 
 def _step(work, monkeypatch, reward, lr=0.0, train_mode=False, **config):
-    """One ``rl.rl_step`` from the supervised model, against a second copy of it as the reference.
+    """One ``reinforce.rl_step`` from the supervised model, against a second copy of it as the reference.
     Returns (its log row, the policy, the sequence batch it scored, the policy's (N, V) log-probs, targets, rows)."""
     policy, data = load_run(work / "run")
     reference, _ = load_run(work / "run")
     if train_mode:
         policy.train()  # as a caller that left dropout on
     interactions = pd.read_parquet(data.artifacts.data_dir / "interactions.parquet")
-    prompts = rl.Prompts(data, data.frame("train"), interactions, data.artifacts.items)
-    seen, real = [], rl.token_logprobs
+    prompts = reinforce.Prompts(data, data.frame("train"), interactions, data.artifacts.items)
+    seen, real = [], reinforce.token_logprobs
 
     def recorded(model, batch):
         seen.append((batch, *real(model, batch)))
         return seen[-1][1:]
 
-    monkeypatch.setattr(rl, "token_logprobs", recorded)
+    monkeypatch.setattr(reinforce, "token_logprobs", recorded)
     optimizer = torch.optim.SGD(policy.model.parameters(), lr=lr)
-    cfg = rl.RLConfig(**{"max_new_tokens": 6, "grad_clip": 1e9, **config})
-    row = rl.rl_step(policy.model, reference.model, optimizer, prompts, reward, cfg, 0, data.tokenizer)
+    cfg = reinforce.RLConfig(**{"max_new_tokens": 6, "grad_clip": 1e9, **config})
+    row = reinforce.rl_step(policy.model, reference.model, optimizer, prompts, reward, cfg, 0, data.tokenizer)
     batch, logp_all, targets, rows = seen[0]  # the policy's call (the reference's is seen[1])
     return row, policy, prompts, batch, logp_all.detach(), targets, rows
 
@@ -178,7 +180,7 @@ def test_rl_step_raises_the_log_prob_of_the_sample_above_its_baseline(work, monk
     assert reward.texts[0][0] != reward.texts[0][1]
     before = _seq_logp(logp_all, targets, rows, 2)
     with torch.no_grad():
-        after = _seq_logp(*rl.token_logprobs(policy.model, batch), 2)
+        after = _seq_logp(*reinforce.token_logprobs(policy.model, batch), 2)
     # to first order in the learning rate the gap grows by lr * |grad(gap)|^2 / tokens > 0
     assert float(after[0] - after[1]) > float(before[0] - before[1]) + 1e-3
 
@@ -220,7 +222,7 @@ def test_rl_cli_errors_in_one_line(in_work, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no supervised checkpoint") and "\n" not in err
     with pytest.raises(ValueError):
-        rl.RLConfig(samples=1)
+        reinforce.RLConfig(samples=1)
 
 
 # Customer a's purchases in the fixture, as the filter reads a history (conftest.PURCHASES).
@@ -248,7 +250,7 @@ def test_explainer_and_recommend_explain(in_work, capsys, monkeypatch):
                            "Like the Striped tee you bought last. A padded bikini top."],  # her latest buy
                300000001: ["A red dress in cotton jersey.", "Red again, and a dress."]}
     with monkeypatch.context() as m:
-        m.setattr("mmreason.shown.generate_reasons",  # the one shown-reason path decodes
+        m.setattr("mmreason.decoding.shown.generate_reasons",  # the one shown-reason path decodes
                   lambda model, tok, examples, *a, **k: [planted[x["article_id"]] for x in examples])
         bikini, tee = ex.explain("a" * 64, [700000001, 300000001])
     assert (bikini.reason, bikini.passed_filter) == (planted[700000001][1], True)

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import CUSTOMERS, make_hm, work_in
 from mmreason import serve, train
-from mmreason.recommend import TwoTowerConfig
-from mmreason.serving import Batcher, Service
+from mmreason.recsys.twotower import TwoTowerConfig
+from mmreason.serving.service import Batcher, Service
+
+from conftest import CUSTOMERS, make_hm, work_in
 from test_train import TINY
 
 TINY_TWO_TOWER = TwoTowerConfig(dim=8, epochs=2, batch_size=4)  # the default's one-cycle schedule needs more pairs
@@ -276,7 +277,7 @@ def test_customer_counts_match_the_tables(service):
 def test_a_reason_with_no_candidate_is_reported_not_raised():
     """Decoding can return no candidate (every beam ended under the constraint): the response says so
     instead of failing with an IndexError (seen in the load test on the grounded default run)."""
-    from mmreason.explain import Explanation
+    from mmreason.serving.explainer import Explanation
 
     r = serve.reason_of(Explanation(123, "", False, []))
     assert r.passed_filter is False and r.causes == ["no candidate"] and r.rejected_before == 0
@@ -286,7 +287,8 @@ def test_a_reason_with_no_candidate_is_reported_not_raised():
 
 
 def test_load_test_report_names_the_flags_that_differ_from_the_defaults():
-    from mmreason import loadtest, serve
+    from mmreason import serve
+    from mmreason.serving import loadtest
 
     defaults = vars(serve.get_parser().parse_args([]))
     args = serve.get_parser().parse_args(["--loadtest", "--duration", "15", "--threads", "2", "--max-wait-ms", "2.5"])

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from mmreason import tokenizer as T
-from mmreason.collate import token_id
+from mmreason.features import tokenizer
+from mmreason.model.collate import token_id
 
-SAMPLE = f"{T.PHOTO}{T.USER} loves black denim {T.BEHAVIOUR} bought 3 jeans {T.PRODUCT} Skinny jeans {T.REASON} Fits her style.{T.EOS}"
+SAMPLE = f"{tokenizer.PHOTO}{tokenizer.USER} loves black denim {tokenizer.BEHAVIOUR} bought 3 jeans {tokenizer.PRODUCT} Skinny jeans {tokenizer.REASON} Fits her style.{tokenizer.EOS}"
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +23,14 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def trained(corpus):
-    return T.train_tokenizer(corpus, vocab_size=1500)
+    return tokenizer.train_tokenizer(corpus, vocab_size=1500)
 
 
 def test_trained_tokenizer_round_trip(trained, tmp_path):
     tok = trained
     assert 1000 < len(tok) <= 1500
-    assert tok.eos_token == tok.bos_token == tok.pad_token == T.EOS
-    for s in T.SPECIAL_TOKENS:  # every special token is one id, never split
+    assert tok.eos_token == tok.bos_token == tok.pad_token == tokenizer.EOS
+    for s in tokenizer.SPECIAL_TOKENS:  # every special token is one id, never split
         assert len(tok.encode(s, add_special_tokens=False)) == 1
         assert token_id(tok, s) == tok.convert_tokens_to_ids(s)  # what the collator asks for
     ids = tok.encode(SAMPLE, add_special_tokens=False)
@@ -37,10 +38,10 @@ def test_trained_tokenizer_round_trip(trained, tmp_path):
     assert tok.decode(tok.encode("naïve 😀 café", add_special_tokens=False)) == "naïve 😀 café"  # byte level: no unk
 
     tok.save_pretrained(tmp_path / "tok")
-    again = T.load_tokenizer(tmp_path / "tok")
+    again = tokenizer.load_tokenizer(tmp_path / "tok")
     assert len(again) == len(tok)
     assert again.encode(SAMPLE, add_special_tokens=False) == ids
-    assert again.convert_tokens_to_ids(T.PHOTO) == tok.convert_tokens_to_ids(T.PHOTO)
+    assert again.convert_tokens_to_ids(tokenizer.PHOTO) == tok.convert_tokens_to_ids(tokenizer.PHOTO)
     assert again.pad_token_id == again.eos_token_id
 
 
@@ -53,16 +54,16 @@ def test_option_a_loads_gpt2_style_dir_and_adds_our_tokens(corpus, tmp_path):
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
     raw.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=1200, special_tokens=[T.EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    gpt2_names = dict(eos_token=T.EOS, bos_token=T.EOS, unk_token=T.EOS)  # as GPT-2's tokenizer_config.json
+        vocab_size=1200, special_tokens=[tokenizer.EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    gpt2_names = dict(eos_token=tokenizer.EOS, bos_token=tokenizer.EOS, unk_token=tokenizer.EOS)  # as GPT-2's tokenizer_config.json
     PreTrainedTokenizerFast(tokenizer_object=raw, **gpt2_names).save_pretrained(tmp_path / "gpt2ish")
     n_before = raw.get_vocab_size()
 
-    tok = T.load_tokenizer(tmp_path / "gpt2ish")
-    assert len(tok) == n_before + len(T.PROMPT_TOKENS)
-    assert tok.pad_token == tok.eos_token == T.EOS
-    assert token_id(tok, T.EOS) == raw.token_to_id(T.EOS)  # eos must not look like an unk to the collator
-    for s in T.PROMPT_TOKENS:
+    tok = tokenizer.load_tokenizer(tmp_path / "gpt2ish")
+    assert len(tok) == n_before + len(tokenizer.PROMPT_TOKENS)
+    assert tok.pad_token == tok.eos_token == tokenizer.EOS
+    assert token_id(tok, tokenizer.EOS) == raw.token_to_id(tokenizer.EOS)  # eos must not look like an unk to the collator
+    for s in tokenizer.PROMPT_TOKENS:
         (i,) = tok.encode(s, add_special_tokens=False)
         assert i >= n_before and token_id(tok, s) == i
     assert tok.decode(tok.encode(SAMPLE, add_special_tokens=False)) == SAMPLE
@@ -72,20 +73,20 @@ def test_empty_or_missing_tokenizer_raises_one_clear_line(tmp_path, monkeypatch)
     from tokenizers import Tokenizer, models
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    with pytest.raises(T.TokenizerLoadError, match="could not load a tokenizer") as e:
-        T.load_tokenizer(tmp_path / "does-not-exist")
+    with pytest.raises(tokenizer.TokenizerLoadError, match="could not load a tokenizer") as e:
+        tokenizer.load_tokenizer(tmp_path / "does-not-exist")
     assert "\n" not in str(e.value)
 
     # an empty BPE saved to disk loads without error in transformers: the guard must catch it
-    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=T.EOS).save_pretrained(tmp_path / "empty")
-    with pytest.raises(T.TokenizerLoadError, match="empty or broken"):
-        T.load_tokenizer(tmp_path / "empty")
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=tokenizer.EOS).save_pretrained(tmp_path / "empty")
+    with pytest.raises(tokenizer.TokenizerLoadError, match="empty or broken"):
+        tokenizer.load_tokenizer(tmp_path / "empty")
 
     # what offline `GPT2TokenizerFast.from_pretrained("gpt2")` does: returns a near-empty tokenizer, no error
-    empty = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=T.EOS)
+    empty = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=tokenizer.EOS)
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: empty)
-    with pytest.raises(T.TokenizerLoadError, match="'gpt2' is empty"):
-        T.load_tokenizer("gpt2")
+    with pytest.raises(tokenizer.TokenizerLoadError, match="'gpt2' is empty"):
+        tokenizer.load_tokenizer("gpt2")
 
 
 def _frames():
@@ -106,7 +107,7 @@ def _frames():
 
 
 def test_training_texts_exclude_held_out_products_and_later_rows():
-    texts = T.training_texts(*_frames())
+    texts = tokenizer.training_texts(*_frames())
     assert not [t for t in texts if "SECRET" in t or "LATER" in t]
     assert texts == ["likes denim", "bought jeans", "Jeans | Trousers", "fits the denim habit",
                      "Jeans", "Scarf", "Denim jeans.", "Wool scarf."]
@@ -114,17 +115,17 @@ def test_training_texts_exclude_held_out_products_and_later_rows():
 
 def test_build_or_load_reuses_on_matching_fingerprint(corpus, tmp_path, monkeypatch):
     out = tmp_path / "bpe"
-    first = T.build_or_load(out, corpus, vocab_size=1200)
-    fp = json.loads((out / T.FINGERPRINT_FILE).read_text())
+    first = tokenizer.build_or_load(out, corpus, vocab_size=1200)
+    fp = json.loads((out / tokenizer.FINGERPRINT_FILE).read_text())
     assert fp["vocab_size"] == 1200 and fp["n_texts"] == len(corpus)
 
-    monkeypatch.setattr(T, "train_tokenizer", lambda *a, **k: pytest.fail("should have reused the saved tokenizer"))
-    again = T.build_or_load(out, corpus, vocab_size=1200)
+    monkeypatch.setattr(tokenizer, "train_tokenizer", lambda *a, **k: pytest.fail("should have reused the saved tokenizer"))
+    again = tokenizer.build_or_load(out, corpus, vocab_size=1200)
     assert again.get_vocab() == first.get_vocab()
     monkeypatch.undo()
 
-    changed = T.build_or_load(out, corpus[:-1], vocab_size=1200)  # another text selection -> retrain
-    assert json.loads((out / T.FINGERPRINT_FILE).read_text())["n_texts"] == len(corpus) - 1
+    changed = tokenizer.build_or_load(out, corpus[:-1], vocab_size=1200)  # another text selection -> retrain
+    assert json.loads((out / tokenizer.FINGERPRINT_FILE).read_text())["n_texts"] == len(corpus) - 1
     assert len(changed) > 1000
 
 

@@ -9,9 +9,11 @@ import sys
 import pytest
 import torch
 
-from conftest import make_hm, work_in
 from mmreason import train
-from mmreason.lit import find_checkpoint
+from mmreason.training import cli
+from mmreason.training.runs import find_checkpoint
+
+from conftest import make_hm, work_in
 
 TINY = [
     "--data.pipeline.tokenizer_vocab", "400", "--data.pipeline.clip_epochs", "1",
@@ -89,8 +91,8 @@ def test_interrupted_run_resumed_from_last_ends_where_an_uninterrupted_one_does(
 def test_ddp_two_cpu_processes(in_workdir):
     """Lightning's own DDP strategy (gloo on CPU), chosen by config alone, for a few steps."""
     env = dict(os.environ, MMREASON_ARTIFACTS=str(in_workdir / "artifacts"), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "mmreason.train", "--config", str(train.CONFIG_DIR / "cpu.yaml"),
-           "--config", str(train.CONFIG_DIR / "ddp.yaml"), *args(in_workdir), "--trainer.accelerator", "cpu",
+    cmd = [sys.executable, "-m", "mmreason.train", "--config", str(cli.CONFIG_DIR / "cpu.yaml"),
+           "--config", str(cli.CONFIG_DIR / "ddp.yaml"), *args(in_workdir), "--trainer.accelerator", "cpu",
            "--trainer.devices", "2", "--trainer.max_steps", "2", "--data.batch_size", "1",
            "--trainer.default_root_dir", "artifacts/runs/ddp",
            "--ckpt_path", "none",

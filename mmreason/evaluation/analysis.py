@@ -15,9 +15,12 @@ import pandas as pd
 import torch
 
 from mmreason import metrics as M
-from mmreason.filters import Filter, vocab_from_items
-from mmreason.generate import DecodeConfig, preset
-from mmreason.shown import Shown, shown_reasons
+from mmreason.decoding.filters import Filter, vocab_from_items
+from mmreason.decoding.generate import DecodeConfig, preset
+from mmreason.decoding.shown import Shown, shown_reasons
+from mmreason.features import clip, cliptrain
+from mmreason.features import embed as embed_lib
+from mmreason.io import atomic_write_json
 
 # The decoders the diversity notebook compares: deterministic search, then sampling at rising temperature
 # and with a nucleus. One candidate per example for sampling; beam searches keep 4 (for the filter).
@@ -83,21 +86,17 @@ def clip_evidence(artifacts, clip_model: str | None = None) -> dict:
     else computes it (~20 s on the real data) and writes it there, with the CLIP the cache was made with.
     -> {"eval": embed's evaluation dict, "history": per-epoch CLIP training records (may be empty)}.
     """
-    from mmreason import clip as clip_lib
-    from mmreason import embed as embed_lib
-    from mmreason.io import atomic_write_json
-
     meta = artifacts.cache["meta"]
     clip_model = clip_model or meta["model"]
     ckpt = Path(artifacts.clip_pretrained or embed_lib.domain_checkpoint(clip_model))  # the CLIP this cache came from
-    clip_meta_path = ckpt.parent / clip_lib.META_NAME
+    clip_meta_path = ckpt.parent / clip.META_NAME
     clip_meta = json.loads(clip_meta_path.read_text()) if clip_meta_path.exists() else {}
     path = Path(artifacts.cache["path"]).with_suffix(".eval.json")
     ev = json.loads(path.read_text()) if path.exists() else None
     if ev is None or ev.get("meta") != json.loads(json.dumps(meta)):
         print(f"clip evidence: computing {path.name}")
-        model, _, tokenizer = clip_lib.load_clip(clip_model, ckpt)
-        desc_words = clip_meta.get("train_config", {}).get("desc_words", clip_lib.get_default_config().desc_words)
+        model, _, tokenizer = clip.load_clip(clip_model, ckpt)
+        desc_words = clip_meta.get("train_config", {}).get("desc_words", cliptrain.get_default_config().desc_words)
         ev = {"model_id": clip_model, "meta": meta,
               **embed_lib.evaluate(model, tokenizer, artifacts.cache, artifacts.items, desc_words)}
         atomic_write_json(path, ev)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmreason.splits import temporal_split, unseen_product_split
+from mmreason.datasets.splits import temporal_split, unseen_product_split
 from mmreason.io import DataError, Report, atomic_dir, file_stat, fingerprint
 
 VERSION = 1

@@ -13,10 +13,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from mmreason.model import SEG_BEHAVIOUR, SEG_PRODUCT, SEG_REASON, SEG_USER
-
-from mmreason.tokenizer import BEHAVIOUR, EOS, PHOTO, PRODUCT, REASON, USER  # noqa: F401 - re-exported
-from mmreason.tokenizer import PROMPT_TOKENS as SPECIAL_TOKENS  # the five markers (EOS is the tokenizer's own)
+from mmreason.features.tokenizer import BEHAVIOUR, EOS, PHOTO, PRODUCT, REASON, RETRIEVED_SEPARATOR, USER  # noqa: F401 - re-exported
+from mmreason.features.tokenizer import PROMPT_TOKENS as SPECIAL_TOKENS  # noqa: F401 - the five markers (EOS is the tokenizer's own)
+from mmreason.model.network import SEG_BEHAVIOUR, SEG_PRODUCT, SEG_REASON, SEG_USER
 
 PAD = EOS
 
@@ -24,7 +23,6 @@ PAD = EOS
 PROMPT_PARTS = [("user_profile", USER, SEG_USER), ("evidence", BEHAVIOUR, SEG_BEHAVIOUR),
                 ("behaviour", None, SEG_BEHAVIOUR), ("product", PRODUCT, SEG_PRODUCT), ("retrieved", None, SEG_PRODUCT)]
 OPTIONAL_PARTS = ("evidence", "retrieved")  # not in a run's prompt unless its max_prompt_tokens names them
-RETRIEVED_SEPARATOR = " | "  # between the retrieved copies in the "retrieved" part (retrieval.neighbour_texts)
 # evidence: above its longest text in bytes, so it is never cut (data.PROMPT_BUDGET, audited there)
 DEFAULT_MAX_PROMPT_TOKENS = {"user_profile": 48, "evidence": 224, "behaviour": 64, "product": 48}
 # Delexicalised targets (ReasonDataModule(slots=True)): the hook's cited purchase name is this slot, which

@@ -10,6 +10,9 @@ len**length_penalty, where len counts the scored tokens including EOS. So a scor
 whatever the strategy. Per-example constraints (``constraints.py``: cited names from a trie of the
 evidence's names, no colour / type / pattern word that contradicts the article) mask the same log-probs
 for every strategy.
+
+Longer than 400 lines: the config and presets, the shared step and log-prob processing, and the two loops
+(greedy/sampling, beam/diverse beam) that use them, all private to this module.
 """
 from __future__ import annotations
 
@@ -20,10 +23,10 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
-from mmreason import kvcache
-from mmreason.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, collate, encode_example, token_id
-from mmreason.constraints import Constrainer, Constraint
-from mmreason.model import SEG_REASON
+from mmreason.decoding import kvcache
+from mmreason.model.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, collate, encode_example, token_id
+from mmreason.decoding.constraints import Constrainer, Constraint
+from mmreason.model.network import SEG_REASON
 
 log = logging.getLogger(__name__)
 

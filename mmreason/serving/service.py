@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 
 from mmreason import paths
-from mmreason import recommend as R
-from mmreason.explain import Explainer, Explanation
+from mmreason.recsys import api, baselines, context, ranking, twotower
+from mmreason.serving.explainer import Explainer, Explanation
 
 
 class NotFound(KeyError):
@@ -49,7 +49,7 @@ class Service:
     """The generator run, the recommender and the tables, loaded once."""
 
     def __init__(self, run=None, decode: str = "greedy+beam", model: str = "two_tower", recommend_dir=None,
-                 two_tower: R.TwoTowerConfig | None = None, progress: bool = False,
+                 two_tower: twotower.TwoTowerConfig | None = None, progress: bool = False,
                  threads: tuple[int, int, int] | None = None):
         # (threads, batch_threads, parallel_from): a decoding call of at least parallel_from articles runs on
         # batch_threads torch threads, a smaller one on threads; None leaves torch's setting alone
@@ -58,19 +58,19 @@ class Service:
         self.explainer = Explainer(self.run, decode=decode)
         data_dir = self.explainer.data.artifacts.data_dir  # the tables the generator was trained on
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
-        self.ctx = R.Context(self.explainer.tables, manifest.get("fingerprint", ""))
+        self.ctx = context.Context(self.explainer.tables, manifest.get("fingerprint", ""))
         self.items = self.explainer.items  # indexed by article_id
         self.next_day = self.explainer.next_day()
         self.model_name = model
         out_dir = Path(recommend_dir or paths.artifacts_dir() / "recommend")
-        if model in R.LEARNED:
-            emb = R.resolve_embeddings("auto", data_dir)  # as `recommend --user` finds them
-            photo = R.photo_matrix(R.load_photo_embeddings(emb), self.ctx.items["article_id"]) if emb else None
-            rec = R.two_tower(self.ctx, two_tower or R.TwoTowerConfig(), photo, out_dir, "next", progress=progress)
-            self.scorer = R.repurchase_then(rec.scores) if model == "repurchase+two_tower" else rec.scores
+        if model in api.LEARNED:
+            emb = twotower.resolve_embeddings("auto", data_dir)  # as `recommend --user` finds them
+            photo = twotower.photo_matrix(twotower.load_photo_embeddings(emb), self.ctx.items["article_id"]) if emb else None
+            rec = twotower.two_tower(self.ctx, two_tower or twotower.TwoTowerConfig(), photo, out_dir, "next", progress=progress)
+            self.scorer = baselines.repurchase_then(rec.scores) if model == "repurchase+two_tower" else rec.scores
         else:
-            self.scorer = R.BASELINES[model]
-        self.exclude_bought = R.default_exclusion(model, out_dir)
+            self.scorer = baselines.BASELINES[model]
+        self.exclude_bought = api.default_exclusion(model, out_dir)
         self.base_task = self.ctx.task("next")  # every customer as of the day after the data ends
         self.customer_pos = {c: i for i, c in enumerate(self.base_task.customers)}
         self.n_purchases = pd.Series(np.diff(self.ctx.user_start), index=self.ctx.users["customer_id"].to_numpy())
@@ -79,7 +79,7 @@ class Service:
     def customer(self, customer_id: str) -> str:
         try:
             return self.ctx.resolve_user(customer_id)
-        except R.UnknownUser as e:
+        except context.UnknownUser as e:
             raise NotFound(e.args[0]) from None
 
     def check_articles(self, article_ids) -> None:
@@ -99,11 +99,11 @@ class Service:
         return pd.Timestamp(day) if day is not None else self.next_day
 
     # -- recommender
-    def _task(self, cid: str, day: pd.Timestamp) -> R.Task:
+    def _task(self, cid: str, day: pd.Timestamp) -> context.Task:
         """The customer's task as of ``day``: history = purchases strictly before it (like ``user_context``)."""
         i = self.customer_pos[cid]
         t = self.base_task
-        cut = (day - pd.Timestamp("1970-01-01")).days  # R.day_number's units
+        cut = (day - pd.Timestamp("1970-01-01")).days  # context.day_number's units
         keep = t.history_days[i] < cut
         return replace(t, customers=[cid], user_rows=t.user_rows[i:i + 1], cutoff=np.array([cut]),
                        history=[t.history[i][keep]], history_days=[t.history_days[i][keep]], targets=[set()])
@@ -113,7 +113,7 @@ class Service:
         cid = self.customer(customer_id)
         task = self._task(cid, self.day(day))
         s = self.scorer(self.ctx, task, np.array([0]))
-        rows = R.top_k(s, k, [task.history[0]] if self.exclude_bought else None)[0]
+        rows = ranking.top_k(s, k, [task.history[0]] if self.exclude_bought else None)[0]
         rows = rows[rows >= 0]
         ids = self.ctx.items["article_id"].to_numpy()[rows]
         bought = np.isin(rows, task.history[0])

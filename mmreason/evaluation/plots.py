@@ -14,6 +14,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from mmreason.features.clip import PhotoError, read_photo
+
 DPI = 120
 GREY = "#9e9e9e"
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -42,8 +44,6 @@ def _note(ax, text: str) -> None:
 
 def _thumbnail(ax, path, title: str = "", size: int = 240, edge: str | None = None) -> None:
     """A photo (or a grey 'no photo' box) with a small title; ``edge`` colours a frame around it."""
-    from mmreason.clip import PhotoError, read_photo
-
     img = None
     if isinstance(path, str) and path:
         try:

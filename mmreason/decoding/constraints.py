@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mmreason.filters import SENTENCE_END
+from mmreason.decoding.filters import SENTENCE_END
 
 # metrics._CITATION_RE's phrases without their final "the" (lowercase, as metrics.tokenize reads them)
 CITATION_PREFIXES = ("most recently", "most recently with", "most recently for", "you bought", "like",

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from mmreason.io import write_report
-from mmreason.recommend import TwoTowerConfig
+from mmreason.recsys.twotower import TwoTowerConfig
 
 EXPLAIN_CONCURRENCY = (1, 8, 32)
 RECOMMEND_CONCURRENCY = (1, 8)

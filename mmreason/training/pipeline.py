@@ -17,11 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmreason import clip as clip_lib
-from mmreason import data as data_lib
-from mmreason import embed as embed_lib
+from mmreason.features import clip as clip_lib
+from mmreason.features import cliptrain
+from mmreason.datasets import prepare, hm
+from mmreason.features import embed as embed_lib
 from mmreason import paths
-from mmreason import tokenizer as tok_lib
+from mmreason.features import retrieval
+from mmreason.features import tokenizer as tok_lib
 from mmreason.io import DataError
 
 
@@ -113,8 +115,8 @@ def _ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
     paths.offline()
     hm_dir = hm_dir or str(paths.hm_dir())
     print(f"[pipeline] 1/{steps} tables from {hm_dir}")
-    data_dir = data_lib.prepare_tables(["--hm-dir", hm_dir] + (["--out", str(data_dir)] if data_dir else []))
-    t = data_lib.load_tables(data_dir, names=TABLES)
+    data_dir = prepare.prepare_tables(["--hm-dir", hm_dir] + (["--out", str(data_dir)] if data_dir else []))
+    t = hm.load_tables(data_dir, names=TABLES)
     items, examples = t["items"], t["examples"]
 
     print(f"[pipeline] 2/{steps} tokenizer")
@@ -131,18 +133,16 @@ def _ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
 
     print(f"[pipeline] 3/{steps} CLIP {clip_model}")
     if clip_pretrained is None:
-        cfg = clip_lib.get_default_config()
+        cfg = cliptrain.get_default_config()
         cfg.model = clip_model
         if clip_epochs is not None:
             cfg.epochs = clip_epochs
-        clip_pretrained = str(clip_lib.ensure_domain_clip(items, cfg))
+        clip_pretrained = str(cliptrain.ensure_domain_clip(items, cfg))
 
     print(f"[pipeline] 4/{steps} photo embeddings")
     cache = embed_lib.load_embeddings(items, clip_model, clip_pretrained, workers=embed_workers)
     retrieved = retrieved_path = None
     if c.retrieval_k:
-        from mmreason import retrieval  # the sentence encoder comes with it: only runs that retrieve pay for it
-
         print(f"[pipeline] 5/5 retrieval: the {c.retrieval_k} nearest other products' copies by {c.retrieval_by}")
         store = retrieval.ensure_store(items, cache)
         retrieved, retrieved_path = retrieval.ensure_neighbours(store, items, c.retrieval_k, c.retrieval_by,
@@ -172,7 +172,7 @@ def load_recorded(record: dict, run: str = "the run", embed_workers: int = 2) ->
             refuse("tables", data_dir, f"has no {f.name}")
         if clip_lib.sha256_file(f) != sha:
             refuse("tables", data_dir, f"has changed ({f.name})")
-    t = data_lib.load_tables(data_dir, names=TABLES)
+    t = hm.load_tables(data_dir, names=TABLES)
 
     rec = record["tokenizer"]
     tok_dir = paths.from_artifacts(rec)

@@ -26,11 +26,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mmreason.collate import NAME_SLOT, RETRIEVED_SEPARATOR
-from mmreason.constraints import build as build_constraint
-from mmreason.filters import Filter, vocab_from_items
-from mmreason.generate import DecodeConfig, generate_reasons, preset
+from mmreason.decoding.constraints import build as build_constraint
+from mmreason.decoding.filters import Filter, vocab_from_items
+from mmreason.decoding.generate import DecodeConfig, generate_reasons, preset
 from mmreason.metrics import split_sentences
+from mmreason.model.collate import NAME_SLOT, RETRIEVED_SEPARATOR
 
 _SLOT_RE = re.compile(r"\s*".join(re.escape(ch) for ch in NAME_SLOT))  # the slot as decoded, spaces or not
 

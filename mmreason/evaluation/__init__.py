@@ -1,0 +1,1 @@
+"""Evaluation: the systems compared and their scores (``systems``), analysis and plots."""
