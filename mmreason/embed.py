@@ -1,19 +1,6 @@
 """Photo embeddings for every article, cached in one file per CLIP, plus evidence that they mean something.
 
-    python -m mmreason.embed      # domain CLIP (trained first if missing) -> artifacts/embeddings/mmr-vit-tiny-<key>.pt
-    python -m mmreason.embed --clip-model ViT-B-32 --pretrained /path/to/open_clip_pytorch_model.bin
-
-Each cache file is keyed by its ``meta`` (``<model-id>-<key>.pt``; ``<model-id>.pt`` links to the newest),
-so caches of different CLIPs never overwrite each other. The cache is ``{"article_id": LongTensor (N,), "embedding": FloatTensor (N, D) L2-normalised,
-"meta": {...}, "skipped": [...], "seconds": float}``. ``meta`` names the CLIP (architecture, checkpoint sha256) and the
-preprocessing (pad-to-square, resolution, mean/std) and the set of photos; a change in any of it
-means another key, hence another file. Articles without a readable photo get no row (the
-generator uses its learned no-photo embedding for them); each unreadable file is reported in one line.
-
-Evidence, printed and saved next to the cache as ``<model-id>-<key>.eval.json``: image<->text recall@k on
-held-out products (split_unseen == "test", one article per product_code) beside chance k/N, and
-linear-probe accuracy (frozen photo embeddings, trained on split_unseen == "train" articles, tested
-on all held-out test articles) for colour and product type beside the majority-class baseline.
+The command; the library is ``mmreason.features.embed``, whose docstring says what it does and why.
 """
 from __future__ import annotations
 
@@ -25,6 +12,7 @@ import pandas as pd
 import torch
 
 from mmreason import paths
+from mmreason.features import embed as embed_lib
 from mmreason.features.clip import DEFAULT_MODEL, META_NAME, load_clip
 from mmreason.features.cliptrain import add_train_args, ensure_domain_clip, train_config_from_args
 from mmreason.features.embed import evaluate, format_evaluation, load_embeddings, model_id
@@ -32,7 +20,7 @@ from mmreason.io import atomic_write_json
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=embed_lib.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--items", type=Path, default=paths.artifacts_dir() / "data" / "hm" / "items.parquet")
     p.add_argument("--clip-model", default=DEFAULT_MODEL, help="open_clip architecture name (ours or built-in)")
     p.add_argument("--pretrained", default=None,

@@ -1,22 +1,6 @@
 """Reasons for articles a recommender picked: the last step of profile -> candidates -> ranking -> reasons.
 
-``Explainer`` loads a trained generator run and writes one reason per (customer, article) as of a day:
-the prompt is built exactly as ``mmreason.data`` builds training examples (profile, evidence and
-behaviour from the customer's purchases strictly before that day, the article's product text and photo
-embedding), and the shown reason comes from the one path (``shown.shown_reasons``): decoded with a preset
-(beam by default) under the decoding constraint, then post-filtered: the first candidate that passes
-``filters.Filter`` is shown; if none passes, the best one is shown and flagged.
-
-    from mmreason.serving.explainer import Explainer
-    ex = Explainer("artifacts/runs/cpu")
-    ex.explain(customer_id, [article_id, ...])        # -> list of Explanation
-    ex.explain_new(customer_id, new_articles)         # articles not in the tables (an H&M-shaped frame)
-
-New articles (not in the prepared tables) need no retraining: their product segment is written from their
-attributes (``data.product_text``), their photo embedded with the run's own CLIP, and their retrieved copies
-looked up in the current datastore (``retrieval.neighbour_texts``); the rest is the same one path.
-
-    python -m mmreason.explain --articles new_articles.csv --images photos/ --customer <customer_id>
+The command; the library is ``mmreason.serving.explainer``, whose docstring says what it does and why.
 """
 from __future__ import annotations
 

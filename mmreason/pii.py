@@ -1,20 +1,6 @@
 """Personal data in outputs: ``python -m mmreason.pii [PATH ...]`` scans files, exit 1 on any finding.
 
-What counts (the README's "Personal data" section says what the project reads and stores, and where):
-
-* a customer id, whole or any piece of it longer than ``ID_PREFIX`` characters (the README and the logs
-  show 10, e.g. ``e2c46634eb``, to name a case study; H&M's ids are 64 hex characters, already hashed);
-* an Amazon ``reviewerName`` (a person's display name), as a whole word or phrase, any case. Skipped:
-  placeholders that name no one ("Amazon Customer"), names under 3 characters, one-word names under 4
-  ("met", "Sws": they occur in ordinary text and in a tiny model's garbled samples), and one-word names that
-  are ordinary words of the catalogue's own text (``common_words``: "Wildcat" is a name, "Mark" a word);
-* an age: "34 years old", "aged 34", "age 34", "age: 34". The age bands of the profile text
-  ("age 25-34", "age 65+") are coarse on purpose and allowed.
-
-Outputs are the text the commands write: results (``.json``, ``.md``, ``.csv``), run summaries and logs,
-executed notebooks, and the text drawn in figures (``scan_figure``: every text artist of a matplotlib
-figure). A finding shows where, the kind and at most ``ID_PREFIX`` characters of what it matched, so the
-report itself leaks nothing.
+The command; the library is ``mmreason.datasets.pii``, whose docstring says what it does and why.
 """
 from __future__ import annotations
 

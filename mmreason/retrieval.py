@@ -1,25 +1,6 @@
 """Retrieval: a datastore of training products and nearest-neighbour lookup; ``python -m mmreason.retrieval``.
 
-The copy of the nearest training product is a strong baseline (issue 14): by attribute text it beats every
-generator on unseen products. The store holds every article of a training product (``split_unseen ==
-"train"``) that has H&M's own copy (``detail_desc``; the articles without one have nothing to lend):
-
-* ``article_id``, ``product_code`` (M,) and ``copy`` (M strings);
-* ``text`` (M, 384): the L2-normalised MiniLM embedding of the article's product segment as the prompts
-  show it (``data.product_text``: name and attributes, never the copy);
-* ``photo`` (M, D): the L2-normalised CLIP photo embedding, a zero row where the article has none.
-
-It is one file, ``artifacts/retrieval/datastore-<key>/datastore.pt`` (``meta.json`` beside it), keyed by
-what made it: the rows' content (ids, codes, texts, copies), the text encoder, and the photo embeddings'
-content hash; ``artifacts/retrieval/datastore`` links to the newest. Held-out products are never in it,
-so nothing built from it (a baseline, a training prompt) can see one.
-
-New articles need no generator: ``embed_articles`` embeds their attribute text (MiniLM) and photos (from
-a cache, or the CLIP itself) and ``nearest`` queries a store built before they existed. ``nearest`` never
-returns a row of the query's own ``product_code`` (its colour variants share its copy).
-
-    python -m mmreason.retrieval      # store for the default run's tables + the retrievers on validation
-                                      # and test -> results/cpu/retrieval.{md,json}
+The command; the library is ``mmreason.features.retrieval``, whose docstring says what it does and why.
 """
 from __future__ import annotations
 

@@ -1,27 +1,6 @@
 """Fine-tune the reason generator on purchase feedback: ``python -m mmreason.rl [--steps N] [...]``.
 
-Self-critical policy gradient (SCST; by default the leave-one-out variant: each prompt gets K samples
-and each sample's baseline is the mean reward of the other K-1, Kool et al. 2019), with a KL penalty
-to the supervised model. The reward of a reason r for (customer, article, day):
-
-    reward = w_feedback * logit P(buy | customer, article, r)      (mmreason.feedback's model)
-           + w_grounding * (names the article's true colour / type, minus wrong colour / type / pattern) / 2
-           + w_reference * ROUGE-L F1(r, silver reason)             (grounding in the article's real copy and
-                                                                     the customer's real purchases)
-           - w_filter * [the post-filter rejects r]                 (mmreason.filters: empty, truncated,
-                                                                     repetitive, wrong attribute, false history)
-
-The reference term is there because without it the policy found a cheaper way up (measured, see the
-README): generic copy ("fine knit containing some wool") that names no type or colour, and impersonal
-hooks that make no history claim, pass the filter and cannot be wrong; reasons then became less
-specific (unique-sentence ratio 0.73 -> 0.36, copy CIDEr 0.45 -> 0.38 on unseen products).
-
-Prompts are the supervised model's training examples (days before each customer's val/test day).
-Before and after, the deployed decoding (beam + filter, as ``mmreason.evaluate``) is scored on the
-unseen-product and temporal test sets: mean reward and its parts, grounding precision, filter
-rejection, Distinct-2 / USR / Self-BLEU and copy quality. Writes ``<out>/checkpoints/last.ckpt``
-(loadable like any run: ``lit.load_run``, ``recommend --explain --generator <out>``), ``<out>/log.csv``
-and ``results/cpu/rl.{json,md}`` (``--results``). A rerun resumes from the last checkpoint of the same settings.
+The command; the library is ``mmreason.policy.reinforce``, whose docstring says what it does and why.
 """
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
 """GPT-2 byte-level BPE tokenizer in Hugging Face format, plus mmreason's special tokens.
 
-Two sources:
-  A. a real GPT-2 tokenizer from a hub name or a local directory (``load_tokenizer("path/to/gpt2")``);
-  B. (default) a byte-level BPE trained here on our own training text (``train_tokenizer``), so that no
-     download is needed. The training text never contains a held-out product: see ``training_texts``.
-
-    python -m mmreason.tokenizer                      # train (or reuse) artifacts/tokenizer/bpe-8000-<key>
-    python -m mmreason.tokenizer --pretrained ~/gpt2  # option A: copy a real GPT-2 tokenizer + our tokens
+The command; the library is ``mmreason.features.tokenizer``, whose docstring says what it does and why.
 """
 from __future__ import annotations
 
@@ -16,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmreason import paths
+from mmreason.features import tokenizer as tokenizer_lib
 from mmreason.features.tokenizer import (
     CATALOGUE_TEXT_COLUMNS,
     DEFAULT_VOCAB_SIZE,
@@ -28,7 +23,7 @@ from mmreason.features.tokenizer import (
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=tokenizer_lib.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = paths.artifacts_dir() / "data" / "hm"
     p.add_argument("--out", type=Path, default=None, help="default: artifacts/tokenizer/bpe-<vocab>-<key of texts> (or gpt2)")
     p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
