@@ -50,8 +50,6 @@ from mmreason.recsys.twotower import (
     resolve_embeddings,
     two_tower,
 )
-from mmreason.serving.explainer import Explainer
-from mmreason.training.runs import find_checkpoint
 
 # (customer_id, article_ids, day) -> one reason per article; ``load_explainer`` wires the reason generator.
 ExplainFn = Callable[[str, list[int], pd.Timestamp], list[str]]
@@ -62,10 +60,14 @@ ExplainFn = Callable[[str, list[int], pd.Timestamp], list[str]]
 def load_explainer(generator) -> ExplainFn:
     """The reason generator in ``generator`` (a run folder or checkpoint) as ``explain_fn(customer_id,
     article_ids, day) -> reasons``; prompts are built as of ``day`` like the training examples."""
+    from mmreason.serving.explainer import Explainer  # the generator stack (LAZY_IMPORTS in tests/test_layout.py)
+
     return Explainer(generator)
 
 
 def _explain(args, cid: str, frame: pd.DataFrame, explain_fn: ExplainFn | None) -> pd.DataFrame:
+    from mmreason.training.runs import find_checkpoint  # the generator stack (LAZY_IMPORTS in tests/test_layout.py)
+
     run = paths.resolve(args.generator) if args.generator else paths.run_dir()  # the default `mmreason.train` run
     if explain_fn is None:
         if find_checkpoint(run) is None:

@@ -15,6 +15,12 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "mmreason"
 # Known loops, each closed by one lazy import named here with its reason; none left.
 ALLOWED_EDGES: set[tuple[str, str]] = set()
+# Package imports inside a function, each with its reason; every other package import sits at module top.
+LAZY_IMPORTS = {  # (importer, imported): why
+    ("recommend", "serving.explainer"): "only --explain needs the generator: without it the command loads neither "
+                                        "lightning nor transformers (import 2.5 s instead of 7.4-9.4 s here)",
+    ("recommend", "training.runs"): "the same, for the checkpoint --explain looks for",
+}
 MAX_LINES = 420  # "about 400": a longer module says why in its docstring ("Longer than ...")
 
 
@@ -88,7 +94,7 @@ def test_package_imports_sit_at_module_top():
     files = {module_name(p): p for p in PKG.rglob("*.py")}
     mods = set(files) - {""}
     inner = [f"{m} imports {d} inside a function" for m, p in files.items() for d, top in package_imports(p, mods)
-             if not top]
+             if not top and (m, d) not in LAZY_IMPORTS]
     assert not inner, "\n".join(inner)
 
 
