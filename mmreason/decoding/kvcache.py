@@ -256,7 +256,7 @@ def step_hidden(gpt2, cache: KVCache, inputs_embeds: torch.Tensor, position_ids:
     if cache.parts[0].k is None:
         cache._alloc()
         cache.blocks = _plain_blocks(hf)
-    R, D, K = inputs_embeds.size(0), cache.D, cache.K
+    D, K = cache.D, cache.K
     C = H * D
     x = inputs_embeds + tr.wpe(position_ids)                                   # (R, C)
     for i, blk in enumerate(tr.h):
