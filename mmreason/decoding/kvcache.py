@@ -87,20 +87,12 @@ class KVCache:
 
     def __init__(self, parts: list[_Part], max_new: int):
         self.parts = parts
-        _, self.H, _, self.D = parts[0].pk[0].shape
+        self.D = parts[0].pk[0].size(3)                                        # head width
         self.max_new = max_new
         self.K = 1                                                             # rows per example
         self.t = 0                                                             # generated tokens cached
         self.blocks = None  # step_hidden's direct path (_plain_blocks), set at the first step
         self.copy = None  # the copy head's prompt state (ReasonModel.copy_state), set and expanded by generate.py
-
-    @property
-    def B(self) -> int:
-        return sum(p.B for p in self.parts)
-
-    @property
-    def Lp(self) -> int:
-        return max(p.Lp for p in self.parts)
 
     def batch_repeat_interleave(self, n: int) -> None:
         """Each example gets n rows (beams or samples): rows b*n .. b*n+n-1. Only before the first step."""
@@ -187,11 +179,10 @@ def prompt_hidden(gpt2, inputs_embeds: torch.Tensor, attention_mask: torch.Tenso
     parts, last_h, every = [], [], x.new_zeros(x.shape) if every_position else None
     for s, e in part_bounds(lengths):
         Tp = int(lengths[s:e].max())                                           # the part's trailing padding cut
-        h, pk, pv = _prompt_blocks(hf, x[s:e, :Tp], keep[s:e, :Tp], every_position)
+        h, h_all, pk, pv = _prompt_blocks(hf, x[s:e, :Tp], keep[s:e, :Tp], every_position)
         parts.append(_Part(s, pk, pv, keep[s:e, :Tp]))
         if every_position:
-            every[s:e, :Tp] = h
-            h = h[torch.arange(e - s, device=h.device), lengths[s:e] - 1]
+            every[s:e, :Tp] = h_all
         last_h.append(h)
     cache = KVCache(parts, max_new)
     h = last_h[0] if len(last_h) == 1 else torch.cat(last_h)                  # (B, C)
@@ -203,8 +194,8 @@ def prompt_hidden(gpt2, inputs_embeds: torch.Tensor, attention_mask: torch.Tenso
 
 def _prompt_blocks(hf, x: torch.Tensor, keep: torch.Tensor, every_position: bool):
     """The blocks over gathered rows x (B, T, C) whose real tokens come first (keep (B, T)). -> final hidden state
-    after ln_f, of every position (B, T, C) with every_position, else of each row's last real one (B, C);
-    keys and values per layer, L x (B, H, T, D)."""
+    after ln_f of each row's last real position (B, C), that of every position (B, T, C) with every_position (else
+    None), and keys and values per layer, L x (B, H, T, D)."""
     tr, H = hf.transformer, hf.config.n_head
     B, T = keep.shape
     last = keep.sum(1) - 1                                                     # (B,) each row's last real token
@@ -223,7 +214,8 @@ def _prompt_blocks(hf, x: torch.Tensor, keep: torch.Tensor, every_position: bool
                                                attn_mask=keep[:, None, None, :])  # (B, H, 1, D)
             x = x[rows, last] + blk.attn.c_proj(y.reshape(B, -1))             # (B, C)
             x = x + blk.mlp(blk.ln_2(x))
-    return tr.ln_f(x), pk, pv
+    h = tr.ln_f(x)
+    return (h[rows, last], h, pk, pv) if every_position else (h, None, pk, pv)
 
 
 @torch.no_grad()
