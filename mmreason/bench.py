@@ -22,7 +22,6 @@ Lightning, decoding against Hugging Face's twin, CLIP, GPT-2 124M on CUDA) and w
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import json
@@ -31,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from transformers import GPT2LMHeadModel
 from transformers.activations import ACT2FN
 
-from mmreason import paths
+from mmreason import cli, paths
 from mmreason.model.collate import EOS, collate, encode_example, token_id
 from mmreason.decoding.generate import DecodeConfig, decode
 from mmreason.training.module import ReasonModule, cpu_has_bf16
@@ -422,14 +422,33 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class BenchOptions:
+    """Speed against the machine's measured limit: ``python -m mmreason.bench``.
+
+    Args:
+        run: a trained run (folder or .ckpt)
+        out: folder for <device>.json and <device>.md
+        tiny: a few steps and prompts (tests, smoke runs)
+        compile: the torch.compile row (--no-compile skips it: it compiles for minutes)
+        cuda: the CUDA 124M section where CUDA is present (--no-cuda skips it)
+    """
+    run: Path = field(default_factory=paths.run_dir)
+    out: Path = field(default_factory=lambda: paths.results_dir("bench"))
+    tiny: bool = False
+    compile: bool = True
+    cuda: bool = True
+
+    def __post_init__(self):
+        self.run = paths.resolve(self.run)  # artifacts/runs/<name> is under the artifacts root
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(BenchOptions, prog="python -m mmreason.bench", description=BenchOptions.__doc__.split("\n")[0])
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mmreason.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=paths.resolve, default=paths.run_dir(), help="a trained run (folder or .ckpt)")
-    p.add_argument("--out", type=Path, default=paths.results_dir("bench"), help="folder for <device>.json and <device>.md")
-    p.add_argument("--tiny", action="store_true", help="a few steps and prompts (tests, smoke runs)")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (it compiles for minutes)")
-    p.add_argument("--no-cuda", action="store_true", help="skip the CUDA 124M section even where CUDA is present")
-    args = p.parse_args(argv)
+    args, = get_parser().parse(argv)
     paths.offline()
     tiny = args.tiny
     steps, warmup = (6, 2) if tiny else (40, 5)
@@ -459,7 +478,7 @@ def main(argv=None) -> int:
                                                                             progress=not tiny)),
             (f"plain | after | {prec[default]} (again)", lambda: plain_loop(model, batches, warmup, default)),
             ("plain | before | fp32 (again)", lambda: plain_loop(before, batches, warmup, "fp32", fused=False))]
-    if not args.no_compile and not tiny:
+    if args.compile and not tiny:
         plan.insert(3, ("plain | after + compile | fp32", lambda: plain_loop(model, batches, warmup, "fp32",
                                                                              compiled=True)))
     tmp = tempfile.mkdtemp(prefix="mmreason-bench-")  # the Trainer's CSV logs; not a result
@@ -491,7 +510,7 @@ def main(argv=None) -> int:
     print("[bench] CLIP ...", flush=True)
     r["clip"] = clip_speed(data.artifacts.clip_model, n=16 if tiny else 512, batch=8 if tiny else 128,
                            steps=1 if tiny else 4)
-    if torch.cuda.is_available() and not args.no_cuda:
+    if torch.cuda.is_available() and args.cuda:
         r["cuda"] = cuda_gpt2_124m(steps=6 if tiny else 30)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

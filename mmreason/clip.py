@@ -4,27 +4,40 @@ The command; the library is ``mmreason.features.clip``, whose docstring says wha
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from mmreason import paths
-from mmreason.features import clip as clip_lib
+from mmreason import cli, paths
 from mmreason.features.clip import DEFAULT_MODEL
-from mmreason.features.cliptrain import add_train_args, ensure_domain_clip, train_config_from_args
+from mmreason.features.cliptrain import ClipTrainConfig, ensure_domain_clip
+
+
+@dataclass
+class ClipOptions:
+    """Train the domain CLIP on the prepared items' photos: ``python -m mmreason.clip``.
+
+    Args:
+        items: the prepared items table
+        clip_model: architecture JSON name (mmreason/model_configs)
+        out: default: artifacts/clip/<clip-model>-<key>
+    """
+    items: Path = field(default_factory=lambda: paths.artifacts_dir() / "data" / "hm" / "items.parquet")
+    clip_model: str = DEFAULT_MODEL
+    out: Path | None = None
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(ClipOptions, ClipTrainConfig, skip={"model"}, prog="python -m mmreason.clip",
+                      description=ClipOptions.__doc__.split("\n")[0])
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=clip_lib.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--items", type=Path, default=paths.artifacts_dir() / "data" / "hm" / "items.parquet")
-    p.add_argument("--clip-model", default=DEFAULT_MODEL, help="architecture JSON name (mmreason/model_configs)")
-    p.add_argument("--out", type=Path, default=None, help="default: artifacts/clip/<clip-model>-<key>")
-    add_train_args(p)
-    args = p.parse_args(argv)
-    if not args.items.exists():
-        raise SystemExit(f"missing {args.items}: run `python -m mmreason.data` first")
-    return ensure_domain_clip(pd.read_parquet(args.items), train_config_from_args(args, args.clip_model), args.out,
+    opts, train = get_parser().parse(argv)
+    if not opts.items.exists():
+        raise SystemExit(f"missing {opts.items}: run `python -m mmreason.data` first")
+    return ensure_domain_clip(pd.read_parquet(opts.items), replace(train, model=opts.clip_model), opts.out,
                               retrain=True)
 
 

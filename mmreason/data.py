@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import sys
 
-from mmreason.datasets.prepare import prepare_tables
+from mmreason import cli
+from mmreason.datasets.prepare import PrepareConfig, prepare_tables
 from mmreason.io import DataError
 
 
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(PrepareConfig, prog="python -m mmreason.data", description=__doc__.split("\n")[0])
+
+
 def main(argv=None) -> int:
+    config, = get_parser().parse(argv)
     try:
-        prepare_tables(argv)
+        prepare_tables(config)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

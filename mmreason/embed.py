@@ -4,43 +4,61 @@ The command; the library is ``mmreason.features.embed``, whose docstring says wh
 """
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from mmreason import paths
-from mmreason.features import embed as embed_lib
+from mmreason import cli, paths
 from mmreason.features.clip import DEFAULT_MODEL, META_NAME, load_clip
-from mmreason.features.cliptrain import add_train_args, ensure_domain_clip, train_config_from_args
+from mmreason.features.cliptrain import ClipTrainConfig, ensure_domain_clip
 from mmreason.features.embed import evaluate, format_evaluation, load_embeddings, model_id
 from mmreason.io import atomic_write_json
 
 
+@dataclass
+class EmbedOptions:
+    """Photo embeddings for every article, cached, plus evidence that they mean something: ``python -m mmreason.embed``.
+
+    Args:
+        items: the prepared items table
+        clip_model: open_clip architecture name (ours or built-in)
+        pretrained: option A: open_clip pretrained tag or checkpoint path; default trains/uses the domain CLIP
+        clip_dir: domain CLIP folder (default artifacts/clip/<model>-<key>)
+        out: cache file (default artifacts/embeddings/<model-id>-<key>.pt)
+        batch_size_embed: photos per forward pass
+        rebuild: recompute the cache even if it is fresh
+        retrain_clip: retrain the domain CLIP even if it exists
+        eval: the retrieval / linear-probe evidence (--no-eval: only the cache)
+    """
+    items: Path = field(default_factory=lambda: paths.artifacts_dir() / "data" / "hm" / "items.parquet")
+    clip_model: str = DEFAULT_MODEL
+    pretrained: str | None = None
+    clip_dir: Path | None = None
+    out: Path | None = None
+    batch_size_embed: int = 256
+    rebuild: bool = False
+    retrain_clip: bool = False
+    eval: bool = True
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(EmbedOptions, ClipTrainConfig, skip={"model"}, prog="python -m mmreason.embed",
+                      description=EmbedOptions.__doc__.split("\n")[0])
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=embed_lib.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--items", type=Path, default=paths.artifacts_dir() / "data" / "hm" / "items.parquet")
-    p.add_argument("--clip-model", default=DEFAULT_MODEL, help="open_clip architecture name (ours or built-in)")
-    p.add_argument("--pretrained", default=None,
-                   help="option A: open_clip pretrained tag or checkpoint path; default trains/uses the domain CLIP")
-    p.add_argument("--clip-dir", type=Path, default=None, help="domain CLIP folder (default artifacts/clip/<model>-<key>)")
-    p.add_argument("--out", type=Path, default=None, help="cache file (default artifacts/embeddings/<model-id>-<key>.pt)")
-    p.add_argument("--batch-size-embed", type=int, default=256)
-    p.add_argument("--rebuild", action="store_true", help="recompute the cache even if it is fresh")
-    p.add_argument("--retrain-clip", action="store_true", help="retrain the domain CLIP even if it exists")
-    p.add_argument("--no-eval", dest="eval", action="store_false")
-    add_train_args(p)
-    args = p.parse_args(argv)
+    args, train = get_parser().parse(argv)
     if not args.items.exists():
         raise SystemExit(f"missing {args.items}: run `python -m mmreason.data` first")
     items = pd.read_parquet(args.items)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(train.threads)
 
-    desc_words = args.desc_words
+    desc_words = train.desc_words
     if args.pretrained is None:
-        pretrained = ensure_domain_clip(items, train_config_from_args(args, args.clip_model), args.clip_dir,
+        pretrained = ensure_domain_clip(items, replace(train, model=args.clip_model), args.clip_dir,
                                         retrain=args.retrain_clip)
         desc_words = json.loads((pretrained.parent / META_NAME).read_text())["train_config"]["desc_words"]
     else:
@@ -48,7 +66,7 @@ def main(argv=None):
     mid = model_id(args.clip_model, pretrained)
     clip = load_clip(args.clip_model, pretrained)
     cache = load_embeddings(items, args.clip_model, pretrained, args.out, batch_size=args.batch_size_embed,
-                            workers=args.workers, rebuild=args.rebuild, clip=clip)
+                            workers=train.workers, rebuild=args.rebuild, clip=clip)
     if not args.eval:
         return cache
     model, _, tokenizer = clip

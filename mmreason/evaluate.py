@@ -28,19 +28,20 @@ Writes ``results/<run>/metrics.json`` and ``results/<run>/metrics.md`` and print
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from mmreason import paths
+from mmreason import cli, paths
 from mmreason.decoding.filters import Filter, vocab_from_items
 from mmreason.decoding.generate import preset
-from mmreason.decoding.shown import DECODINGS, decoding
+from mmreason.decoding.shown import Decoding, decoding
 from mmreason.evaluation.systems import (
     ABLATION,
     OFFERED,
@@ -122,27 +123,48 @@ def train_missing(variants, extra: list[str]) -> None:
             fit(["--config", str(CONFIG), "--trainer.default_root_dir", root, *overrides, "--n_report", "0", *extra])
 
 
-def get_parser():
-    p = argparse.ArgumentParser(prog="python -m mmreason.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--run", default="cpu", help="results/<run>/")
-    p.add_argument("--n", type=int, default=600, help="examples per test set (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage", default="test", choices=["test", "val"],
-                   help="the test sets, or the validation sets (for choices made before looking at the test sets)")
-    p.add_argument("--decode", default="beam", choices=DECODINGS,
-                   help="decoding for the generators (default beam; greedy+beam: serving's cascade)")
-    p.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS + ABLATION)
-    p.add_argument("--no-constrain", dest="constrain", action="store_false",
-                   help="decode without the constraint (constraints.py): the ablation's unconstrained rows")
-    p.add_argument("--train", action="store_true", help="train the model variants that have no checkpoint yet")
-    p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="extra flags for mmreason.train")
-    p.add_argument("--no-embedding", action="store_true", help="skip the sentence-embedding similarity")
-    p.add_argument("--out", default=None, help="results folder (default results/<run>)")
-    return p
+@dataclass
+class EvaluateOptions:
+    """Evaluate reason generators and baselines: ``python -m mmreason.evaluate``.
+
+    Args:
+        run: results/<run>/
+        n: examples per test set (0 = all)
+        seed: seed of the test sets and the decoding
+        stage: the test sets, or the validation sets (for choices made before looking at the test sets)
+        decode: decoding for the generators (default beam; greedy+beam: serving's cascade)
+        systems: the systems to score (see the module docstring)
+        constrain: decode with the constraint (constraints.py); --no-constrain: the ablation's unconstrained rows
+        train: train the model variants that have no checkpoint yet
+        train_args: extra flags for mmreason.train (every word after --train-args)
+        embedding: the sentence-embedding similarity (--no-embedding skips it)
+        out: results folder (default results/<run>)
+    """
+    run: str = "cpu"
+    n: int = 600
+    seed: int = 0
+    stage: Literal["test", "val"] = "test"
+    decode: Decoding = "beam"
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    constrain: bool = True
+    train: bool = False
+    train_args: list[str] = field(default_factory=list)
+    embedding: bool = True
+    out: str | None = None
+
+    def __post_init__(self):
+        bad = [s for s in self.systems if s not in SYSTEMS + ABLATION]
+        if bad:
+            raise ValueError(f"unknown system(s) {', '.join(bad)}; choose from {', '.join(SYSTEMS + ABLATION)}")
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(EvaluateOptions, prog="python -m mmreason.evaluate", description=__doc__.split("\n")[0],
+                      remainder={"train_args"})
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    args, = get_parser().parse(argv)
     paths.offline()
     torch.manual_seed(args.seed)
     variants = list(dict.fromkeys([s for s in args.systems if s in VARIANTS] +
@@ -189,7 +211,7 @@ def main(argv=None) -> int:
             else:
                 parts = baseline_parts(system, frame, items, art.photo_lookup, store)
                 hyps = [f"{hook} {copy}".strip() for hook, copy in parts]
-            m = score(hyps, frame, items, hist, vocab, with_embedding=not args.no_embedding, parts=parts)
+            m = score(hyps, frame, items, hist, vocab, with_embedding=args.embedding, parts=parts)
             if report:
                 m["retrieved_copy_share"] = report.pop("retrieved_copy_share")
                 m["filter_rejection_rate"] = report["first_choice_rejected_rate"]  # the best candidate failed

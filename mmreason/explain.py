@@ -4,34 +4,46 @@ The command; the library is ``mmreason.serving.explainer``, whose docstring says
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mmreason.decoding.shown import DECODINGS
+from mmreason import cli
+from mmreason.decoding.shown import Decoding
 from mmreason.io import DataError, atomic_write_json
 from mmreason.serving.explainer import Explainer, read_new_articles
 
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mmreason.explain",
-                                description="Reasons for new articles (not in the prepared tables) for one customer.")
-    p.add_argument("--articles", required=True, help="articles file (.csv or .parquet) with H&M's article columns")
-    p.add_argument("--images", default=None, help="folder of <article_id:010d>.jpg photos (flat or H&M's layout)")
-    p.add_argument("--customer", required=True, help="customer_id as in the tables")
-    p.add_argument("--day", default=None, help="as of this day (default: the day after the data ends)")
-    p.add_argument("--run", default=None, help="generator run folder or checkpoint (default artifacts/runs/cpu)")
-    p.add_argument("--decode", default="beam", choices=DECODINGS,
-                   help="decoding (default beam; greedy+beam: greedy, beam search where greedy's reason fails the filter)")
-    p.add_argument("--offer-retrieved", type=int, default=0, metavar="K",
-                   help="offer the first K retrieved copies after the generated hook, ahead of the generated copy")
-    p.add_argument("--out", default=None, help="also write the reasons here as JSON")
-    return p
+@dataclass
+class ExplainOptions:
+    """Reasons for new articles (not in the prepared tables) for one customer: ``python -m mmreason.explain``.
+
+    Args:
+        articles: articles file (.csv or .parquet) with H&M's article columns
+        customer: customer_id as in the tables
+        images: folder of <article_id:010d>.jpg photos (flat or H&M's layout)
+        day: as of this day (default: the day after the data ends)
+        run: generator run folder or checkpoint (default artifacts/runs/cpu)
+        decode: decoding (default beam; greedy+beam: greedy, beam search where greedy's reason fails the filter)
+        offer_retrieved: offer the first K retrieved copies after the generated hook, ahead of the generated copy
+        out: also write the reasons here as JSON
+    """
+    articles: str
+    customer: str
+    images: str | None = None
+    day: str | None = None
+    run: str | None = None
+    decode: Decoding = "beam"
+    offer_retrieved: int = 0
+    out: str | None = None
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(ExplainOptions, prog="python -m mmreason.explain", description=ExplainOptions.__doc__.split("\n")[0])
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    args, = get_parser().parse(argv)
     try:
         articles = read_new_articles(args.articles, args.images)
         explainer = Explainer(args.run, decode=args.decode, offer_retrieved=args.offer_retrieved)

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import sys
 
-from mmreason.recsys.feedback_train import run
+from mmreason import cli
+from mmreason.recsys.feedback import FeedbackConfig
+from mmreason.recsys.feedback_train import FeedbackRun, run
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(FeedbackRun, FeedbackConfig, prog="python -m mmreason.feedback", description=__doc__.split("\n")[0])
 
 
 def main(argv=None) -> int:
-    return run(argv)
+    return run(*get_parser().parse(argv))
 
 
 if __name__ == "__main__":

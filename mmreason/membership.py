@@ -22,9 +22,9 @@ Writes ``<out>/cpu.json`` and ``<out>/cpu.md``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from mmreason import paths
+from mmreason import cli, paths
 from mmreason.decoding.filters import vocab_from_items
 from mmreason.decoding.generate import preset
 from mmreason.decoding.shown import sample_reasons
@@ -186,20 +186,35 @@ def describe(module, data, ckpt: dict) -> tuple[str, float | None]:
             f"noise {acc['noise_multiplier']:.3f}, {who}", float(acc["epsilon"]))
 
 
-def get_parser():
-    p = argparse.ArgumentParser(prog="python -m mmreason.membership", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="run folders or checkpoints")
-    p.add_argument("--holdout", type=float, default=0.2, help="the held-out customer fraction the runs used")
-    p.add_argument("--customers", type=int, default=200, help="customers per group")
-    p.add_argument("--per-customer", type=int, default=5, help="examples per customer at most")
-    p.add_argument("--n-gen", type=int, default=80, help="unseen-product test examples decoded for utility (0: none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for cpu.json / cpu.md (default results/privacy)")
-    return p
+@dataclass
+class MembershipOptions:
+    """The loss-based membership attack beside utility: ``python -m mmreason.membership``.
+
+    Args:
+        runs: run folders or checkpoints
+        holdout: the held-out customer fraction the runs used
+        customers: customers per group
+        per_customer: examples per customer at most
+        n_gen: unseen-product test examples decoded for utility (0: none)
+        seed: seed of the populations and the decoding
+        out: folder for cpu.json / cpu.md (default results/privacy)
+    """
+    runs: list[str] = field(default_factory=lambda: list(DEFAULT_RUNS))
+    holdout: float = 0.2
+    customers: int = 200
+    per_customer: int = 5
+    n_gen: int = 80
+    seed: int = 0
+    out: str | None = None
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(MembershipOptions, prog="python -m mmreason.membership",
+                      description=MembershipOptions.__doc__.split("\n")[0])
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    args, = get_parser().parse(argv)
     paths.offline()
     torch.manual_seed(args.seed)
     t0 = time.time()

@@ -12,13 +12,13 @@ tiny H&M-shaped fixture.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from mmreason import paths
+from mmreason import cli, paths
 
 NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
 
@@ -54,13 +54,28 @@ def execute(path: Path, out_dir: Path, timeout: int = 1800, cwd: Path | None = N
     return out
 
 
+@dataclass
+class NotebooksOptions:
+    """Run the numbered notebooks top to bottom: ``python -m mmreason.notebooks``.
+
+    Args:
+        fast: fast mode: tiny subset, few steps (sets MMREASON_FAST=1)
+        only: notebook numbers or names, e.g. 01 03 (default: all)
+        out: executed copies (default artifacts/notebooks[_fast])
+        timeout: seconds per cell
+    """
+    fast: bool = False
+    only: list[str] | None = None
+    out: Path | None = None
+    timeout: int = 1800
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(NotebooksOptions, prog="python -m mmreason.notebooks", description=__doc__.split("\n")[0])
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mmreason.notebooks", description=__doc__.split("\n")[0])
-    p.add_argument("--fast", action="store_true", help="fast mode: tiny subset, few steps (sets MMREASON_FAST=1)")
-    p.add_argument("--only", nargs="+", default=None, help="notebook numbers or names, e.g. 01 03")
-    p.add_argument("--out", type=Path, default=None, help="executed copies (default artifacts/notebooks[_fast])")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
-    args = p.parse_args(argv)
+    args, = get_parser().parse(argv)
     env = {**os.environ, "MMREASON_FAST": "1" if args.fast else "0"}
     out = args.out or paths.artifacts_dir() / ("notebooks_fast" if args.fast else "notebooks")
     todo = notebooks(args.only)

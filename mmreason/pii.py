@@ -4,25 +4,36 @@ The command; the library is ``mmreason.datasets.pii``, whose docstring says what
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmreason import paths
+from mmreason import cli, paths
 from mmreason.datasets.pii import PersonalData
 
 
-def get_parser():
-    p = argparse.ArgumentParser(prog="python -m mmreason.pii", description=__doc__.split("\n")[0])
-    p.add_argument("paths", nargs="*", help="files or folders (default: results/ and figures/ and README.md)")
-    p.add_argument("--hm-dir", default=str(paths.REPO_ROOT.parent / "shared" / "data" / "hm"))
-    p.add_argument("--amazon", default=str(paths.REPO_ROOT.parent / "shared" / "data" / "amazon_fashion5" /
-                                           "AMAZON_FASHION_5.json.gz"))
-    return p
+@dataclass
+class PiiOptions:
+    """Personal data in outputs: ``python -m mmreason.pii [PATH ...]`` scans files, exit 1 on any finding.
+
+    Args:
+        paths: files or folders (default: results/ and figures/ and README.md)
+        hm_dir: raw H&M folder (its customer ids)
+        amazon: Amazon Fashion reviews file (its reviewer names)
+    """
+    paths: list[str] = field(default_factory=list)
+    hm_dir: str = field(default_factory=lambda: str(paths.REPO_ROOT.parent / "shared" / "data" / "hm"))
+    amazon: str = field(default_factory=lambda: str(paths.REPO_ROOT.parent / "shared" / "data" / "amazon_fashion5" /
+                                                    "AMAZON_FASHION_5.json.gz"))
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(PiiOptions, prog="python -m mmreason.pii", description=__doc__.split("\n")[0],
+                      positional={"paths"})
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    args, = get_parser().parse(argv)
     targets = args.paths or [paths.results_dir(), paths.REPO_ROOT / "figures", paths.REPO_ROOT / "README.md"]
     missing = [t for t in targets if not Path(t).exists()]
     if missing:

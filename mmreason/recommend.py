@@ -27,23 +27,21 @@ through ``explain_fn`` (see ``load_explainer``), once a trained reason generator
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import pandas as pd
 
-from mmreason import paths
+from mmreason import cli, paths
 from mmreason.io import DataError, atomic_write_bytes, atomic_write_json
 from mmreason.recsys.api import LEARNED, MODELS, recommend_for_user
 from mmreason.recsys.baselines import BASELINES, repurchase_then
 from mmreason.recsys.context import ALLOWED, UnknownUser, load_context
 from mmreason.recsys.ranking import KS, evaluate, markdown_table
 from mmreason.recsys.twotower import (
-    EMBEDDINGS_HELP,
     TwoTowerConfig,
     load_photo_embeddings,
     photo_matrix,
@@ -85,36 +83,56 @@ def _explain(args, cid: str, frame: pd.DataFrame, explain_fn: ExplainFn | None) 
 
 # --------------------------------------------------------------------------- CLI
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mmreason.recommend", description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=None, help="prepared tables (default artifacts/data/hm)")
-    p.add_argument("--out", default=None, help="output folder (default artifacts/recommend)")
-    p.add_argument("--split", choices=["val", "test", "next"], default=None,
-                   help="evaluation split (default val); with --user also 'next' (the default there)")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {','.join(MODELS)}")
-    p.add_argument("--embeddings", default="auto", help=EMBEDDINGS_HELP)
-    p.add_argument("--retrain", action="store_true", help="train the two-tower model even if a matching one is saved")
-    p.add_argument("--two-tower-fit", choices=["allowed", "train"], default="allowed",
-                   help="pairs the two-tower model learns from: the splits the evaluated split may know "
-                        "(val: train, test: train+val, next: all; default) or the train split only")
-    p.add_argument("--user", default=None, help="show one customer's top-K (full id or a unique prefix)")
-    p.add_argument("--model", default="two_tower", choices=MODELS, help="the model used with --user")
-    p.add_argument("-k", "--k", type=int, default=10, help="articles shown with --user")
-    p.add_argument("--explain", action="store_true", help="with --user: a generated reason per article")
-    p.add_argument("--generator", default=None, help=f"reason-generator run folder or checkpoint (default artifacts/runs/{paths.DEFAULT_RUN})")
-    p.add_argument("--no-progress", action="store_true")
-    for f in TwoTowerConfig.__dataclass_fields__.values():  # --dim, --epochs, ... straight from the config
-        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
-                       help=f"two-tower {f.name} (default {f.default})")
-    return p
+@dataclass
+class RecommendOptions:
+    """Candidates and ranking for a customer's next purchase day: ``python -m mmreason.recommend``.
+
+    Args:
+        data: prepared tables (default artifacts/data/hm)
+        out: output folder (default artifacts/recommend)
+        split: evaluation split (default val); with --user also 'next' (the default there)
+        models: comma-separated, from popularity, popularity_global, recent_popularity, repurchase, itemknn,
+            two_tower, repurchase+two_tower
+        embeddings: photo embedding cache, a torch file {'article_id', 'embedding'}; 'auto': the artifacts'
+            embeddings/mmr-vit-tiny.pt beside the --data tables when it exists; 'none'
+        retrain: train the two-tower model even if a matching one is saved
+        two_tower_fit: pairs the two-tower model learns from: the splits the evaluated split may know
+            (val: train, test: train+val, next: all; default) or the train split only
+        user: show one customer's top-K (full id or a unique prefix)
+        model: the model used with --user
+        k: articles shown with --user
+        explain: with --user: a generated reason per article
+        generator: reason-generator run folder or checkpoint (default artifacts/runs/cpu)
+        progress: progress bars (--no-progress: none)
+    """
+    data: str | None = None
+    out: str | None = None
+    split: Literal["val", "test", "next"] | None = None
+    models: str = ",".join(MODELS)
+    embeddings: str | None = "auto"
+    retrain: bool = False
+    two_tower_fit: Literal["allowed", "train"] = "allowed"
+    user: str | None = None
+    model: str = "two_tower"
+    k: int = 10
+    explain: bool = False
+    generator: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"--model {self.model!r}: choose from {', '.join(MODELS)}")
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(RecommendOptions, TwoTowerConfig, prog="python -m mmreason.recommend",
+                      description=__doc__.split("\n")[0], short={"k": "-k"})
 
 
 def main(argv=None, explain_fn: ExplainFn | None = None) -> int:
-    args = get_parser().parse_args(argv)
+    args, cfg = get_parser().parse(argv)
     data_dir = Path(args.data or paths.artifacts_dir() / "data" / "hm")
     out_dir = Path(args.out or paths.artifacts_dir() / "recommend")
-    cfg = TwoTowerConfig(**{f: getattr(args, f) for f in TwoTowerConfig.__dataclass_fields__})
     args.embeddings = resolve_embeddings(args.embeddings, data_dir)
     try:
         photos = load_photo_embeddings(args.embeddings) if args.embeddings else None
@@ -124,7 +142,7 @@ def main(argv=None, explain_fn: ExplainFn | None = None) -> int:
             split = args.split or "next"
             if args.model in LEARNED and args.retrain:
                 two_tower(ctx, cfg, photo_matrix(photos, ctx.items["article_id"]), out_dir, split, retrain=True,
-                          progress=not args.no_progress, fit_on=args.two_tower_fit)
+                          progress=args.progress, fit_on=args.two_tower_fit)
             frame = recommend_for_user(args.model, cid, args.k, split=split, data_dir=data_dir, out_dir=out_dir,
                                        photo_embeddings=photos, config=cfg, fit_on=args.two_tower_fit)
             if args.explain:
@@ -154,7 +172,7 @@ def main(argv=None, explain_fn: ExplainFn | None = None) -> int:
     if any(m in LEARNED for m in models):
         t1 = time.time()
         rec = two_tower(ctx, cfg, photo_matrix(photos, ctx.items["article_id"]), out_dir, split, retrain=args.retrain,
-                        progress=not args.no_progress, fit_on=args.two_tower_fit)
+                        progress=args.progress, fit_on=args.two_tower_fit)
         train_s = round(time.time() - t1, 1)
         scorers |= {m: rec.scores if m == "two_tower" else repurchase_then(rec.scores) for m in models if m in LEARNED}
     results = evaluate(ctx, task, scorers)

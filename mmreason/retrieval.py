@@ -4,15 +4,15 @@ The command; the library is ``mmreason.features.retrieval``, whose docstring say
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mmreason import paths
+from mmreason import cli, paths
 from mmreason.decoding.filters import vocab_from_items
 from mmreason.evaluation import systems as E
 from mmreason.features.retrieval import Datastore, ensure_store
@@ -74,19 +74,32 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def get_parser():
-    p = argparse.ArgumentParser(prog="python -m mmreason.retrieval", description=__doc__.split("\n")[0])
-    p.add_argument("--run", default="artifacts/runs/cpu", help="the run whose recorded tables and photo embeddings to use")
-    p.add_argument("--n", type=int, default=300, help="examples per validation / test set (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="results folder (default results/cpu)")
-    p.add_argument("--rebuild", action="store_true", help="recompute the datastore even if its keyed file exists")
-    p.add_argument("--no-compare", dest="compare", action="store_false", help="only build (or reuse) the store")
-    return p
+@dataclass
+class RetrievalOptions:
+    """Compare the retrievers on validation and test: ``python -m mmreason.retrieval``.
+
+    Args:
+        run: the run whose recorded tables and photo embeddings to use
+        n: examples per validation / test set (0 = all)
+        seed: seed of the sets
+        out: results folder (default results/cpu)
+        rebuild: recompute the datastore even if its keyed file exists
+        compare: score the retrievers (--no-compare: only build or reuse the store)
+    """
+    run: str = "artifacts/runs/cpu"
+    n: int = 300
+    seed: int = 0
+    out: str | None = None
+    rebuild: bool = False
+    compare: bool = True
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(RetrievalOptions, prog="python -m mmreason.retrieval", description=__doc__.split("\n")[0])
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    args, = get_parser().parse(argv)
     paths.offline()
 
     t0 = time.time()

@@ -4,19 +4,18 @@ The command; the library is ``mmreason.policy.reinforce``, whose docstring says 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mmreason import paths
-from mmreason.decoding.shown import DECODINGS
+from mmreason import cli, paths
+from mmreason.decoding.shown import Decoding
 from mmreason.evaluation.systems import test_frame
 from mmreason.io import DataError, atomic_write_json, write_report
 from mmreason.policy.reinforce import (
@@ -62,31 +61,44 @@ def markdown(before: dict, after: dict, train_before: dict, train_after: dict, m
 
 # --------------------------------------------------------------------------- CLI
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mmreason.rl", description=__doc__.split("\n")[0])
-    p.add_argument("--run", type=paths.resolve, default="artifacts/runs/cpu",
-                   help="supervised generator: run folder or checkpoint")
-    p.add_argument("--out", type=paths.resolve, default="artifacts/runs/rl",
-                   help="RL run folder (checkpoints/last.ckpt, log.csv)")
-    p.add_argument("--results", default=None, help="where rl.json / rl.md go (default results/cpu)")
-    p.add_argument("--feedback", default=None, help="feedback model (default artifacts/feedback/model.pkl; "
-                                                    "trained first if missing)")
-    p.add_argument("--n-eval", type=int, default=300, help="examples per test set for before/after (0 = all)")
-    p.add_argument("--n-val", type=int, default=128, help="validation prompts for the sampled-reward curve")
-    p.add_argument("--eval-every", type=int, default=25, help="steps between sampled-reward checks")
-    p.add_argument("--save-every", type=int, default=25)
-    p.add_argument("--decode", default="beam", choices=DECODINGS, help="deployed decoding for before/after")
-    p.add_argument("--no-progress", action="store_true")
-    for f in RLConfig.__dataclass_fields__.values():
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                       help=f"(default {f.default})")
-    return p
+@dataclass
+class RLOptions:
+    """Fine-tune the reason generator on purchase feedback: ``python -m mmreason.rl``.
+
+    Args:
+        run: supervised generator: run folder or checkpoint
+        out: RL run folder (checkpoints/last.ckpt, log.csv)
+        results: where rl.json / rl.md go (default results/cpu)
+        feedback: feedback model (default artifacts/feedback/model.pkl; trained first if missing)
+        n_eval: examples per test set for before/after (0 = all)
+        n_val: validation prompts for the sampled-reward curve
+        eval_every: steps between sampled-reward checks
+        save_every: steps between checkpoints
+        decode: deployed decoding for before/after
+        progress: progress bars (--no-progress: a log line every 10 steps)
+    """
+    run: Path = Path("artifacts/runs/cpu")
+    out: Path = Path("artifacts/runs/rl")
+    results: str | None = None
+    feedback: str | None = None
+    n_eval: int = 300
+    n_val: int = 128
+    eval_every: int = 25
+    save_every: int = 25
+    decode: Decoding = "beam"
+    progress: bool = True
+
+    def __post_init__(self):  # artifacts/runs/<name> is under the artifacts root, whatever the working folder
+        self.run, self.out = paths.resolve(self.run), paths.resolve(self.out)
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(RLOptions, RLConfig, prog="python -m mmreason.rl", description=__doc__.split("\n")[0])
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    args, config = get_parser().parse(argv)
     paths.offline()
-    config = RLConfig(**{f: getattr(args, f) for f in RLConfig.__dataclass_fields__})
     t0 = time.time()
     base_path = find_checkpoint(args.run)
     if base_path is None:
@@ -141,10 +153,10 @@ def main(argv=None) -> int:
         print("[rl] scoring the supervised model (before)")
         before = {"key": key, "sampled": sampled_reward(reference.model, val_prompts, reward, config, tok),
                   "deployed": {s: deployed_scores(reference, data, p, reward, items, args.decode,
-                                                  not args.no_progress) for s, p in evals.items()}}
+                                                  args.progress) for s, p in evals.items()}}
         atomic_write_json(before_path, before)
 
-    bar = tqdm(total=config.steps, initial=step, desc="rl", disable=args.no_progress)
+    bar = tqdm(total=config.steps, initial=step, desc="rl", disable=not args.progress)
     while step < config.steps:
         t1 = time.time()
         row = rl_step(policy.model, reference.model, optimizer, train_prompts, reward, config, step, tok)
@@ -155,7 +167,7 @@ def main(argv=None) -> int:
         log.append(row)
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}")
-        if args.no_progress and (step % 10 == 0 or step == 1):
+        if not args.progress and (step % 10 == 0 or step == 1):
             print(f"step {step}: reward {row['reward']:.3f}, P(buy) {row['feedback']:.3f}, grounding "
                   f"{row['grounding']:.3f}, ROUGE-L {row['reference']:.3f}, passes {row['passed']:.2f}, "
                   f"kl {row['kl']:.4f}, {row['seconds']:.1f}s")
@@ -167,7 +179,7 @@ def main(argv=None) -> int:
     print("[rl] scoring the fine-tuned model (after)")
     policy.eval()
     after = {"sampled": sampled_reward(policy.model, val_prompts, reward, config, tok),
-             "deployed": {s: deployed_scores(policy, data, p, reward, items, args.decode, not args.no_progress) for s, p in evals.items()}}
+             "deployed": {s: deployed_scores(policy, data, p, reward, items, args.decode, args.progress) for s, p in evals.items()}}
     meta = {"run": str(base_path), "out": str(out), "steps": config.steps, "config": asdict(config),
             "seconds": round(time.time() - t0), "n_eval": args.n_eval, "decode": args.decode}
     table = markdown(before["deployed"], after["deployed"], before["sampled"], after["sampled"], meta)

@@ -18,12 +18,13 @@ too many ids -> 422, a body over ``MAX_BODY`` bytes -> 413; each with ``{"detail
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import sys
 from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -32,8 +33,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mmreason import paths
-from mmreason.decoding.shown import DECODINGS
+from mmreason import cli, paths
+from mmreason.decoding.shown import Decoding
 from mmreason.io import DataError
 from mmreason.recsys.twotower import TwoTowerConfig
 from mmreason.serving import loadtest
@@ -284,60 +285,73 @@ def create_app(service: Service, batching: bool = True, max_batch: int = 32, max
 
 # --------------------------------------------------------------------------- CLI
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mmreason.serve", description=__doc__.split("\n")[0])
-    p.add_argument("--run", default=None, help="generator run folder or checkpoint (default artifacts/runs/cpu)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default="two_tower", choices=["two_tower", "repurchase+two_tower", "repurchase",
-                                                            "popularity", "recent_popularity", "itemknn"],
-                   help="the recommender (default two_tower, as `recommend --user`)")
-    p.add_argument("--recommend-dir", default=None, help="where the two-tower model is kept (default artifacts/recommend)")
+@dataclass
+class ServeOptions:
+    """Serve reasons over HTTP: ``python -m mmreason.serve``.
+
+    Args:
+        run: generator run folder or checkpoint (default artifacts/runs/cpu)
+        host: the address to listen on
+        port: the port to listen on
+        model: the recommender (default two_tower, as `recommend --user`)
+        recommend_dir: where the two-tower model is kept (default artifacts/recommend)
+        decode: decoding (default greedy+beam: greedy, and beam search where greedy's reason fails the filter;
+            beam: as `recommend --explain`)
+        batching: dynamic batching (--no-batching: decode each request alone, for comparison)
+        max_batch: most articles decoded together
+        max_wait_ms: how long a batch waits to fill
+        threads: torch threads for small batches
+        batch_threads: torch threads for a decoding batch of at least --parallel-from articles
+        parallel_from: articles from which a batch decodes on --batch-threads threads
+        loadtest: run the loopback load test (mmreason.loadtest) and exit
+        duration: --loadtest: seconds per cell
+        out: --loadtest: where cpu.md/cpu.json go
+    """
+    run: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: Literal["two_tower", "repurchase+two_tower", "repurchase", "popularity", "recent_popularity",
+                   "itemknn"] = "two_tower"
+    recommend_dir: str | None = None
     # greedy+beam: on validation as truthful as beam search (unseen: shown reasons pass 100% vs 99.7%, the same
     # colour and type precision; copy CIDEr 1.63 vs 1.71) at under half the latency (README, serving)
-    p.add_argument("--decode", default="greedy+beam", choices=DECODINGS,
-                   help="decoding (default greedy+beam: greedy, and beam search where greedy's reason fails the "
-                        "filter; beam: as `recommend --explain`)")
-    p.add_argument("--no-batching", action="store_true", help="decode each request alone (for comparison)")
-    p.add_argument("--max-batch", type=int, default=32, help="most articles decoded together (default 32)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
+    decode: Decoding = "greedy+beam"
+    batching: bool = True
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
     # One intra-op thread for small batches: on 2 shared cores, 2 threads made a one-article beam decode 10x
     # slower whenever another process was busy (4.9 s vs 0.5 s, measured); a batch of 32 has the work to use a
     # second thread (load test: README)
-    p.add_argument("--threads", type=int, default=1, help="torch threads for small batches (default 1)")
-    p.add_argument("--batch-threads", type=int, default=2,
-                   help="torch threads for a decoding batch of at least --parallel-from articles (default 2)")
-    p.add_argument("--parallel-from", type=int, default=8, help="articles from which a batch decodes on "
-                                                                "--batch-threads threads (default 8)")
-    for f in TwoTowerConfig.__dataclass_fields__.values():  # --dim, --epochs, ... as `recommend` has them
-        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
-                       help=f"two-tower {f.name} (default {f.default})")
-    p.add_argument("--loadtest", action="store_true", help="run the loopback load test (mmreason.loadtest) and exit")
-    p.add_argument("--duration", type=float, default=30.0, help="--loadtest: seconds per cell (default 30)")
-    p.add_argument("--out", default=str(paths.results_dir("serve")), help="--loadtest: where cpu.md/cpu.json go")
-    return p
+    threads: int = 1
+    batch_threads: int = 2
+    parallel_from: int = 8
+    loadtest: bool = False
+    duration: float = 30.0
+    out: str = field(default_factory=lambda: str(paths.results_dir("serve")))
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(ServeOptions, TwoTowerConfig, prog="python -m mmreason.serve", description=__doc__.split("\n")[0])
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    args, cfg = get_parser().parse(argv)
     import torch
     import uvicorn
 
 
     torch.set_num_threads(args.threads)
     if args.loadtest:
-        return loadtest.run(args, defaults=vars(get_parser().parse_args([])))
+        return loadtest.run(args, defaults=asdict(ServeOptions()), two_tower=cfg)
     try:
-        cfg = TwoTowerConfig(**{f: getattr(args, f) for f in TwoTowerConfig.__dataclass_fields__})
         service = Service(args.run, decode=args.decode, model=args.model, recommend_dir=args.recommend_dir, two_tower=cfg,
                           threads=(args.threads, args.batch_threads, args.parallel_from))
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    app = create_app(service, batching=not args.no_batching, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    app = create_app(service, batching=args.batching, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
     print(f"[serve] http://{args.host}:{args.port}/  (run {service.run}, {service.model_name}, "
-          f"{args.decode}, batching {'off' if args.no_batching else 'on'})", flush=True)
+          f"{args.decode}, batching {'on' if args.batching else 'off'})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 

@@ -4,13 +4,12 @@ The command; the library is ``mmreason.features.tokenizer``, whose docstring say
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from mmreason import paths
-from mmreason.features import tokenizer as tokenizer_lib
+from mmreason import cli, paths
 from mmreason.features.tokenizer import (
     CATALOGUE_TEXT_COLUMNS,
     DEFAULT_VOCAB_SIZE,
@@ -22,17 +21,35 @@ from mmreason.features.tokenizer import (
 )
 
 
+@dataclass
+class TokenizerOptions:
+    """Train our byte-level BPE on the prepared texts (or save a real GPT-2 tokenizer): ``python -m mmreason.tokenizer``.
+
+    Args:
+        out: default: artifacts/tokenizer/bpe-<vocab>-<key of texts> (or gpt2)
+        vocab_size: BPE vocabulary size
+        pretrained: option A: hub name or local dir of a GPT-2 tokenizer
+        items: the prepared items table
+        examples: the prepared examples table
+        catalogue: the raw catalogue (its texts of products without purchases)
+        force: rebuild even if the fingerprint matches
+    """
+    out: Path | None = None
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    pretrained: str | None = None
+    items: Path = field(default_factory=lambda: paths.artifacts_dir() / "data" / "hm" / "items.parquet")
+    examples: Path = field(default_factory=lambda: paths.artifacts_dir() / "data" / "hm" / "examples.parquet")
+    catalogue: Path = field(default_factory=lambda: paths.hm_dir() / "catalogue.parquet")
+    force: bool = False
+
+
+def get_parser() -> cli.ArgumentParser:
+    return cli.parser(TokenizerOptions, prog="python -m mmreason.tokenizer",
+                      description=TokenizerOptions.__doc__.split("\n")[0])
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=tokenizer_lib.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = paths.artifacts_dir() / "data" / "hm"
-    p.add_argument("--out", type=Path, default=None, help="default: artifacts/tokenizer/bpe-<vocab>-<key of texts> (or gpt2)")
-    p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    p.add_argument("--pretrained", default=None, help="option A: hub name or local dir of a GPT-2 tokenizer")
-    p.add_argument("--items", type=Path, default=data / "items.parquet")
-    p.add_argument("--examples", type=Path, default=data / "examples.parquet")
-    p.add_argument("--catalogue", type=Path, default=paths.hm_dir() / "catalogue.parquet")
-    p.add_argument("--force", action="store_true", help="rebuild even if the fingerprint matches")
-    args = p.parse_args(argv)
+    args, = get_parser().parse(argv)
 
     texts = None
     if args.pretrained is None:

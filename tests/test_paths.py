@@ -60,10 +60,10 @@ def test_relative_artifacts_root_is_taken_from_the_working_folder(monkeypatch, t
 
 def test_command_defaults_follow_the_roots(roots):
     art, res, _ = roots
-    a = rl.get_parser().parse_args([])
+    a, _ = rl.get_parser().parse([])
     assert (Path(a.run), Path(a.out)) == (art / "runs" / "cpu", art / "runs" / "rl")
-    assert Path(rl.get_parser().parse_args(["--run", "artifacts/runs/dp"]).run) == art / "runs" / "dp"
-    assert Path(serve.get_parser().parse_args([]).out) == res / "serve"
+    assert Path(rl.get_parser().parse(["--run", "artifacts/runs/dp"])[0].run) == art / "runs" / "dp"
+    assert Path(serve.get_parser().parse([])[0].out) == res / "serve"
     assert paths.results_dir("cpu") == res / "cpu"
     # an RL run recorded its supervised checkpoint as artifacts/runs/...: still the same run, so it resumes
     assert reinforce.same_run("artifacts/runs/cpu/checkpoints/last.ckpt", art / "runs" / "cpu" / "checkpoints" / "last.ckpt")

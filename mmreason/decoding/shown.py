@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from mmreason.decoding.constraints import build as build_constraint
 from mmreason.decoding.filters import Filter, vocab_from_items
@@ -48,7 +49,8 @@ def decoding(name: str) -> tuple[DecodeConfig, DecodeConfig | None]:
     return configs[0], (configs[1] if second else None)
 
 
-DECODINGS = ("beam", "greedy", "diverse_beam", "sample", "greedy+beam")  # what the commands offer
+Decoding = Literal["beam", "greedy", "diverse_beam", "sample", "greedy+beam"]  # what the commands offer
+DECODINGS = get_args(Decoding)
 
 
 @dataclass

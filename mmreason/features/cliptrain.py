@@ -3,7 +3,6 @@ settings (``ensure_domain_clip``); the flags ``python -m mmreason.clip`` and ``e
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -50,6 +49,18 @@ def domain_clip_dir(items: pd.DataFrame, cfg: "ClipTrainConfig") -> Path:
 
 @dataclass
 class ClipTrainConfig:
+    """How the domain CLIP trains (``python -m mmreason.clip`` and ``embed`` take these as flags).
+
+    Args:
+        model: architecture JSON name (mmreason/model_configs)
+        epochs: passes over the training photos
+        batch_size: photo-text pairs per step (the contrastive loss's negatives)
+        hflip: random horizontal flip of training photos (--no-hflip: off)
+        desc_words: words of detail_desc appended to the product text
+        threads: torch threads
+        workers: photo-decoding processes
+        max_train: cap on training pairs (tests, smoke runs)
+    """
     model: str = DEFAULT_MODEL
     epochs: int = 8
     batch_size: int = 256
@@ -249,26 +260,3 @@ def ensure_domain_clip(items: pd.DataFrame, cfg: ClipTrainConfig | None = None,
     if keyed:
         paths.point_latest(default_clip_dir(cfg.model), out_dir)
     return ckpt
-
-
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    d = get_default_config()
-    g = p.add_argument_group("domain CLIP training (option B)")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    g.add_argument("--desc-words", type=int, default=d.desc_words)
-    g.add_argument("--no-hflip", dest="hflip", action="store_false")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--threads", type=int, default=d.threads)
-    g.add_argument("--workers", type=int, default=d.workers)
-    g.add_argument("--max-train", type=int, default=d.max_train)
-
-
-def train_config_from_args(args, model: str) -> ClipTrainConfig:
-    return ClipTrainConfig(model=model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-                           desc_words=args.desc_words, hflip=args.hflip, seed=args.seed, threads=args.threads,
-                           workers=args.workers, max_train=args.max_train)

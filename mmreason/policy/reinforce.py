@@ -44,7 +44,7 @@ from mmreason.io import DataError
 from mmreason.model.collate import EOS, collate, encode_example, token_id
 from mmreason.model.network import SEG_REASON
 from mmreason.recsys.feedback import FeedbackModel
-from mmreason.recsys.feedback_train import run as train_feedback
+from mmreason.recsys.feedback_train import FeedbackRun, run as train_feedback
 from mmreason.recsys.twotower import load_photo_embeddings
 
 GROUNDED_FIELDS = {"colour": "colour_group_name", "type": "product_type_name"}
@@ -298,8 +298,7 @@ def load_feedback(path, data_dir: Path):
     path = Path(path) if path else paths.artifacts_dir() / "feedback" / "model.pkl"
     if not path.exists():
         print(f"[rl] no feedback model at {path}: training one (python -m mmreason.feedback)")
-        argv = ["--data", str(data_dir), "--out", str(path.parent), "--no-progress"]  # embeddings: auto
-        if train_feedback(argv) != 0:
+        if train_feedback(FeedbackRun(data=str(data_dir), out=str(path.parent), progress=False)) != 0:  # embeddings: auto
             raise DataError("training the feedback model failed (see above)")
     meta = path.parent / "metrics.json"
     emb = json.loads(meta.read_text()).get("embeddings") if meta.exists() else None

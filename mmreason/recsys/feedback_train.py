@@ -1,12 +1,11 @@
 """Training and measuring the feedback model: (customer, article, reason) pairs, AUCs, text
-sensitivity; ``run(argv)`` is ``python -m mmreason.feedback`` as a function (RL trains its reward this way).
+sensitivity; ``run(FeedbackRun(...), FeedbackConfig(...))`` is ``python -m mmreason.feedback`` as a function (RL trains its reward this way).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from mmreason.io import DataError, atomic_write_bytes, atomic_write_json
 from mmreason.recsys.context import Context, load_context
 from mmreason.recsys.feedback import HISTORY_FIELDS, KINDS, FeedbackConfig, FeedbackModel
 from mmreason.recsys.ranking import markdown_table
-from mmreason.recsys.twotower import EMBEDDINGS_HELP, load_photo_embeddings, photo_matrix, resolve_embeddings
+from mmreason.recsys.twotower import load_photo_embeddings, photo_matrix, resolve_embeddings
 
 # --------------------------------------------------------------------------- pairs
 
@@ -105,26 +104,28 @@ def evaluate(ctx: Context, pairs: pd.DataFrame, config: FeedbackConfig, photo=No
 
 # --------------------------------------------------------------------------- CLI
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mmreason.feedback", description="Purchase-feedback model, P(buy | customer, article, shown reason): "
-                                "``python -m mmreason.feedback``.")
-    p.add_argument("--data", default=None, help="prepared tables (default artifacts/data/hm)")
-    p.add_argument("--out", default=None, help="output folder (default artifacts/feedback)")
-    p.add_argument("--embeddings", default="auto", help=EMBEDDINGS_HELP)
-    p.add_argument("--negatives", type=int, default=FeedbackConfig.negatives)
-    p.add_argument("--hash-features", type=int, default=FeedbackConfig.hash_features)
-    p.add_argument("--C", type=float, default=FeedbackConfig.C)
-    p.add_argument("--seed", type=int, default=FeedbackConfig.seed)
-    p.add_argument("--no-progress", action="store_true")
-    return p
+@dataclass
+class FeedbackRun:
+    """Train, measure and save the purchase-feedback model: ``python -m mmreason.feedback``.
+
+    Args:
+        data: prepared tables (default artifacts/data/hm)
+        out: output folder (default artifacts/feedback)
+        embeddings: photo embedding cache, a torch file {'article_id', 'embedding'}; 'auto': the artifacts'
+            embeddings/mmr-vit-tiny.pt beside the --data tables when it exists; 'none'
+        progress: progress bars (--no-progress: none)
+    """
+    data: str | None = None
+    out: str | None = None
+    embeddings: str | None = "auto"
+    progress: bool = True
 
 
-def run(argv=None) -> int:
-    """``python -m mmreason.feedback ARGV`` as a function: train, measure and save the feedback model."""
-    args = get_parser().parse_args(argv)
+def run(args: FeedbackRun | None = None, cfg: FeedbackConfig | None = None) -> int:
+    """``python -m mmreason.feedback`` as a function: train, measure and save the feedback model; 2 on bad input."""
+    args, cfg = replace(args or FeedbackRun()), cfg or FeedbackConfig()
     data_dir = Path(args.data or paths.artifacts_dir() / "data" / "hm")
     out = Path(args.out or paths.artifacts_dir() / "feedback")
-    cfg = FeedbackConfig(args.negatives, args.hash_features, args.C, args.seed)
     args.embeddings = resolve_embeddings(args.embeddings, data_dir)
     t0 = time.time()
     try:
@@ -133,14 +134,14 @@ def run(argv=None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    pairs = build_pairs(ctx, cfg.negatives, cfg.seed, progress=not args.no_progress)
+    pairs = build_pairs(ctx, cfg.negatives, cfg.seed, progress=args.progress)
     t_pairs = time.time() - t0
     print(f"[feedback] {len(pairs)} pairs ({int(pairs['label'].sum())} purchases, {cfg.negatives} sampled "
           f"non-purchases each) in {t_pairs:.1f}s; by split: {pairs['split'].value_counts().to_dict()}")
     if (pairs["split"] == "train").sum() == 0 or pairs.loc[pairs["split"] == "train", "label"].nunique() < 2:
         print("error: no training pairs of both classes", file=sys.stderr)
         return 2
-    model, aucs, sens = evaluate(ctx, pairs, cfg, photo, progress=not args.no_progress)
+    model, aucs, sens = evaluate(ctx, pairs, cfg, photo, progress=args.progress)
     rows = [{"split": s, **v} for s, v in aucs.items()]
     table = markdown_table(rows, ["split", "pairs", "positives", "with_text", "no_text_features", "empty_reasons",
                                   "shuffled_reasons", "text_only"])

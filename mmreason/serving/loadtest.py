@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 
@@ -45,15 +46,15 @@ def _value(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def start_server(args, batching: bool, port: int) -> subprocess.Popen:
+def start_server(args, batching: bool, port: int, two_tower: TwoTowerConfig) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mmreason.serve", "--port", str(port)]
     for name in SERVER_FLAGS:
         cmd += [_flag(name), _value(getattr(args, name))]
     cmd += ["--run", args.run] if args.run else []
     cmd += ["--recommend-dir", args.recommend_dir] if args.recommend_dir else []
     cmd += [] if batching else ["--no-batching"]
-    for f in TwoTowerConfig.__dataclass_fields__:  # the recommender the command line asked for
-        cmd += [f"--{f.replace('_', '-')}", str(getattr(args, f))]
+    for f, v in asdict(two_tower).items():  # the recommender the command line asked for
+        cmd += [_flag(f), str(v)]
     return subprocess.Popen(cmd)
 
 
@@ -116,11 +117,11 @@ async def cell(client, kind: str, concurrency: int, duration: float, pairs) -> d
             "errors": errors}
 
 
-async def measure(args, batching: bool) -> tuple[list[dict], dict]:
+async def measure(args, batching: bool, two_tower: TwoTowerConfig) -> tuple[list[dict], dict]:
     import httpx
 
     port = free_port()
-    proc = start_server(args, batching, port)
+    proc = start_server(args, batching, port, two_tower)
     try:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits) as client:
@@ -149,14 +150,14 @@ def command_line(args, defaults: dict | None) -> str:
     return " ".join(["python -m mmreason.serve --loadtest", f"--duration {args.duration:g}", *flags])
 
 
-def run(args, defaults: dict | None = None) -> int:
-    """The load test of ``args`` (serve's flags); ``defaults``: serve's defaults, to name in the report the flags
-    that differ from them."""
+def run(args, defaults: dict | None = None, two_tower: TwoTowerConfig | None = None) -> int:
+    """The load test of ``args`` (serve's options) and ``two_tower`` (its recommender); ``defaults``: serve's
+    defaults, to name in the report the flags that differ from them."""
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     load_before = os.getloadavg()
     rows, health = [], {}
     for batching in (True, False):
-        r, health[str(batching)] = asyncio.run(measure(args, batching))
+        r, health[str(batching)] = asyncio.run(measure(args, batching, two_tower or TwoTowerConfig()))
         rows += r
     load_after = os.getloadavg()
     on = {(r["endpoint"], r["concurrency"]): r for r in rows if r["batching"]}

@@ -115,7 +115,7 @@ def _ensure(config: PipelineConfig | None = None, **overrides) -> Artifacts:
     paths.offline()
     hm_dir = hm_dir or str(paths.hm_dir())
     print(f"[pipeline] 1/{steps} tables from {hm_dir}")
-    data_dir = prepare.prepare_tables(["--hm-dir", hm_dir] + (["--out", str(data_dir)] if data_dir else []))
+    data_dir = prepare.prepare_tables(prepare.PrepareConfig(hm_dir=str(hm_dir), out=str(data_dir) if data_dir else None))
     t = hm.load_tables(data_dir, names=TABLES)
     items, examples = t["items"], t["examples"]
 
