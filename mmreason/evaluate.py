@@ -204,7 +204,7 @@ def main(argv=None) -> int:
             print(f"[evaluate] {split} / {system} ({len(frame)} examples)")
             report, parts = {}, None  # parts None: a generator's hook is its first sentence
             if system in VARIANTS or system in OFFERED:
-                run, k = OFFERED.get(system, (system, 0))
+                run, k = OFFERED.get(system, (system, None))  # None: as deployed
                 module, vdata = loaded[run]
                 hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode, constrain=args.constrain,
                                              offer_retrieved=k, fallback=fallback)

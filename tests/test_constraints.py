@@ -15,7 +15,7 @@ from mmreason import metrics as M
 from mmreason.decoding.constraints import build
 from mmreason.decoding.filters import Filter
 from mmreason.decoding.generate import DecodeConfig, decode
-from mmreason.decoding.shown import fill_slots, shown_reasons
+from mmreason.decoding.shown import OFFER_RETRIEVED, fill_slots, shown_reasons
 from mmreason.model.collate import EOS, NAME_SLOT, collate, encode_example, token_id
 
 from conftest import tiny_tokenizer
@@ -267,7 +267,8 @@ def test_one_path_from_candidates_to_the_shown_reason():
 def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
     """offer_retrieved=1: the generated hook + the first retrieved copy is shown when it passes the filter
     for this article; a retrieved copy naming another colour (a neighbour's) is refused and the generated
-    reason is shown; without offer_retrieved the retrieved copy is never shown."""
+    reason is shown; with offer_retrieved=0 the retrieved copy is never shown. The default (None) offers
+    shown.OFFER_RETRIEVED copies where the prompts have the retrieved segment, none where they do not."""
     tokenizer = tiny_tokenizer(SENTENCES)
     model = tiny_model(tokenizer)
     fits, wrong = "Soft cotton jersey with a round neckline.", "Black trousers in navy blue."
@@ -277,7 +278,9 @@ def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
                                                                 "retrieved")} | {"article_id": r["article_id"]}
     decode_cfg = DecodeConfig("greedy", max_new_tokens=30)
     with Script(model, tokenizer, " Red dress for you. A wrap dress."):
-        off = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)
+        off = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2, offer_retrieved=0)
+    with Script(model, tokenizer, " Red dress for you. A wrap dress."):
+        deployed = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)
     with Script(model, tokenizer, " Red dress for you. A wrap dress."):
         on = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2, offer_retrieved=1)
     assert all(s.source == "generated" and fits not in s.reason for s in off)
@@ -286,8 +289,12 @@ def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
     assert on[0].candidates[0] == on[0].reason and "Another copy." not in " ".join(on[0].candidates)
     assert on[1].source == "generated" and on[1].reason == off[1].reason
     assert on[1].rejected[0] == (f"{hook} {wrong}", ["wrong_colour", "wrong_type"])
+    assert OFFER_RETRIEVED == 1 and [(s.reason, s.source) for s in deployed] == [(s.reason, s.source) for s in on]
     with pytest.raises(ValueError, match="retrieved"):
         shown_reasons(model, _data(tokenizer, False), rows, [ARTICLE] * 2, decode_cfg, FILTER, offer_retrieved=1)
+    with Script(model, tokenizer, " Red dress for you. A wrap dress."):  # no retrieved segment: nothing offered
+        plain = shown_reasons(model, _data(tokenizer, False), rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)
+    assert [s.reason for s in plain] == [s.reason for s in off] and all(s.source == "generated" for s in plain)
 
 
 def test_cascade_decodes_again_only_where_the_first_reason_fails(monkeypatch):

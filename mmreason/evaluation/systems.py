@@ -38,12 +38,13 @@ VARIANTS = {
                                                      "retrieved: 64}"]),
 }
 SYSTEMS = ["template", "retrieval", "retrieval_text", "retrieval_both", "retrieval_text_type", "no_retrieval", "text_only",
-           "photo_only", "full", "full_retrieved_first"]
+           "photo_only", "full", "full_generated"]
 RETRIEVERS = {"retrieval": "photo", "retrieval_text": "text", "retrieval_both": "both",  # system -> nearest's by
               "retrieval_text_type": "text_type"}
 ABLATION = ["no_evidence", "slots", "retrieval_k1"]
-# system -> (the run it decodes with, retrieved copies offered ahead of the generated ones: shown.shown_reasons)
-OFFERED = {"full_retrieved_first": ("full", 1)}
+# system -> (the run it decodes with, retrieved copies offered ahead of the generated ones: shown.shown_reasons);
+# the variants themselves decode as deployed (shown.OFFER_RETRIEVED where their prompt retrieves)
+OFFERED = {"full_generated": ("full", 0)}  # the generator's own copy, no retrieved copy offered
 ATTR_FIELDS = {"colour": "colour_group_name", "type": "product_type_name", "pattern": "graphical_appearance_name"}
 
 
@@ -122,7 +123,7 @@ def load_variant(name: str) -> tuple[ReasonModule, ReasonDataModule] | None:
 
 
 def model_reasons(module, data, frame, items, hist, filt: Filter, decode, product_override=None, progress=True,
-                  constrain=True, offer_retrieved=0, fallback=None):
+                  constrain=True, offer_retrieved=None, fallback=None):
     """The shown reasons (``shown.shown_reasons``) for ``frame``, the filter's rejection report and the share
     of shown reasons whose copy is a retrieved one (``offer_retrieved``)."""
     rows = frame.to_dict("records")

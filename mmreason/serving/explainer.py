@@ -89,7 +89,7 @@ class Explanation:
 
 class Explainer:
     def __init__(self, run=None, decode: DecodeConfig | str = "beam", batch_size: int = 32, constrain: bool = True,
-                 offer_retrieved: int = 0):
+                 offer_retrieved: int | None = None):
         run = paths.resolve(run) if run is not None else paths.run_dir()  # the default `mmreason.train` run
         self.module, self.data = load_run(run)
         art = self.data.artifacts
@@ -101,7 +101,8 @@ class Explainer:
         self.decode_name = decode if isinstance(decode, str) else decode.strategy
         decode, self.fallback = decoding(decode) if isinstance(decode, str) else (decode, None)
         self.decode, self.batch_size, self.constrain = decode, batch_size, constrain
-        self.offer_retrieved = offer_retrieved  # shown.shown_reasons: retrieved copies offered after the hook
+        # shown.shown_reasons: retrieved copies offered after the hook (None: as deployed, shown.OFFER_RETRIEVED)
+        self.offer_retrieved = offer_retrieved
         self._next_day = pd.Timestamp(self.tables["interactions"]["t_dat"].max()) + pd.Timedelta(days=1)
         self._contexts = OrderedDict()
 
