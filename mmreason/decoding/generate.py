@@ -159,7 +159,10 @@ def _logprobs(logits, tokens, config: DecodeConfig, constrainer: Constrainer | N
         else:
             hit = torch.ones(grams.shape[:2], dtype=torch.bool, device=tokens.device)
         rows, at = hit.nonzero(as_tuple=True)                                  # the few banned (row, token) pairs
-        lp, unbanned = lp.index_put((rows, grams[rows, at, -1]), lp.new_tensor(float("-inf"))), lp
+        ban = (rows, grams[rows, at, -1]), lp.new_tensor(float("-inf"))
+        # the constraint spells names from the log-probs before the bans: only then is a copy kept (a (R, V) copy
+        # was 6% of an unconstrained greedy call at batch 64); lp is this function's own tensor (log_softmax)
+        lp, unbanned = (lp.index_put(*ban), lp) if constrainer is not None else (lp.index_put_(*ban), None)
     else:
         unbanned = lp
     if constrainer is not None:
