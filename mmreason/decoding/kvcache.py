@@ -121,7 +121,8 @@ class KVCache:
         for p in self.parts:
             local = idx[(idx >= p.start) & (idx < p.start + p.B)] - p.start
             if local.numel():
-                p.keep(local)
+                if local.numel() < p.B:  # a part that keeps every row is not copied
+                    p.keep(local)
                 p.start, start = start, start + p.B
                 parts.append(p)
         self.parts = parts
