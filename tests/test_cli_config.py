@@ -25,11 +25,15 @@ def roots(tmp_path, monkeypatch):
 
 
 def option(parser: cli.ArgumentParser) -> tuple[str, object]:
-    """A field of the command's options to vary: the first int (not bool) one, else bool, else str."""
-    fields = [(f, cls) for cls, skip in parser.configs for f in dataclasses.fields(cls) if f.name not in skip]
+    """A field of the command's options to vary: the first int (not bool) one (an ``int | None`` one counts, from 0),
+    else bool, else str; never a required one (the test fills those with "x")."""
+    fields = [(f, cls) for cls, skip in parser.configs for f in dataclasses.fields(cls)
+              if f.name not in skip and f.name not in required_fields(cls)]
     for kind in (int, bool, str):
         for f, cls in fields:
             default = getattr(cls(**{k: "x" for k in required_fields(cls)}), f.name)
+            if default is None and kind is int and str(f.type).replace(" ", "") in ("int|None", "Optional[int]"):
+                return f.name, 0
             if type(default) is kind:
                 return f.name, default
     raise AssertionError("no int, bool or str option")
