@@ -252,8 +252,13 @@ def test_explainer_and_recommend_explain(in_work, capsys, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr("mmreason.decoding.shown.generate_reasons",  # the one shown-reason path decodes
                   lambda model, tok, examples, *a, **k: [planted[x["article_id"]] for x in examples])
+        # as deployed (shown.OFFER_RETRIEVED): the hook of the candidate the filter picks, then the 1st retrieved copy
+        offered, _ = ex.explain("a" * 64, [700000001, 300000001])
+        m.setattr(ex, "offer_retrieved", 0)  # the generated candidates alone
         bikini, tee = ex.explain("a" * 64, [700000001, 300000001])
-    assert (bikini.reason, bikini.passed_filter) == (planted[700000001][1], True)
+    assert offered.source == "retrieved" and offered.passed_filter
+    assert offered.reason.startswith("Like the Striped tee you bought last. ") and offered.reason != planted[700000001][1]
+    assert (bikini.reason, bikini.passed_filter, bikini.source) == (planted[700000001][1], True, "generated")
     assert bikini.rejected == [(planted[700000001][0], ["wrong_type", "false_history"])]  # a bought no dress
     assert (tee.reason, tee.passed_filter) == (planted[300000001][0], False)
     assert [text for text, _ in tee.rejected] == planted[300000001]
