@@ -13,7 +13,9 @@ Systems, on two test sets (``temporal``: each user's last purchase day, products
 * ``photo_only`` the generator without the product-attribute segment and what is retrieved by it
   (photo, profile, behaviour);
 * ``full``       the generator with everything: photo prefix, profile, evidence, behaviour, product, the
-  2 nearest other products' copies (``retrieval.py``) and the copy head (``model.CopyHead``).
+  2 nearest other products' copies (``retrieval.py``) and the copy head (``model.CopyHead``), decoded as
+  deployed: the 1st retrieved copy offered after its hook (``shown.OFFER_RETRIEVED``);
+* ``full_generated`` the same run's generated copy alone (nothing offered).
 
 Reasons from the generators come from the one shown-reason path (``shown.py``): beam search with the
 decoding constraint (``constraints.py``; ``--no-constrain`` turns it off for the ablation), then the

@@ -7,9 +7,9 @@
                collate.NAME_SLOT where the hook names a purchase: it becomes the evidence's name;
     filter     filters.Filter.check on every candidate, best-ranked first;
     choose     the first candidate that passes; if none does, the best-ranked one, flagged.
-    offer      (offer_retrieved=k; deployed: OFFER_RETRIEVED where the run's prompt has retrieved copies) the chosen reason's hook followed by each of the prompt's
-               first k retrieved copies (other products' copy, ``retrieval.neighbour_texts``) is filtered
-               first, ahead of the generated candidates: the retrieved copy is shown where it passes the
+    offer      (offer_retrieved=k; deployed: OFFER_RETRIEVED where the run's prompt has retrieved copies) the
+               chosen reason's hook followed by each of the prompt's first k retrieved copies (other products'
+               copy, ``retrieval.neighbour_texts``) is filtered first, ahead of the generated candidates: the retrieved copy is shown where it passes the
                filter for this article (no contradicting colour / type / pattern), the generated one where
                it does not. A candidate's ``source`` says which.
     fallback   (a cascade, e.g. ``decoding("greedy+beam")``) the rows whose candidates all fail the filter
