@@ -9,9 +9,9 @@
     choose     the first candidate that passes; if none does, the best-ranked one, flagged.
     offer      (offer_retrieved=k; deployed: OFFER_RETRIEVED where the run's prompt has retrieved copies) the
                chosen reason's hook followed by each of the prompt's first k retrieved copies (other products'
-               copy, ``retrieval.neighbour_texts``) is filtered first, ahead of the generated candidates: the retrieved copy is shown where it passes the
-               filter for this article (no contradicting colour / type / pattern), the generated one where
-               it does not. A candidate's ``source`` says which.
+               copy, ``retrieval.neighbour_texts``) is filtered first, ahead of the generated candidates: the
+               retrieved copy is shown where it passes the filter for this article (no contradicting colour /
+               type / pattern), the generated one where it does not. A candidate's ``source`` says which.
     fallback   (a cascade, e.g. ``decoding("greedy+beam")``) the rows whose candidates all fail the filter
                are decoded again with the fallback config and shown as it decodes them: greedy's speed
                where greedy's reason passes, beam search's reason where it does not (serving).
