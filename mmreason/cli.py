@@ -38,10 +38,12 @@ class ArgumentParser(jsonargparse.ArgumentParser):
         self.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (see --print_config)")
 
     def add_dataclass(self, cls: type, skip: set[str] = frozenset(), positional: set[str] = frozenset(),
-                      remainder: set[str] = frozenset(), short: dict[str, str] | None = None) -> None:
+                      remainder: set[str] = frozenset(), short: dict[str, str] | None = None,
+                      helps: dict[str, str] | None = None) -> None:
         """The fields of ``cls`` (less ``skip``) as flags; ``positional`` fields take the bare values (``nargs='*'``),
-        a ``remainder`` field every word after its flag (``--train-args --a 1``), ``short`` adds e.g. ``{"k": "-k"}``."""
-        self._adding = {"positional": positional, "remainder": remainder, "short": short or {}}
+        a ``remainder`` field every word after its flag (``--train-args --a 1``), ``short`` adds e.g. ``{"k": "-k"}``,
+        ``helps`` replaces a field's docstring help with one computed in code (a list of names, a default path)."""
+        self._adding = {"positional": positional, "remainder": remainder, "short": short or {}, "helps": helps or {}}
         try:
             self.add_class_arguments(cls, None, as_group=False, skip=set(skip), fail_untyped=True, sub_configs=False)
         finally:
@@ -58,6 +60,8 @@ class ArgumentParser(jsonargparse.ArgumentParser):
         if how is None or not args or not args[0].startswith("--"):
             return super().add_argument(*args, **kwargs)
         name = args[0][2:]
+        if name in how["helps"]:
+            kwargs["help"] = how["helps"][name]
         args = tuple("--" + a[2:].replace("_", "-") for a in args if not a.endswith("+"))  # no jsonargparse `--x+`
         action = kwargs.get("action")
         hint = action._typehint if isinstance(action, ActionTypeHint) else kwargs.get("type")
@@ -102,10 +106,10 @@ class ArgumentParser(jsonargparse.ArgumentParser):
 
 def parser(*configs: type, prog: str, description: str | None = None, skip: set[str] = frozenset(),
            positional: set[str] = frozenset(), remainder: set[str] = frozenset(),
-           short: dict[str, str] | None = None) -> ArgumentParser:
+           short: dict[str, str] | None = None, helps: dict[str, str] | None = None) -> ArgumentParser:
     """The parser of a command whose options are the fields of ``configs`` (``skip``: field names left out)."""
     p = ArgumentParser(prog=prog, description=description)
     for cls in configs:
         p.add_dataclass(cls, skip={s for s in skip if s in {f.name for f in dataclasses.fields(cls)}},
-                        positional=positional, remainder=remainder, short=short)
+                        positional=positional, remainder=remainder, short=short, helps=helps)
     return p

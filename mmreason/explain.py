@@ -26,7 +26,7 @@ class ExplainOptions:
         run: generator run folder or checkpoint (default artifacts/runs/cpu)
         decode: decoding (default beam; greedy+beam: greedy, beam search where greedy's reason fails the filter)
         offer_retrieved: offer the first K retrieved copies after the generated hook, ahead of the generated copy
-            (default: as deployed, shown.OFFER_RETRIEVED = 1 where the run retrieves; 0: the generated copy alone)
+            (default: as deployed, shown.OFFER_RETRIEVED where the run retrieves; 0: the generated copy alone)
         out: also write the reasons here as JSON
     """
     articles: str

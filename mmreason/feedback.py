@@ -9,10 +9,12 @@ import sys
 from mmreason import cli
 from mmreason.recsys.feedback import FeedbackConfig
 from mmreason.recsys.feedback_train import FeedbackRun, run
+from mmreason.recsys.twotower import EMBEDDINGS_HELP
 
 
 def get_parser() -> cli.ArgumentParser:
-    return cli.parser(FeedbackRun, FeedbackConfig, prog="python -m mmreason.feedback", description=__doc__.split("\n")[0])
+    return cli.parser(FeedbackRun, FeedbackConfig, prog="python -m mmreason.feedback", description=__doc__.split("\n")[0],
+                      helps={"embeddings": EMBEDDINGS_HELP})
 
 
 def main(argv=None) -> int:

@@ -42,6 +42,7 @@ from mmreason.recsys.baselines import BASELINES, repurchase_then
 from mmreason.recsys.context import ALLOWED, UnknownUser, load_context
 from mmreason.recsys.ranking import KS, evaluate, markdown_table
 from mmreason.recsys.twotower import (
+    EMBEDDINGS_HELP,
     TwoTowerConfig,
     load_photo_embeddings,
     photo_matrix,
@@ -91,10 +92,8 @@ class RecommendOptions:
         data: prepared tables (default artifacts/data/hm)
         out: output folder (default artifacts/recommend)
         split: evaluation split (default val); with --user also 'next' (the default there)
-        models: comma-separated, from popularity, popularity_global, recent_popularity, repurchase, itemknn,
-            two_tower, repurchase+two_tower
-        embeddings: photo embedding cache, a torch file {'article_id', 'embedding'}; 'auto': the artifacts'
-            embeddings/mmr-vit-tiny.pt beside the --data tables when it exists; 'none'
+        models: comma-separated names from ``recsys.api.MODELS``
+        embeddings: the photo embedding cache (its help: ``recsys.twotower.EMBEDDINGS_HELP``)
         retrain: train the two-tower model even if a matching one is saved
         two_tower_fit: pairs the two-tower model learns from: the splits the evaluated split may know
             (val: train, test: train+val, next: all; default) or the train split only
@@ -126,7 +125,8 @@ class RecommendOptions:
 
 def get_parser() -> cli.ArgumentParser:
     return cli.parser(RecommendOptions, TwoTowerConfig, prog="python -m mmreason.recommend",
-                      description=__doc__.split("\n")[0], short={"k": "-k"})
+                      description=__doc__.split("\n")[0], short={"k": "-k"},
+                      helps={"models": f"comma-separated, from {','.join(MODELS)}", "embeddings": EMBEDDINGS_HELP})
 
 
 def main(argv=None, explain_fn: ExplainFn | None = None) -> int:

@@ -111,8 +111,7 @@ class FeedbackRun:
     Args:
         data: prepared tables (default artifacts/data/hm)
         out: output folder (default artifacts/feedback)
-        embeddings: photo embedding cache, a torch file {'article_id', 'embedding'}; 'auto': the artifacts'
-            embeddings/mmr-vit-tiny.pt beside the --data tables when it exists; 'none'
+        embeddings: the photo embedding cache (its help: ``recsys.twotower.EMBEDDINGS_HELP``)
         progress: progress bars (--no-progress: none)
     """
     data: str | None = None

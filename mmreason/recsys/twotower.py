@@ -26,6 +26,8 @@ PhotoEmbeddings = dict | tuple  # {article_id: vector} or (article_ids (N,), mat
 # --------------------------------------------------------------------------- photo embeddings
 
 DEFAULT_EMBEDDINGS = "mmr-vit-tiny.pt"  # embed.default_cache_path(clip.DEFAULT_MODEL)'s name (no open_clip import)
+EMBEDDINGS_HELP = ("photo embedding cache: a torch file {'article_id', 'embedding'}; 'auto' (default): "
+                   f"<artifacts>/embeddings/{DEFAULT_EMBEDDINGS} beside the --data tables when it exists; 'none'")
 
 
 def resolve_embeddings(value: str | None, data_dir: Path) -> str | None:
