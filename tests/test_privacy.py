@@ -39,18 +39,17 @@ def _model(mapper="mlp", copy_head=False):
                                 dropout=0.0, mapper=mapper, copy_head=copy_head))
     with torch.no_grad():
         m.segment.weight.normal_()  # zero at init: make the photo segment's gradient visible
-    if not copy_head:
-        privacy.prepare_model(m)
+    privacy.prepare_model(m)
     return m
 
 
-@pytest.mark.parametrize("mapper", ["mlp", "transformer"])
-def test_per_example_gradients_are_each_examples_own_gradient(mapper):
-    """Opacus' hooks give, for every trainable parameter (tied embeddings, the photo segment, the mapper),
-    exactly the gradient of each example's loss computed alone."""
+@pytest.mark.parametrize("mapper,copy_head", [("mlp", False), ("transformer", False), ("mlp", True)])
+def test_per_example_gradients_are_each_examples_own_gradient(mapper, copy_head):
+    """Opacus' hooks give, for every trainable parameter (tied embeddings, the photo segment, the mapper,
+    the copy head's layers), exactly the gradient of each example's loss computed alone."""
     from opacus import GradSampleModule
 
-    m, batch = _model(mapper), _batch()
+    m, batch = _model(mapper, copy_head), _batch()
     alone = []
     for i in range(3):
         m.zero_grad()
@@ -66,6 +65,8 @@ def test_per_example_gradients_are_each_examples_own_gradient(mapper):
                 torch.testing.assert_close(p.grad_sample[i], alone[i][k], atol=1e-6, rtol=1e-4, msg=f"{k}[{i}]")
             checked += 1
     assert checked == sum(1 for p in m.parameters() if p.requires_grad) and not m.no_photo.requires_grad
+    if copy_head:
+        assert m.copy.query.weight.grad_sample.abs().sum() > 0 and not m.copy.beta.requires_grad
     assert m.segment.weight.grad_sample[0, 0].abs().sum() > 0  # the photo segment row is seen per example
 
 
@@ -79,9 +80,26 @@ def test_example_losses_average_to_the_models_token_loss_on_equal_lengths(copy_h
                                                      "attention_mask", "labels")))
     assert n.tolist() == [4, 4, 4] and int(count) == 12
     torch.testing.assert_close(per.mean(), loss, atol=1e-6, rtol=1e-5)
-    if copy_head:  # the membership test reads these losses; DP-SGD's per-example hooks cannot
-        with pytest.raises(ValueError, match="copy head"):
-            privacy.prepare_model(m)
+
+
+def test_dp_config_is_the_default_run_plus_dp():
+    """configs/dp.yaml trains the default model on the default data (copy head, retrieved copies, caps):
+    it differs from configs/cpu.yaml only in the DP settings, the step budget and the run's folder."""
+    import yaml
+
+    def flat(d, pre=""):
+        out = {}
+        for k, v in d.items():
+            out |= flat(v, f"{pre}{k}.") if isinstance(v, dict) else {pre + k: v}
+        return out
+
+    cpu = flat(yaml.safe_load((cli.CONFIG_DIR / "cpu.yaml").read_text()))
+    dp = flat(yaml.safe_load((cli.CONFIG_DIR / "dp.yaml").read_text().replace("artifacts/runs/dp", "artifacts/runs/cpu")))
+    differ = {k for k in cpu.keys() | dp.keys() if cpu.get(k) != dp.get(k)}
+    allowed = {"trainer.max_epochs", "trainer.max_steps", "trainer.val_check_interval", "trainer.gradient_clip_val",
+               "data.batch_size", "data.sampling", "data.holdout_customers"}
+    assert {k for k in differ if not k.startswith("model.dp.")} <= allowed
+    assert dp["model.config.copy_head"] and "retrieved" in dp["data.prompt_fields"] and dp["model.dp.target_epsilon"]
 
 
 def test_poisson_sampler_is_independent_per_draw_and_resumes():

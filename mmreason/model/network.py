@@ -317,28 +317,34 @@ class ReasonModel(nn.Module):
         return hf.lm_head(h[:, :-1][scored]), labels[scored], scored                             # (N, V), (N,)
 
     def scored_logprobs(self, photo_embedding, has_photo, input_ids, segment_ids, attention_mask, labels,
-                        full: bool = False):
+                        full: bool = False, rows: bool = False):
         """-> (log p of the scored tokens (N,) or, with full=True, of the whole vocabulary (N, V); those tokens
         (N,); the (B, k+T-1) mask of scored positions). The model's distribution: the LM head's, mixed with the
-        copy head's where there is one."""
+        copy head's where there is one. rows=True: the LM head reads each row's scored positions as (B, Q, C)
+        rather than the flattened (N, C), so every layer's input keeps the batch dimension (per-example
+        gradient hooks, DP-SGD: privacy.py); the same values, at the cost of the padding rows."""
         h, _ = self._hidden(photo_embedding, has_photo, input_ids, segment_ids, attention_mask)
         hf = self.gpt2.get_base_model() if hasattr(self.gpt2, "get_base_model") else self.gpt2
         labels = F.pad(labels, (h.size(1) - labels.size(1), 0), value=-100)[:, 1:]               # (B, k+T-1)
         scored = labels != -100
         targets = labels[scored]
-        lp = hf.lm_head(h[:, :-1][scored]).float().log_softmax(-1)                               # (N, V)
+        # each row's scored positions, in order, left-aligned: the first n of Q (a quarter of a row)
+        n = scored.sum(1)                                                                        # (B,)
+        Q = int(n.max()) if n.numel() else 0
+        at = scored.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :Q]         # (B, Q)
+        valid = torch.arange(Q, device=h.device)[None] < n[:, None]                              # (B, Q)
+        take = lambda x: x.gather(1, at[..., None].expand(-1, -1, x.size(-1)))  # noqa: E731  (B, Q, C)
+        if rows:
+            lp = hf.lm_head(take(h)).float().log_softmax(-1)[valid]                              # (N, V)
+        else:
+            lp = hf.lm_head(h[:, :-1][scored]).float().log_softmax(-1)                           # (N, V)
         if self.copy is None:
             return (lp if full else lp.gather(1, targets[:, None]).squeeze(1)), targets, scored
         ids, src = self.copy_sources(input_ids, segment_ids, attention_mask)                     # (B, k+T)
         with torch.autocast(h.device.type, enabled=False):
             h, e = h.float(), self.wte(ids).float()
             keys, prev_n, bias = self.copy.sources(h, e, src)
-            # queries at the scored positions only (a quarter of a row): each row's first Q of them, in order
-            n = scored.sum(1)                                                                    # (B,)
-            Q = int(n.max()) if n.numel() else 0
-            at = scored.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :Q]     # (B, Q)
-            valid = torch.arange(Q, device=h.device)[None] < n[:, None]                          # (B, Q)
-            take = lambda x: x.gather(1, at[..., None].expand(-1, -1, x.size(-1)))  # noqa: E731  (B, Q, C)
+            # queries at the scored positions only
             log_attn, gate = self.copy.attend(take(h), take(e), keys, prev_n, bias)              # (B, Q, k+T)
             log_attn, gate = log_attn[valid], gate[valid]                                        # (N, k+T), (N,)
             src_ids = ids[scored.nonzero()[:, 0]]                                                # (N, k+T)

@@ -18,9 +18,11 @@ loss the trainer reads, the printed samples, or the choice of hyperparameters. T
 draws come from seeded PRNGs (reproducible resumes, not Opacus' secure mode): a real release would need
 secret randomness.
 
-Two things in ``ReasonModel`` escape per-example hooks and are handled here: ``no_photo`` (a bare
-parameter on the root module, used for articles without a photo: none in H&M) is frozen, and the photo
-prefix's segment vector is read through the segment embedding's forward (see ``model.photo_prefix``).
+Three things in ``ReasonModel`` escape per-example hooks and are handled here: ``no_photo`` (a bare
+parameter on the root module, used for articles without a photo: none in H&M) and the copy head's
+``beta`` (a bare scalar) are frozen, and the photo prefix's segment vector is read through the segment
+embedding's forward (see ``model.photo_prefix``); with the copy head, the LM head reads (B, Q, C) rows
+(``scored_logprobs(rows=True)``) instead of the batch flattened.
 ``tests/test_privacy.py`` checks that the per-example gradients sum to the ordinary gradient for every
 trainable parameter.
 """
@@ -117,9 +119,10 @@ def example_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     together; per-example gradient hooks need every layer's input to keep the batch dimension, so here
     the head runs on (B, R, C): each row's scored positions, in order, right-padded.
     """
-    if getattr(model, "copy", None) is not None:  # the membership test on a copy-head run (no per-example hooks)
+    if getattr(model, "copy", None) is not None:  # the copy head's layers read (B, ...) inputs; rows=True: the LM head too
         lp, _, scored = model.scored_logprobs(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
-                                              batch["segment_ids"], batch["attention_mask"], batch["labels"])
+                                              batch["segment_ids"], batch["attention_mask"], batch["labels"],
+                                              rows=True)
         n = scored.sum(1)
         total = torch.zeros(len(n), dtype=lp.dtype, device=lp.device).index_add_(0, scored.nonzero()[:, 0], -lp)
         return total / n.clamp(min=1), n
@@ -140,11 +143,12 @@ def example_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prepare_model(model) -> None:
-    """Freeze what per-example hooks cannot see (``no_photo``, a bare parameter of the root module).
-    The copy head's loss flattens the batch (``ReasonModel.scored_logprobs``): DP-SGD refuses it."""
-    if getattr(model, "copy", None) is not None:
-        raise ValueError("DP-SGD does not support the copy head: set model.config.copy_head: false (configs/dp.yaml)")
+    """Freeze what per-example hooks cannot see: bare parameters outside Opacus' supported layers,
+    ``no_photo`` (root module) and the copy head's ``beta`` (the weight of its token-match term, kept at
+    its initial 4.0; its query, key and gate layers train with per-example gradients)."""
     model.no_photo.requires_grad_(False)
+    if getattr(model, "copy", None) is not None:
+        model.copy.beta.requires_grad_(False)
 
 
 @dataclass
