@@ -8,9 +8,12 @@ Members and non-members come from one population: ``privacy.held_out_customers``
 customers (``--holdout``, the value the runs were trained with) out of training, whole. Both groups are
 drawn from training-stage examples (temporal split ``train``, products seen in training), so they cover
 the same period and, customers being assigned at random, the same articles' distribution. Up to
-``--per-customer`` examples of each of ``--customers`` customers per group are scored. Two AUCs per run:
+``--per-customer`` examples of each of ``--customers`` customers per group are scored. Three AUCs per run:
 
 * example: each example's score alone (the unit DP-SGD protects here);
+* hook: the same on the loss of the hook's tokens alone, the first sentence, which states the customer's
+  purchases; the product copy after it is the same for every customer who bought the product, and it
+  dilutes the whole reason's loss;
 * customer: the mean score over a customer's examples (the unit a customer cares about).
 
 Controls, in the same table: the reason's length in tokens as a model-free "attack" (0.5 if the groups
@@ -41,10 +44,10 @@ from mmreason.evaluation.systems import histories, score, test_frame
 from mmreason.io import DataError, write_report
 from mmreason.model.collate import EOS, encode_example
 from mmreason.training.datamodule import Collator, ReasonDataset
-from mmreason.training.privacy import epsilon, example_losses, held_out_customers
+from mmreason.training.privacy import epsilon, held_out_customers
 from mmreason.training.runs import find_checkpoint, load_run
 
-DEFAULT_RUNS = ["artifacts/runs/cpu", "artifacts/runs/privacy-nodp", "artifacts/runs/privacy-nodp-40",
+DEFAULT_RUNS = ["artifacts/runs/cpu", "artifacts/runs/privacy-nodp", "artifacts/runs/privacy-nodp-150",
                 "artifacts/runs/privacy-dp8", "artifacts/runs/privacy-dp1"]  # README, privacy: how each is trained
 
 
@@ -69,22 +72,37 @@ def attack_population(examples: pd.DataFrame, holdout: float, n_customers: int, 
 
 
 @torch.no_grad()
-def losses(module, data, frame: pd.DataFrame, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Each example's mean reason-token loss under ``module`` (N,), and its number of reason tokens (N,)."""
+def losses(module, data, frame: pd.DataFrame, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Under ``module``, for each example: its mean reason-token loss (N,), its number of reason tokens (N,),
+    and the mean loss over its hook's tokens alone (N,): the reason's first sentence, the part that states
+    the customer's purchases (the copy after it is the product's, the same for every customer)."""
     tok = data.tokenizer
+    records = frame.to_dict("records")
     encoded = [encode_example(tok, data.prompt_example(r), data.max_prompt_tokens, data.max_reason_tokens)
-               for r in frame.to_dict("records")]
+               for r in records]
+    n_hook = np.array([len(tok.encode(r.get("hook") or r["reason"], add_special_tokens=False)) for r in records])
     photo, has = data.artifacts.photo_lookup(frame["article_id"].to_numpy())
     ds = ReasonDataset(encoded, photo, has)
     collate = Collator(ds, tok.convert_tokens_to_ids(EOS))
     order = np.argsort([len(e["input_ids"]) for e in encoded], kind="stable")  # little padding
-    loss, n = np.zeros(len(frame)), np.zeros(len(frame), dtype=int)
+    loss, hook, n = np.zeros(len(frame)), np.zeros(len(frame)), np.zeros(len(frame), dtype=int)
     module.model.eval()
     for s in tqdm(range(0, len(order), batch_size), desc="membership losses", leave=False):
         idx = order[s:s + batch_size].tolist()
-        ll, nn_ = example_losses(module.model, collate(idx))
-        loss[idx], n[idx] = ll.numpy(), nn_.numpy()
-    return loss, n
+        b = collate(idx)
+        lp, _, scored = module.model.scored_logprobs(b["photo_embedding"], b["has_photo"], b["input_ids"],
+                                                     b["segment_ids"], b["attention_mask"], b["labels"])
+        n[idx] = scored.sum(1).numpy()
+        loss[idx], hook[idx] = row_losses(-lp.float().numpy(), n[idx], n_hook[idx])
+    return loss, n, hook
+
+
+def row_losses(token_loss: np.ndarray, counts: np.ndarray, n_hook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows' scored-token losses, concatenated in order (sum(counts),) -> (each row's mean (B,), each row's
+    mean over its first n_hook tokens, at least one and at most all of them (B,))."""
+    rows = np.split(token_loss, np.cumsum(counts)[:-1])
+    k = np.clip(n_hook, 1, counts)
+    return np.array([r.mean() for r in rows]), np.array([r[:j].mean() for r, j in zip(rows, k)])
 
 
 def auc_with_interval(score: np.ndarray, member: np.ndarray, groups: np.ndarray, n_boot: int = 200,
@@ -104,15 +122,20 @@ def auc_with_interval(score: np.ndarray, member: np.ndarray, groups: np.ndarray,
     return auc, float(lo), float(hi)
 
 
-def attack(frame: pd.DataFrame, loss: np.ndarray) -> dict:
-    """Example- and customer-level AUC of the loss attack (score = -loss)."""
+def attack(frame: pd.DataFrame, loss: np.ndarray, hook: np.ndarray | None = None) -> dict:
+    """Example- and customer-level AUC of the loss attack (score = -loss); with ``hook``, the example-level
+    AUC of the same attack on the hook's loss alone."""
     member = frame["member"].to_numpy()
     cust = frame["customer_id"].to_numpy()
     ex = auc_with_interval(-loss, member, cust)
     per = pd.DataFrame({"c": cust, "s": -loss, "m": member}).groupby("c").agg(s=("s", "mean"), m=("m", "first"))
     cu = auc_with_interval(per["s"].to_numpy(), per["m"].to_numpy(), per.index.to_numpy())
-    return {"example_auc": ex[0], "example_auc_ci": ex[1:], "customer_auc": cu[0], "customer_auc_ci": cu[1:],
-            "member_loss": float(loss[member].mean()), "nonmember_loss": float(loss[~member].mean())}
+    out = {"example_auc": ex[0], "example_auc_ci": ex[1:], "customer_auc": cu[0], "customer_auc_ci": cu[1:],
+           "member_loss": float(loss[member].mean()), "nonmember_loss": float(loss[~member].mean())}
+    if hook is not None:
+        hk = auc_with_interval(-hook, member, cust)
+        out |= {"hook_auc": hk[0], "hook_auc_ci": hk[1:]}
+    return out
 
 
 @torch.no_grad()
@@ -152,26 +175,27 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"{meta['n_nonmembers']} held-out examples ({meta['customers']} customers per group, up to "
              f"{meta['per_customer']} each); length-only control AUC {meta['length_auc']:.3f}. "
              f"Utility: {meta['n_gen']} unseen-product test examples, greedy, no filter.", "",
-             "| run | training | epsilon (delta=1/N, per example) | example AUC [95%] | customer AUC [95%] | "
-             "val ppl | copy CIDEr | attr. precision | colour precision |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| run | training | epsilon (delta = 1/N) | example AUC [95%] | hook AUC [95%] | "
+             "customer AUC [95%] | val ppl | copy CIDEr | attr. precision | colour precision |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        eps = f"{r['epsilon']:.2f}" if r.get("epsilon") is not None else "inf (no DP)"
+        eps = f"{r['epsilon']:.2f} per {r.get('unit') or 'example'}" if r.get("epsilon") is not None else "inf (no DP)"
         lines.append(f"| {r['name']} | {r['training']} | {eps} | {r['example_auc']:.3f} {ci(r['example_auc_ci'])} | "
+                     f"{r['hook_auc']:.3f} {ci(r['hook_auc_ci'])} | "
                      f"{r['customer_auc']:.3f} {ci(r['customer_auc_ci'])} | {r['val_ppl']:.2f} | "
                      f"{r.get('copy_cider', float('nan')):.3f} | {r.get('grounding_overall_precision', float('nan')):.3f} | "
                      f"{r.get('grounding_colour_precision', float('nan')):.3f} |")
     return "\n".join(lines) + "\n"
 
 
-def describe(module, data, ckpt: dict) -> tuple[str, float | None]:
-    """(what the run was trained on, its epsilon if DP) from its checkpoint."""
+def describe(module, data, ckpt: dict) -> tuple[str, float | None, str | None]:
+    """(what the run was trained on, its epsilon and protected unit if DP) from its checkpoint."""
     steps = int(ckpt.get("global_step", 0))
     hold = float(data.hparams.get("holdout_customers", 0.0))
     who = "every customer" if not hold else f"{1 - hold:.0%} of customers"
     dp = module.hparams.get("dp")
     if not dp:
-        return f"{steps} steps of {data.batch_size}, {who}", None
+        return f"{steps} steps of {data.batch_size}, {who}", None, None
     acc = ckpt.get("privacy")
     if acc is None:  # checkpoints from before the accounting was saved: a finished run's noise was set for its steps
         from opacus.accountants.utils import get_noise_multiplier
@@ -182,8 +206,10 @@ def describe(module, data, ckpt: dict) -> tuple[str, float | None]:
             target_epsilon=dp["target_epsilon"], target_delta=delta, sample_rate=q, steps=steps,
             accountant=dp.get("accountant", "rdp"), epsilon_tolerance=0.005)
         acc = {"noise_multiplier": sigma, "epsilon": epsilon(sigma, q, steps, delta, dp.get("accountant", "rdp"))}
-    return (f"DP-SGD, {steps} Poisson steps of ~{data.batch_size}, clip {dp['max_grad_norm']}, "
-            f"noise {acc['noise_multiplier']:.3f}, {who}", float(acc["epsilon"]))
+    unit = acc.get("unit", "example")
+    batch = f"~{data.batch_size}" + (" customers, one example each" if unit == "customer" else "")
+    return (f"DP-SGD, {steps} Poisson steps of {batch}, clip {dp['max_grad_norm']}, "
+            f"noise {acc['noise_multiplier']:.3f}, {who}", float(acc["epsilon"]), unit)
 
 
 @dataclass
@@ -234,13 +260,14 @@ def main(argv=None) -> int:
                 raise DataError(f"{run} held out {hold} of customers with seed {data.seed}, "
                                 f"not --holdout {args.holdout} --seed {args.seed}")
             print(f"[membership] {run}: {len(frame)} examples")
-            loss, n_tok = losses(module, data, frame)
+            loss, n_tok, hook = losses(module, data, frame)
             if length_auc is None:
                 length_auc = float(roc_auc_score(frame["member"], n_tok))
-            training, eps = describe(module, data, ckpt)
-            row = {"name": run, "training": training, "epsilon": eps} | attack(frame, loss)
+            training, eps, unit = describe(module, data, ckpt)
+            row = {"name": run, "training": training, "epsilon": eps, "unit": unit} | attack(frame, loss, hook)
             row |= utility(module, data, args.n_gen, args.seed)
-            print(f"[membership] {run}: example AUC {row['example_auc']:.3f}, customer AUC {row['customer_auc']:.3f}, "
+            print(f"[membership] {run}: example AUC {row['example_auc']:.3f}, hook AUC {row['hook_auc']:.3f}, "
+                  f"customer AUC {row['customer_auc']:.3f}, "
                   f"val ppl {row['val_ppl']:.2f}")
             rows.append(row)
     except DataError as e:

@@ -115,6 +115,31 @@ def test_poisson_sampler_is_independent_per_draw_and_resumes():
     assert list(s) != batches
 
 
+def test_customer_sampler_takes_customers_not_examples_and_one_example_each():
+    """User-level sampling: 400 customers with 1 to 40 examples each; a batch takes a customer with
+    probability q = 20 / 400 whatever their number of examples, and at most one of their examples."""
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 41, 400)
+    groups = rng.permutation(np.repeat([f"c{i:03d}" for i in range(400)], counts))  # rows in no order
+    s = privacy.CustomerPoissonBatchSampler(groups, 20, seed=3)
+    assert len(s) == 20 and s.q == 20 / 400
+    batches = [b for e in range(10) for b in (s.set_epoch(e), list(s))[1]]
+    taken = np.zeros(400)
+    heavy, seen = counts >= 20, set()
+    for b in batches:
+        custs = groups[b]
+        assert len(set(custs)) == len(custs)  # one example per customer taken
+        taken[[int(c[1:]) for c in custs]] += 1
+        seen.update(b)
+    rate = taken / len(batches)
+    assert abs(rate[heavy].mean() - 0.05) < 0.01 and abs(rate[~heavy].mean() - 0.05) < 0.01  # not by size
+    assert len(seen) > 0.5 * len(batches) * 20  # the example drawn varies across a customer's examples
+    s.set_epoch(0)
+    first = list(s)
+    s.skip = 7
+    assert list(s) == first[7:]  # resumes exactly
+
+
 def test_held_out_customers_are_stable_and_near_the_fraction():
     ids = [f"{i:064x}" for i in range(2000)]
     out = privacy.held_out_customers(ids, 0.2)
@@ -151,6 +176,16 @@ def test_attack_scores_lower_loss_as_member_per_example_and_per_customer():
     out = membership.attack(frame, loss)
     assert out["customer_auc"] == 1.0 and out["example_auc"] == 9 / 16  # 9 of 16 pairs ordered right
     assert out["member_loss"] == pytest.approx(1.8125) and out["nonmember_loss"] == pytest.approx(2.15)
+    assert "hook_auc" not in out
+    assert membership.attack(frame, loss, hook=-loss)["hook_auc"] == 1 - out["example_auc"]
+
+
+def test_row_losses_split_each_row_and_its_hook():
+    """Three rows of 3, 2 and 4 scored tokens; hooks of 2, 5 (longer than the row: all of it) and 0 (one token)."""
+    token = np.array([1.0, 3.0, 8.0, 2.0, 4.0, 5.0, 7.0, 7.0, 7.0])
+    mean, hook = membership.row_losses(token, np.array([3, 2, 4]), np.array([2, 5, 0]))
+    np.testing.assert_allclose(mean, [4.0, 3.0, 6.5])
+    np.testing.assert_allclose(hook, [2.0, 3.0, 5.0])
 
 
 def test_attack_population_splits_by_whole_customers():
@@ -265,11 +300,19 @@ def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch,
     assert acc["steps"] == 3 and acc["epsilon"] == pytest.approx(2.0, abs=0.02) and acc["unit"] == "example"
     assert acc["epsilon"] == pytest.approx(privacy.epsilon(acc["noise_multiplier"], acc["sample_rate"], 3,
                                                            acc["delta"]))
-    assert acc["delta"] == pytest.approx(1 / acc["n_examples"])
+    assert acc["delta"] == pytest.approx(1 / acc["n_units"])
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["privacy"]["epsilon"] == pytest.approx(acc["epsilon"])
     assert not any("_module" in k for k in ckpt["state_dict"])  # plain weights: loads like any run
     assert all(len(s["customer_id"]) <= personal_data.ID_PREFIX for s in summary["samples"])
+    # user-level: customers sampled, one example each; epsilon is per customer, at delta 1/customers
+    assert train.main(["--config", str(cli.CONFIG_DIR / "dp.yaml"), *common, "--trainer.max_steps", "2",
+                       "--data.sampling", "customer", "--model.dp.target_epsilon", "4",
+                       "--trainer.default_root_dir", "artifacts/runs/dp-customer"]) == 0
+    assert "protected unit: one customer" in capsys.readouterr().out
+    user = json.loads((dp_runs / "artifacts" / "runs" / "dp-customer" / "summary.json").read_text())["privacy"]
+    assert user["unit"] == "customer" and user["epsilon"] == pytest.approx(4.0, abs=0.02)
+    assert 0 < user["n_units"] <= len(set(CUSTOMERS) - privacy.held_out_customers(CUSTOMERS, 0.5))
     # without Poisson sampling the accounting would not hold: refused in one line
     with pytest.raises(Exception, match="Poisson"):
         train.main(["--config", str(cli.CONFIG_DIR / "dp.yaml"), *common, "--data.sampling", "bucket",
@@ -283,7 +326,8 @@ def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch,
     plain, dp = report["runs"]
     assert plain["epsilon"] is None and dp["epsilon"] == pytest.approx(acc["epsilon"])
     for r in (plain, dp):
-        assert 0 <= r["example_auc"] <= 1 and 0 <= r["customer_auc"] <= 1 and r["val_ppl"] > 1
+        assert 0 <= r["example_auc"] <= 1 and 0 <= r["customer_auc"] <= 1 and 0 <= r["hook_auc"] <= 1
+        assert r["val_ppl"] > 1
     assert "| artifacts/runs/dp | DP-SGD, 3 Poisson steps" in (res / "cpu.md").read_text()
     # every output these commands wrote is free of personal data
     personal = personal_data.PersonalData.from_data(dp_runs / "hm")

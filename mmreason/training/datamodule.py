@@ -103,7 +103,8 @@ class ReasonDataModule(L.LightningDataModule):
     for the prompt before the data audit); ``slots`` writes the hook's cited purchase name as
     ``collate.NAME_SLOT`` in the targets (delexicalised; ``shown.py`` fills it after decoding);
     ``limit_*`` take a seeded subset for fast runs. Artifacts are made on first use by ``pipeline``.
-    Privacy (``privacy.py``): ``sampling: poisson`` draws DP-SGD's batches; ``holdout_customers`` keeps a
+    Privacy (``privacy.py``): ``sampling: poisson`` draws DP-SGD's batches of examples, ``customer`` of
+    customers (one example each: user-level DP); ``holdout_customers`` keeps a
     hashed fraction of customers out of training (the membership test's non-members).
     """
 
@@ -116,8 +117,8 @@ class ReasonDataModule(L.LightningDataModule):
         # privacy settings are recorded only when set, so runs from before them still resume (train.resolve_ckpt)
         self.save_hyperparameters(ignore=[k for k, v, d in (("sampling", sampling, "bucket"),
                                                              ("holdout_customers", holdout_customers, 0.0)) if v == d])
-        if sampling not in ("bucket", "poisson"):
-            raise ValueError(f"sampling must be 'bucket' or 'poisson', not {sampling!r}")
+        if sampling not in ("bucket", "poisson", "customer"):
+            raise ValueError(f"sampling must be 'bucket', 'poisson' or 'customer', not {sampling!r}")
         self.sampling, self.holdout_customers = sampling, holdout_customers
         if split not in ("temporal", "unseen"):
             raise ValueError(f"split must be 'temporal' or 'unseen', not {split!r}")
@@ -211,6 +212,8 @@ class ReasonDataModule(L.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         if shuffle and self.sampling == "poisson":
             sampler = privacy.PoissonBatchSampler(len(ds), batch_size, self.seed)
+        elif shuffle and self.sampling == "customer":
+            sampler = privacy.CustomerPoissonBatchSampler(self.frame(stage)["customer_id"].to_numpy(), batch_size, self.seed)
         else:
             sampler = BucketSampler([len(e["input_ids"]) for e in ds.encoded], batch_size, shuffle, self.seed,
                                     rank=rank, world=world)

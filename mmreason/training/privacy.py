@@ -6,13 +6,22 @@ mode), each clipped to L2 norm ``max_grad_norm``, summed, plus Gaussian noise of
 (``data.sampling: poisson``: every training example joins each batch independently with probability
 q = batch_size / N). An RDP accountant turns (noise, q, steps) into epsilon at delta = 1/N.
 
-**The protected unit is one training example** (one purchase of one customer on one day, with the
-prompt built from that customer's earlier purchases). A customer has many examples (median 9 purchases,
-up to 368) and their profile and history text repeat across them, so a customer's guarantee is only
-group privacy: for a customer with k examples, roughly k * epsilon (at delta k * e^((k-1) epsilon) * 1/N),
-which is no useful bound for k beyond a few. User-level DP would sample customers, bound each customer's
-examples and clip per customer; it is not implemented. What the accounting covers: the generator's
-weights trained on the training examples. It does not cover the tokenizer and domain CLIP (trained
+**The protected unit** follows ``data.sampling``:
+
+* ``poisson``: one training example (one purchase of one customer on one day, with the prompt built from
+  that customer's earlier purchases). A customer has many examples (median 9 purchases, up to 368) and
+  their profile and history text repeat across them, so a customer's guarantee is only group privacy: for
+  a customer with k examples, roughly k * epsilon (at delta k * e^((k-1) epsilon) * 1/N), no useful bound
+  for k beyond a few.
+* ``customer``: one customer, all their examples together (user-level DP; ``CustomerPoissonBatchSampler``).
+  Each batch takes every training customer independently with probability q = batch_size / N_customers
+  and, for each one taken, one of their examples drawn at random. A customer then adds at most one
+  clipped gradient (norm <= C) to a step whatever their number of examples, and joins each step with
+  probability q: the same sampled Gaussian mechanism, with customers as the records, so the accountant's
+  epsilon at delta = 1/N_customers bounds what the weights reveal about a whole customer. The price: a
+  pass over the customers uses one example of each, so a customer's many examples are seen less often.
+
+What the accounting covers: the generator's weights trained on the training examples. It does not cover the tokenizer and domain CLIP (trained
 without noise on the same customers' purchases and on all products' copy and photos), the validation
 loss the trainer reads, the printed samples, or the choice of hyperparameters. The noise and the Poisson
 draws come from seeded PRNGs (reproducible resumes, not Opacus' secure mode): a real release would need
@@ -100,14 +109,22 @@ class PoissonBatchSampler(Sampler):
     def __len__(self):
         return max(1, round(1 / self.q))
 
+    def draw(self, b: int) -> np.ndarray:
+        """Batch b of this epoch: the records (0..n-1) it takes."""
+        rng = np.random.default_rng([self.seed, self.epoch, b])
+        idx = np.flatnonzero(rng.random(self.n) < self.q)
+        while not len(idx):
+            idx = np.flatnonzero(rng.random(self.n) < self.q)
+        return idx
+
+    def batch(self, b: int) -> list[int]:
+        """Batch b as example indices."""
+        return self.draw(b).tolist()
+
     def __iter__(self):
         skip, self.skip = self.skip, 0
         for b in range(skip, len(self)):
-            rng = np.random.default_rng([self.seed, self.epoch, b])
-            idx = np.flatnonzero(rng.random(self.n) < self.q)
-            while not len(idx):
-                idx = np.flatnonzero(rng.random(self.n) < self.q)
-            yield idx.tolist()
+            yield self.batch(b)
 
 
 # ----------------------------------------------------------------------------- model
@@ -142,6 +159,26 @@ def example_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return ce.sum(1) / n.clamp(min=1), n
 
 
+class CustomerPoissonBatchSampler(PoissonBatchSampler):
+    """User-level Poisson sampling: each batch takes every customer with probability q = batch_size /
+    n_customers and one example of each customer taken, drawn uniformly. ``groups`` (n,) holds each
+    example's customer. Batches depend on (seed, epoch, b) alone, as in ``PoissonBatchSampler``."""
+
+    def __init__(self, groups, batch_size: int, seed: int = 0):
+        codes, groups = np.unique(np.asarray(groups), return_inverse=True)
+        super().__init__(len(codes), batch_size, seed)  # n, q: over customers
+        order = np.argsort(groups, kind="stable")
+        self.starts = np.searchsorted(groups[order], np.arange(len(codes)))   # each customer's first row in order
+        self.counts = np.bincount(groups, minlength=len(codes))
+        self.order = order
+
+    def batch(self, b: int) -> list[int]:
+        c = self.draw(b)                                                   # the customers taken
+        rng = np.random.default_rng([self.seed, self.epoch, b, 1])
+        pick = self.starts[c] + (rng.random(len(c)) * self.counts[c]).astype(int)
+        return self.order[pick].tolist()
+
+
 def prepare_model(model) -> None:
     """Freeze what per-example hooks cannot see: bare parameters outside Opacus' supported layers,
     ``no_photo`` (root module) and the copy head's ``beta`` (the weight of its token-match term, kept at
@@ -156,7 +193,7 @@ class Accounting:
     noise_multiplier: float
     sample_rate: float
     delta: float
-    n_examples: int
+    n_units: int                           # training examples, or customers (unit "customer")
     max_grad_norm: float
     expected_batch_size: int
     accountant: str
@@ -169,10 +206,10 @@ class Accounting:
         return asdict(self) | {"steps": int(steps), "epsilon": self.epsilon(steps)}
 
     def line(self, steps: int) -> str:
-        return (f"[privacy] epsilon {self.epsilon(steps):.2f} at delta {self.delta:.2e} (= 1/{self.n_examples}) "
+        return (f"[privacy] epsilon {self.epsilon(steps):.2f} at delta {self.delta:.2e} (= 1/{self.n_units} {self.unit}s) "
                 f"after {steps} steps: noise {self.noise_multiplier:.3f}, clip {self.max_grad_norm}, "
                 f"q {self.sample_rate:.5f} (expected batch {self.expected_batch_size}), {self.accountant} accountant; "
-                f"protected unit: one {self.unit}, not one customer")
+                f"protected unit: one {self.unit}" + (", not one customer" if self.unit != "customer" else ""))
 
 
 def make_private(module, optimizer):
@@ -183,13 +220,15 @@ def make_private(module, optimizer):
 
     dp, trainer = module.dp, module.trainer
     data = getattr(trainer, "datamodule", None)
-    if data is None or getattr(data, "sampling", None) != "poisson":
-        raise DataError("DP-SGD needs Poisson-sampled batches: set data.sampling: poisson (configs/dp.yaml does)")
+    if data is None or getattr(data, "sampling", None) not in ("poisson", "customer"):
+        raise DataError("DP-SGD needs Poisson-sampled batches: set data.sampling: poisson (one example) or "
+                        "customer (one customer); configs/dp.yaml does")
     if trainer.world_size > 1 or trainer.accumulate_grad_batches != 1:
         raise DataError("DP-SGD here runs on one device without gradient accumulation")
     if trainer.gradient_clip_val:
         raise DataError("DP-SGD clips each example's gradient itself: set trainer.gradient_clip_val: null")
-    n = len(data.dataset("train"))
+    unit = "customer" if data.sampling == "customer" else "example"
+    n = data.frame("train")["customer_id"].nunique() if unit == "customer" else len(data.dataset("train"))
     q = min(1.0, data.batch_size / n)
     delta = dp.delta if dp.delta is not None else 1.0 / n
     steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else \
@@ -202,8 +241,9 @@ def make_private(module, optimizer):
     if "_grad_sample_module" not in module.__dict__:
         # kept out of the module tree, so checkpoints hold the plain model's weights
         module.__dict__["_grad_sample_module"] = GradSampleModule(module.model, batch_first=True, loss_reduction="mean")
-    module.accounting = Accounting(sigma, q, delta, n, dp.max_grad_norm, data.batch_size, dp.accountant)
+    module.accounting = Accounting(sigma, q, delta, n, dp.max_grad_norm, data.batch_size, dp.accountant, unit)
     print(f"[privacy] DP-SGD for {steps} steps: noise {sigma:.3f} for target epsilon "
-          f"{dp.target_epsilon if dp.noise_multiplier is None else 'n/a'} at delta {delta:.2e}; N={n}, q={q:.5f}")
+          f"{dp.target_epsilon if dp.noise_multiplier is None else 'n/a'} at delta {delta:.2e}; "
+          f"N={n} {unit}s, q={q:.5f}")
     return DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm,
                        expected_batch_size=data.batch_size, loss_reduction="mean")
