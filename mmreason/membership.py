@@ -48,7 +48,8 @@ from mmreason.training.privacy import epsilon, held_out_customers
 from mmreason.training.runs import find_checkpoint, load_run
 
 DEFAULT_RUNS = ["artifacts/runs/cpu", "artifacts/runs/privacy-nodp", "artifacts/runs/privacy-nodp-150",
-                "artifacts/runs/privacy-dp8", "artifacts/runs/privacy-dp1"]  # README, privacy: how each is trained
+                "artifacts/runs/privacy-dp8", "artifacts/runs/privacy-dp1", "artifacts/runs/privacy-user-dp8",
+                "artifacts/runs/privacy-user-dp1"]  # README, privacy: how each is trained
 
 
 def attack_population(examples: pd.DataFrame, holdout: float, n_customers: int, per_customer: int,
