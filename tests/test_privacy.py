@@ -96,7 +96,8 @@ def test_dp_config_is_the_default_run_plus_dp():
     cpu = flat(yaml.safe_load((cli.CONFIG_DIR / "cpu.yaml").read_text()))
     dp = flat(yaml.safe_load((cli.CONFIG_DIR / "dp.yaml").read_text().replace("artifacts/runs/dp", "artifacts/runs/cpu")))
     differ = {k for k in cpu.keys() | dp.keys() if cpu.get(k) != dp.get(k)}
-    allowed = {"trainer.max_epochs", "trainer.max_steps", "trainer.val_check_interval", "trainer.gradient_clip_val",
+    allowed = {"trainer.max_epochs", "trainer.max_steps", "trainer.val_check_interval", "trainer.check_val_every_n_epoch",
+               "trainer.gradient_clip_val",
                "data.batch_size", "data.sampling", "data.holdout_customers"}
     assert {k for k in differ if not k.startswith("model.dp.")} <= allowed
     assert dp["model.config.copy_head"] and "retrieved" in dp["data.prompt_fields"] and dp["model.dp.target_epsilon"]
@@ -289,7 +290,8 @@ def dp_runs(tmp_path_factory):
 def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch, capsys):
     work_in(monkeypatch, dp_runs)
     common = [*TINY, "--data.pipeline.hm_dir", str(dp_runs / "hm"), "--data.holdout_customers", "0.5",
-              "--trainer.max_epochs", "10"]  # a fixture epoch is one Poisson batch: max_steps decides
+              "--trainer.max_epochs", "10",  # a fixture epoch is one Poisson batch: max_steps decides
+              "--trainer.val_check_interval", "1"]  # dp.yaml counts it in steps: an integer
     assert train.main(["--config", str(cli.CONFIG_DIR / "dp.yaml"), *common, "--trainer.max_steps", "3",
                        "--model.dp.target_epsilon", "2", "--trainer.default_root_dir", "artifacts/runs/dp"]) == 0
     out = capsys.readouterr().out
