@@ -17,7 +17,8 @@ the same period and, customers being assigned at random, the same articles' dist
 * customer: the mean score over a customer's examples (the unit a customer cares about).
 
 Controls, in the same table: the reason's length in tokens as a model-free "attack" (0.5 if the groups
-match), and a run trained on every customer (``artifacts/runs/cpu``): for it both groups are members,
+match); each run's attack on test-period examples of both groups, which no run trained on (0.5 if the
+groups differ only by membership); and a run trained on every customer (``artifacts/runs/cpu``): for it both groups are members,
 so any distance from 0.5 is a difference between the groups, not leakage. 95% intervals: bootstrap
 over customers. Utility beside it: validation perplexity, and copy CIDEr and attribute grounding of
 greedy reasons (no post-filter) for ``--n-gen`` unseen-product test examples.
@@ -53,10 +54,12 @@ DEFAULT_RUNS = ["artifacts/runs/cpu", "artifacts/runs/privacy-nodp", "artifacts/
 
 
 def attack_population(examples: pd.DataFrame, holdout: float, n_customers: int, per_customer: int,
-                      seed: int = 0) -> pd.DataFrame:
-    """Training-stage examples of ``n_customers`` held-out and as many member customers (``member`` column),
-    at most ``per_customer`` each, drawn with ``seed``."""
-    df = examples[(examples["split_temporal"] == "train") & (examples["split_unseen"] == "train")]
+                      seed: int = 0, period: str = "train") -> pd.DataFrame:
+    """Examples of ``n_customers`` held-out and as many member customers (``member`` column), at most
+    ``per_customer`` each, drawn with ``seed``: training-stage examples (``period`` "train"), or the same
+    customers' test-period examples ("test"), which no run trained on: the control for a difference between
+    the two groups of customers that is not membership."""
+    df = examples[(examples["split_temporal"] == period) & (examples["split_unseen"] == "train")]
     out = held_out_customers(examples["customer_id"], holdout, seed)
     df = df.assign(member=~df["customer_id"].isin(out))
     rng = np.random.default_rng(seed)
@@ -140,6 +143,39 @@ def attack(frame: pd.DataFrame, loss: np.ndarray, hook: np.ndarray | None = None
 
 
 @torch.no_grad()
+def reference_losses(run: str, frame: pd.DataFrame, control: pd.DataFrame) -> dict:
+    """The reference run's losses on the attack population and the control (calibration, ``calibrated``)."""
+    path = find_checkpoint(run)
+    if path is None:
+        raise DataError(f"{run}: no checkpoint for the reference (train it, or --reference none)")
+    module, data = load_run(path)
+    if float(data.hparams.get("holdout_customers", 0.0)):
+        raise DataError(f"{run} held customers out: the reference must be trained on every customer")
+    return {"path": Path(path), "loss": losses(module, data, frame)[0],
+            "control": losses(module, data, control)[0] if len(control) else None}
+
+
+def calibrated(frame, loss, control, closs, ref: dict | None, same: bool) -> dict:
+    """The loss attack calibrated by each example's difficulty (Watson et al. 2022): score = reference loss
+    - the run's loss, the reference trained on every customer (both groups in). What makes an example easy
+    or hard (a long history, a copy the retrieved copies hold) moves both losses, and drops out; what is
+    left is how much closer the run comes to a model that trained on the example. The uncalibrated attack
+    also scores the two groups' differences (this split's held-out customers have longer histories: the
+    test-period control and a model-free score show it), which no training can remove."""
+    nan = float("nan")
+    if ref is None or same:
+        return {"calibrated_example_auc": nan, "calibrated_example_auc_ci": (nan, nan),
+                "calibrated_customer_auc": nan, "calibrated_customer_auc_ci": (nan, nan),
+                "control_calibrated_example_auc": nan}
+    a = attack(frame, loss - ref["loss"])
+    out = {"calibrated_example_auc": a["example_auc"], "calibrated_example_auc_ci": a["example_auc_ci"],
+           "calibrated_customer_auc": a["customer_auc"], "calibrated_customer_auc_ci": a["customer_auc_ci"],
+           "control_calibrated_example_auc": nan}
+    if closs is not None and ref["control"] is not None:
+        out["control_calibrated_example_auc"] = attack(control, closs - ref["control"])["example_auc"]
+    return out
+
+
 def val_perplexity(module, data) -> float:
     """exp of the token-weighted mean reason-token loss over the run's validation set."""
     module.model.eval()
@@ -172,18 +208,29 @@ def markdown(rows: list[dict], meta: dict) -> str:
     def ci(x):
         return f"[{x[0]:.3f}, {x[1]:.3f}]"
 
+    def cal(r, key):  # the reference's own row has no calibrated score
+        return "n/a (reference)" if np.isnan(r[key]) else f"{r[key]:.3f} {ci(r[key + '_ci'])}"
+
     lines = [f"Membership inference (loss attack) and utility; {meta['n_members']} member and "
              f"{meta['n_nonmembers']} held-out examples ({meta['customers']} customers per group, up to "
-             f"{meta['per_customer']} each); length-only control AUC {meta['length_auc']:.3f}. "
+             f"{meta['per_customer']} each); length-only control AUC {meta['length_auc']:.3f}. Test-period control: "
+             f"the same attack on {meta['n_control']} test-period examples of both groups (no run trained on "
+             f"them): what the groups differ by without membership. Calibrated: score = loss under "
+             f"{meta['reference']} (trained on every customer) - the run's loss. "
              f"Utility: {meta['n_gen']} unseen-product test examples, greedy, no filter.", "",
              "| run | training | epsilon (delta = 1/N) | example AUC [95%] | hook AUC [95%] | "
-             "customer AUC [95%] | val ppl | copy CIDEr | attr. precision | colour precision |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "customer AUC [95%] | calibrated example AUC [95%] | calibrated customer AUC [95%] | "
+             "test-period control: example / customer / calibrated AUC | val ppl | copy CIDEr | "
+             "attr. precision | colour precision |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         eps = f"{r['epsilon']:.2f} per {r.get('unit') or 'example'}" if r.get("epsilon") is not None else "inf (no DP)"
         lines.append(f"| {r['name']} | {r['training']} | {eps} | {r['example_auc']:.3f} {ci(r['example_auc_ci'])} | "
                      f"{r['hook_auc']:.3f} {ci(r['hook_auc_ci'])} | "
-                     f"{r['customer_auc']:.3f} {ci(r['customer_auc_ci'])} | {r['val_ppl']:.2f} | "
+                     f"{r['customer_auc']:.3f} {ci(r['customer_auc_ci'])} | "
+                     f"{cal(r, 'calibrated_example_auc')} | {cal(r, 'calibrated_customer_auc')} | "
+                     f"{r['control_example_auc']:.3f} / {r['control_customer_auc']:.3f} / "
+                     f"{r['control_calibrated_example_auc']:.3f} | {r['val_ppl']:.2f} | "
                      f"{r.get('copy_cider', float('nan')):.3f} | {r.get('grounding_overall_precision', float('nan')):.3f} | "
                      f"{r.get('grounding_colour_precision', float('nan')):.3f} |")
     return "\n".join(lines) + "\n"
@@ -224,9 +271,11 @@ class MembershipOptions:
         per_customer: examples per customer at most
         n_gen: unseen-product test examples decoded for utility (0: none)
         seed: seed of the populations and the decoding
+        reference: a run trained on every customer, for the calibrated attack ("none": no calibration)
         out: folder for cpu.json / cpu.md (default results/privacy)
     """
     runs: list[str] = field(default_factory=lambda: list(DEFAULT_RUNS))
+    reference: str = "artifacts/runs/cpu"
     holdout: float = 0.2
     customers: int = 200
     per_customer: int = 5
@@ -245,7 +294,7 @@ def main(argv=None) -> int:
     paths.offline()
     torch.manual_seed(args.seed)
     t0 = time.time()
-    rows, frame, length_auc = [], None, None
+    rows, frame, control, length_auc, ref = [], None, None, None, None
     try:
         for run in args.runs:
             path = find_checkpoint(run)
@@ -256,6 +305,11 @@ def main(argv=None) -> int:
             if frame is None:
                 frame = attack_population(data.artifacts.examples, args.holdout, args.customers, args.per_customer,
                                           args.seed)
+                try:
+                    control = attack_population(data.artifacts.examples, args.holdout, args.customers,
+                                                args.per_customer, args.seed, period="test")
+                except DataError:  # a group without test-period examples (tiny data): no control
+                    control = frame.iloc[:0]
             hold = float(data.hparams.get("holdout_customers", 0.0))
             if hold and (hold != args.holdout or data.seed != args.seed):
                 raise DataError(f"{run} held out {hold} of customers with seed {data.seed}, "
@@ -266,15 +320,24 @@ def main(argv=None) -> int:
                 length_auc = float(roc_auc_score(frame["member"], n_tok))
             training, eps, unit = describe(module, data, ckpt)
             row = {"name": run, "training": training, "epsilon": eps, "unit": unit} | attack(frame, loss, hook)
+            closs = losses(module, data, control)[0] if len(control) else None
+            ctrl = attack(control, closs) if len(control) else {}
+            row |= {"control_example_auc": ctrl.get("example_auc", float("nan")),
+                    "control_customer_auc": ctrl.get("customer_auc", float("nan"))}
+            if ref is None and args.reference not in ("none", None):
+                ref = reference_losses(args.reference, frame, control)
+            row |= calibrated(frame, loss, control, closs, ref, same=Path(path) == ref["path"] if ref else False)
             row |= utility(module, data, args.n_gen, args.seed)
             print(f"[membership] {run}: example AUC {row['example_auc']:.3f}, hook AUC {row['hook_auc']:.3f}, "
-                  f"customer AUC {row['customer_auc']:.3f}, "
-                  f"val ppl {row['val_ppl']:.2f}")
+                  f"customer AUC {row['customer_auc']:.3f}; test-period control {row['control_example_auc']:.3f} / "
+                  f"{row['control_customer_auc']:.3f}; calibrated {row['calibrated_example_auc']:.3f} / "
+                  f"{row['calibrated_customer_auc']:.3f}; val ppl {row['val_ppl']:.2f}")
             rows.append(row)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     meta = {"n_members": int(frame["member"].sum()), "n_nonmembers": int((~frame["member"]).sum()),
+            "n_control": len(control), "reference": args.reference,
             "customers": args.customers, "per_customer": args.per_customer, "holdout": args.holdout,
             "length_auc": length_auc, "n_gen": args.n_gen, "seed": args.seed, "seconds": round(time.time() - t0)}
     out = Path(args.out or paths.results_dir("privacy"))

@@ -181,6 +181,23 @@ def test_attack_scores_lower_loss_as_member_per_example_and_per_customer():
     assert membership.attack(frame, loss, hook=-loss)["hook_auc"] == 1 - out["example_auc"]
 
 
+def test_calibration_removes_a_difference_between_the_groups_and_keeps_membership():
+    """Non-members here have harder examples (+0.8 loss under any model): the plain attack scores that as
+    membership even for a run that learnt nothing of its members; the calibrated one does not, and still
+    finds a run whose members' losses are lower than the reference's pattern predicts."""
+    rng = np.random.default_rng(0)
+    n = 400
+    frame = pd.DataFrame({"customer_id": [f"c{i}" for i in range(n)], "member": np.arange(n) < n // 2})
+    hard = rng.normal(size=n) + 0.8 * ~frame["member"].to_numpy()        # each example's difficulty
+    ref = {"path": None, "loss": 2.0 + hard, "control": None}           # the reference trained on everyone
+    blind = 3.0 + hard + 0.1 * rng.normal(size=n)                        # saw no member: difficulty only
+    leaky = blind - 0.5 * frame["member"].to_numpy()                     # members' losses lower
+    assert membership.attack(frame, blind)["example_auc"] > 0.6          # the groups' difference, not leakage
+    assert abs(membership.calibrated(frame, blind, frame.iloc[:0], None, ref, False)["calibrated_example_auc"] - 0.5) < 0.06
+    assert membership.calibrated(frame, leaky, frame.iloc[:0], None, ref, False)["calibrated_example_auc"] > 0.9
+    assert np.isnan(membership.calibrated(frame, blind, frame, None, ref, same=True)["calibrated_example_auc"])
+
+
 def test_row_losses_split_each_row_and_its_hook():
     """Three rows of 3, 2 and 4 scored tokens; hooks of 2, 5 (longer than the row: all of it) and 0 (one token)."""
     token = np.array([1.0, 3.0, 8.0, 2.0, 4.0, 5.0, 7.0, 7.0, 7.0])
@@ -320,15 +337,23 @@ def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch,
         train.main(["--config", str(cli.CONFIG_DIR / "dp.yaml"), *common, "--data.sampling", "bucket",
                     "--trainer.max_steps", "1", "--trainer.default_root_dir", "artifacts/runs/dp-bucket"])
     assert train.main([*common, "--trainer.max_steps", "3", "--trainer.default_root_dir", "artifacts/runs/plain"]) == 0
+    everyone = [a for a in common if a not in ("--data.holdout_customers", "0.5")]
+    assert train.main([*everyone, "--trainer.max_steps", "3", "--trainer.default_root_dir", "artifacts/runs/all"]) == 0
     capsys.readouterr()
     res = dp_runs / "results"
+    # the reference must have trained on both groups: one line, exit 2
+    assert membership.main(["--runs", "artifacts/runs/dp", "--reference", "artifacts/runs/plain", "--holdout", "0.5",
+                            "--customers", "2", "--per-customer", "2", "--n-gen", "0", "--out", str(res)]) == 2
+    assert "the reference must be trained on every customer" in capsys.readouterr().err and not res.exists()
     assert membership.main(["--runs", "artifacts/runs/plain", "artifacts/runs/dp", "--holdout", "0.5",
-                            "--customers", "2", "--per-customer", "2", "--n-gen", "2", "--out", str(res)]) == 0
+                            "--customers", "2", "--per-customer", "2", "--n-gen", "2", "--out", str(res),
+                            "--reference", "artifacts/runs/all"]) == 0
     report = json.loads((res / "cpu.json").read_text())
     plain, dp = report["runs"]
     assert plain["epsilon"] is None and dp["epsilon"] == pytest.approx(acc["epsilon"])
     for r in (plain, dp):
         assert 0 <= r["example_auc"] <= 1 and 0 <= r["customer_auc"] <= 1 and 0 <= r["hook_auc"] <= 1
+        assert 0 <= r["calibrated_example_auc"] <= 1
         assert r["val_ppl"] > 1
     assert "| artifacts/runs/dp | DP-SGD, 3 Poisson steps" in (res / "cpu.md").read_text()
     # every output these commands wrote is free of personal data
