@@ -26,7 +26,8 @@ FIGURES = {
     "01-data-prep": ["01_articles.png", "01_purchases_per_user.png", "01_attribute_distributions.png",
                      "01_target_length.png", "01_hook_shares.png"],
     "02-training": ["02_training_curves.png", "02_clip_evidence.png"],
-    "03-diversity-analysis": ["03_accuracy_vs_diversity.png", "03_personalisation.png", "03_baselines_ablations.png"],
+    "03-diversity-analysis": ["03_accuracy_vs_diversity.png", "03_personalisation.png", "03_baselines_ablations.png",
+                              "03_privacy.png"],
     "04-case-studies": ["04_case_1.png", "04_case_2.png"],
 }
 
@@ -201,3 +202,20 @@ def test_notebook_runs_in_fast_mode_and_writes_its_figures(executed, name):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= len(FIGURES[name])  # the figures are shown
     assert not (root / "artifacts" / "runs" / "cpu").exists()  # fast mode never touches the default run
+
+
+def test_privacy_chart_plots_each_runs_auc_and_utility(tmp_path):
+    """The committed membership report: every plotted AUC is the report's, the reference's missing
+    calibrated AUC is left out, and the utility panel has one point per run at (perplexity, copy CIDEr)."""
+    report = json.loads((paths.REPO_ROOT / "results" / "privacy" / "cpu.json").read_text())
+    fig = plots.privacy_leakage(report)
+    leak, util = fig.axes
+    xs = sorted(float(x) for line in leak.lines for x in np.atleast_1d(line.get_xdata()) if len(leak.lines))
+    want = sorted(float(r[k]) for r in report["runs"] for k in ("example_auc", "customer_auc", "calibrated_example_auc",
+                                                                 "calibrated_customer_auc") if not np.isnan(r[k]))
+    assert all(any(abs(w - x) < 1e-9 for x in xs) for w in want)  # each AUC is drawn
+    points = np.vstack([c.get_offsets() for c in util.collections])
+    np.testing.assert_allclose(points, [[r["val_ppl"], r["copy_cider"]] for r in report["runs"]])
+    top = max(zip(leak.get_yticks(), (t.get_text() for t in leak.get_yticklabels())))[1]
+    assert top == plots._privacy_label(report["runs"][0]) and top.startswith("no DP")  # the first run on top
+    _png(fig, tmp_path, "privacy.png")

@@ -363,6 +363,55 @@ def baselines_ablations(results: dict, metrics=ABLATION_METRICS) -> Figure:
     return fig
 
 
+def _privacy_label(r: dict) -> str:
+    """A run's short name: its DP setting, or its training budget."""
+    if r.get("epsilon") is None:
+        every = "every customer" in r["training"]
+        return f"no DP, {r['training'].split(',')[0]}" + (" (every customer)" if every else "")
+    return f"DP, eps {r['epsilon']:.0f} per {r.get('unit') or 'example'}"
+
+
+def privacy_leakage(report: dict) -> Figure:
+    """``results/privacy/cpu.json`` (``python -m mmreason.membership``): each run's membership-attack AUC
+    with its 95% interval (plain and difficulty-calibrated, per example and per customer), beside its
+    utility (validation perplexity against copy CIDEr)."""
+    rows = report["runs"]
+    fig = _figure(13, 0.45 * len(rows) + 2.2)
+    ax, au = fig.subplots(1, 2, width_ratios=[1.6, 1])
+    y = np.arange(len(rows))[::-1]
+    series = [("example_auc", "plain, per example", GREY, "o", -0.24),
+              ("customer_auc", "plain, per customer", GREY, "s", -0.08),
+              ("calibrated_example_auc", "calibrated, per example", COLOURS[0], "o", 0.08),
+              ("calibrated_customer_auc", "calibrated, per customer", COLOURS[3], "s", 0.24)]
+    for key, label, colour, marker, dy in series:
+        vals = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+        ci = np.array([r.get(key + "_ci", (np.nan, np.nan)) for r in rows], dtype=float)
+        ok = ~np.isnan(vals)
+        ax.errorbar(vals[ok], y[ok] + dy, xerr=np.abs(ci[ok].T - vals[ok]), fmt=marker, color=colour,
+                    ms=5, capsize=2, label=label)
+    ax.axvline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_yticks(y, [_privacy_label(r) for r in rows], fontsize=9)
+    ax.set_xlabel("membership-attack AUC (0.5: members and held-out customers look alike)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Leakage (95% intervals, bootstrap over customers)", fontsize=10)
+    for i, r in enumerate(rows):
+        ppl, cider = r.get("val_ppl", np.nan), r.get("copy_cider", np.nan)
+        au.scatter([ppl], [cider], color=COLOURS[i % len(COLOURS)], s=30)
+        au.annotate(_privacy_label(r), (ppl, cider), fontsize=7, xytext=(4, 3 if i % 2 else -9),
+                    textcoords="offset points")
+    au.set_xscale("log")
+    au.set_xlabel("validation perplexity (log; lower is better)")
+    au.set_ylabel("copy CIDEr, greedy, unseen products")
+    au.grid(alpha=0.3)
+    au.set_title("Utility", fontsize=10)
+    meta = report.get("meta", {})
+    fig.suptitle(f"Membership inference against utility: {meta.get('n_members', '?')} member and "
+                 f"{meta.get('n_nonmembers', '?')} held-out examples; calibrated = the reference's loss "
+                 f"({meta.get('reference', '?')}) minus the run's", fontsize=10)
+    return fig
+
+
 # ----------------------------------------------------------------------------- 04: case studies
 
 def _wrap(text: str, width: int) -> list[str]:
