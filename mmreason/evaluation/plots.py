@@ -2,6 +2,10 @@
 
 Figures are built with ``matplotlib.figure.Figure`` (not pyplot), so they need no display, leak no
 global state in tests, and show in a notebook as a cell's last value. ``save`` writes a PNG.
+
+Longer than 400 lines: one function per figure of the four notebooks (in their order, under a heading
+per notebook), sharing the helpers at the top; a figure's code is read beside its neighbours more often
+than alone. Split it by notebook if it grows further.
 """
 from __future__ import annotations
 
