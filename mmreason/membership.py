@@ -325,7 +325,11 @@ def main(argv=None) -> int:
             row |= {"control_example_auc": ctrl.get("example_auc", float("nan")),
                     "control_customer_auc": ctrl.get("customer_auc", float("nan"))}
             if ref is None and args.reference not in ("none", None):
-                ref = reference_losses(args.reference, frame, control)
+                ref_path = find_checkpoint(args.reference)
+                if ref_path is not None and Path(ref_path) == Path(path) and not hold:  # the reference: reuse its losses
+                    ref = {"path": Path(path), "loss": loss, "control": closs}
+                else:
+                    ref = reference_losses(args.reference, frame, control)
             row |= calibrated(frame, loss, control, closs, ref, same=Path(path) == ref["path"] if ref else False)
             row |= utility(module, data, args.n_gen, args.seed)
             print(f"[membership] {run}: example AUC {row['example_auc']:.3f}, hook AUC {row['hook_auc']:.3f}, "

@@ -328,12 +328,13 @@ class ReasonModel(nn.Module):
         labels = F.pad(labels, (h.size(1) - labels.size(1), 0), value=-100)[:, 1:]               # (B, k+T-1)
         scored = labels != -100
         targets = labels[scored]
-        # each row's scored positions, in order, left-aligned: the first n of Q (a quarter of a row)
-        n = scored.sum(1)                                                                        # (B,)
-        Q = int(n.max()) if n.numel() else 0
-        at = scored.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :Q]         # (B, Q)
-        valid = torch.arange(Q, device=h.device)[None] < n[:, None]                              # (B, Q)
-        take = lambda x: x.gather(1, at[..., None].expand(-1, -1, x.size(-1)))  # noqa: E731  (B, Q, C)
+        if rows or self.copy is not None:
+            # each row's scored positions, in order, left-aligned: the first n of Q (a quarter of a row)
+            n = scored.sum(1)                                                                    # (B,)
+            Q = int(n.max()) if n.numel() else 0
+            at = scored.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :Q]     # (B, Q)
+            valid = torch.arange(Q, device=h.device)[None] < n[:, None]                          # (B, Q)
+            take = lambda x: x.gather(1, at[..., None].expand(-1, -1, x.size(-1)))  # noqa: E731  (B, Q, C)
         if rows:
             lp = hf.lm_head(take(h)).float().log_softmax(-1)[valid]                              # (N, V)
         else:

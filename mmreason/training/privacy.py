@@ -30,8 +30,8 @@ secret randomness.
 Three things in ``ReasonModel`` escape per-example hooks and are handled here: ``no_photo`` (a bare
 parameter on the root module, used for articles without a photo: none in H&M) and the copy head's
 ``beta`` (a bare scalar) are frozen, and the photo prefix's segment vector is read through the segment
-embedding's forward (see ``model.photo_prefix``); with the copy head, the LM head reads (B, Q, C) rows
-(``scored_logprobs(rows=True)``) instead of the batch flattened.
+embedding's forward (see ``model.photo_prefix``); the LM head reads (B, Q, C) rows
+(``scored_logprobs(rows=True)``, ``example_losses``) instead of the batch flattened.
 ``tests/test_privacy.py`` checks that the per-example gradients sum to the ordinary gradient for every
 trainable parameter.
 """
@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 from mmreason.io import DataError
@@ -130,33 +129,17 @@ class PoissonBatchSampler(Sampler):
 # ----------------------------------------------------------------------------- model
 
 def example_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (each example's mean cross-entropy over its reason tokens (B,), scored tokens per example (B,)).
+    """-> (each example's mean loss over its reason tokens (B,), scored tokens per example (B,)).
 
-    ``ReasonModel.reason_loss`` runs the LM head on the scored positions of the whole batch flattened
-    together; per-example gradient hooks need every layer's input to keep the batch dimension, so here
-    the head runs on (B, R, C): each row's scored positions, in order, right-padded.
+    ``ReasonModel.scored_logprobs`` with ``rows=True``: the LM head (and the copy head, where there is one)
+    reads each row's scored positions as (B, Q, C), so per-example gradient hooks see the batch dimension in
+    every layer's input; the model's usual loss flattens the batch there.
     """
-    if getattr(model, "copy", None) is not None:  # the copy head's layers read (B, ...) inputs; rows=True: the LM head too
-        lp, _, scored = model.scored_logprobs(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
-                                              batch["segment_ids"], batch["attention_mask"], batch["labels"],
-                                              rows=True)
-        n = scored.sum(1)
-        total = torch.zeros(len(n), dtype=lp.dtype, device=lp.device).index_add_(0, scored.nonzero()[:, 0], -lp)
-        return total / n.clamp(min=1), n
-    x, mask, pos = model.embed_prefix(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
-                                      batch["segment_ids"], batch["attention_mask"])
-    hf = model.gpt2.get_base_model() if hasattr(model.gpt2, "get_base_model") else model.gpt2
-    h = hf.transformer(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state  # (B, k+T, C)
-    labels = F.pad(batch["labels"], (h.size(1) - batch["labels"].size(1), 0), value=-100)[:, 1:]  # (B, k+T-1)
-    scored = labels != -100
-    R = max(1, int(scored.sum(1).max()))
-    order = torch.argsort((~scored).to(torch.int8), dim=1, stable=True)[:, :R]          # scored positions first
-    hr = h[:, :-1].gather(1, order.unsqueeze(-1).expand(-1, -1, h.size(-1)))             # (B, R, C)
-    targets = labels.gather(1, order)                                                     # (B, R), -100 = padding
-    logits = hf.lm_head(hr)                                                               # (B, R, V)
-    ce = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")  # (B, R)
-    n = (targets != -100).sum(1)
-    return ce.sum(1) / n.clamp(min=1), n
+    lp, _, scored = model.scored_logprobs(batch["photo_embedding"], batch["has_photo"], batch["input_ids"],
+                                          batch["segment_ids"], batch["attention_mask"], batch["labels"], rows=True)
+    n = scored.sum(1)
+    total = torch.zeros(len(n), dtype=lp.dtype, device=lp.device).index_add_(0, scored.nonzero()[:, 0], -lp)
+    return total / n.clamp(min=1), n
 
 
 class CustomerPoissonBatchSampler(PoissonBatchSampler):
