@@ -46,6 +46,7 @@ def markdown(before: dict, after: dict, train_before: dict, train_after: dict, m
         return "–" if v is None else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
     lines = [f"# RL fine-tuning on purchase feedback ({meta['steps']} steps)", "",
              f"Supervised run `{meta['run']}` -> `{meta['out']}`; config: {meta['config']}.", "",
+             f"Rewarded and trained: {meta['rewarded']}.", "",
              "## Sampled reasons (the training distribution; validation prompts)", "",
              "| model | reward | P(buy) | grounding | ROUGE-L ref. | passes filter |", "|---|---|---|---|---|---|"]
     for name, m in (("supervised", train_before), ("RL", train_after)):
@@ -180,7 +181,9 @@ def main(argv=None) -> int:
     policy.eval()
     after = {"sampled": sampled_reward(policy.model, val_prompts, reward, config, tok),
              "deployed": {s: deployed_scores(policy, data, p, reward, items, args.decode, args.progress) for s, p in evals.items()}}
-    meta = {"run": str(base_path), "out": str(out), "steps": config.steps, "config": asdict(config),
+    rewarded = ("the sampled hook followed by the prompt's first retrieved copy, as the deployed offer shows it "
+                "(the hook's tokens credited)" if train_prompts.hook_only(config.part) else "the whole sampled reason")
+    meta = {"run": str(base_path), "out": str(out), "steps": config.steps, "config": asdict(config), "rewarded": rewarded,
             "seconds": round(time.time() - t0), "n_eval": args.n_eval, "decode": args.decode}
     table = markdown(before["deployed"], after["deployed"], before["sampled"], after["sampled"], meta)
     results = Path(args.results or paths.results_dir("cpu"))

@@ -185,11 +185,44 @@ def test_rl_step_raises_the_log_prob_of_the_sample_above_its_baseline(work, monk
     assert float(after[0] - after[1]) > float(before[0] - before[1]) + 1e-3
 
 
+def test_hook_part_rewards_the_hook_with_the_retrieved_copy_and_credits_only_the_hook(work, monkeypatch):
+    """part="hook": the reward sees the sampled reason's first sentence followed by the prompt's first retrieved
+    copy, as the deployed offer shows it, and the policy gradient scores the hook's tokens alone, without EOS."""
+    tok = load_run(work / "run")[1].tokenizer
+    hook, copy = "You bought the striped tee.", "Soft jersey top in cotton."
+    ids = tok.encode(f"{hook} {copy}", add_special_tokens=False)
+    n_hook = len(tok.encode(hook, add_special_tokens=False))
+    assert tok.decode(ids[:n_hook]) == hook and reinforce.hook_length(tok, ids) == n_hook
+    one = tok.encode("Just this", add_special_tokens=False)  # one sentence: all of it is the hook
+    assert reinforce.hook_length(tok, one) == len(one)
+    planted = lambda model, batch, cfg, eos_id, gen=None: [[(ids, 0.0), (one, 0.0)]] * batch["input_ids"].size(0)  # noqa: E731
+    monkeypatch.setattr(reinforce, "decode", planted)
+    reward = PlantedReward([1.0, 0.0, 0.5, 0.5])
+    _, _, prompts, batch, _, _, rows = _step(work, monkeypatch, reward, prompts=2, samples=2, kl_coef=0.0,
+                                             max_new_tokens=80, part="hook")
+    assert all(prompts.retrieved)  # the tiny run's prompt has the retrieved segment
+    firsts = [prompts.retrieved[next(i for i, r in enumerate(prompts.rows) if r is seen)].split(" | ")[0]
+              for seen in reward.rows[0][::2]]
+    assert reward.texts[0] == [t for f in firsts for t in (f"{hook} {f}", f"Just this {f}")]
+    eos = token_id(tok, EOS)
+    labels = [[t for t in r if t != -100] for r in batch["labels"].tolist()]
+    assert labels == [ids[:n_hook], one] * 2 and all(eos not in r for r in labels)
+    assert rows.numel() == 2 * (n_hook + len(one))
+    # part="reason" (the default): the whole sampled reason is shown and scored, EOS where the sample stopped
+    reward = PlantedReward([1.0, 0.0, 0.5, 0.5])
+    _, _, _, batch, *_ = _step(work, monkeypatch, reward, prompts=2, samples=2, kl_coef=0.0, max_new_tokens=80)
+    assert reward.texts[0] == [f"{hook} {copy}", "Just this"] * 2
+    assert [[t for t in r if t != -100] for r in batch["labels"].tolist()] == [ids + [eos], one + [eos]] * 2
+    with pytest.raises(ValueError, match="part"):
+        reinforce.RLConfig(part="copy")
+
+
 @pytest.mark.slow
 def test_rl_cli_runs_resumes_exactly_and_reports(in_work, capsys):
     assert rl.main(rl_args(in_work, in_work / "rl_a", "--steps", "2")) == 0
     out = capsys.readouterr().out
     assert "| unseen | supervised |" in out and "| temporal | RL |" in out
+    assert "Rewarded and trained: the whole sampled reason" in out
     m = json.loads((in_work / "rl_a" / "results" / "rl.json").read_text())
     for part in ("before", "after"):
         assert set(m[part]["deployed"]) == {"unseen", "temporal"}

@@ -16,6 +16,14 @@ README): generic copy ("fine knit containing some wool") that names no type or c
 hooks that make no history claim, pass the filter and cannot be wrong; reasons then became less
 specific (unique-sentence ratio 0.73 -> 0.36, copy CIDEr 0.45 -> 0.38 on unseen products).
 
+``part`` says what is rewarded. "reason" (the default): the whole sampled reason. "hook": what the deployed
+offer shows for a run whose prompt retrieves copies, i.e. the sample's first sentence followed by the prompt's
+first retrieved copy (``shown.offered``); the reward scores that text and the gradient and the KL credit the
+hook's tokens only. Measured on the default run (README): neither moves the deployed reward (unseen -0.008 with
+"reason", -0.009 with "hook"); "reason" raises the sampled reward (0.242 -> 0.361), "hook" does not (0.447 ->
+0.434): the supervised hooks already match the silver ones (hook BLEU-4 97), so the reward has little left to
+find in them.
+
 Prompts are the supervised model's training examples (days before each customer's val/test day).
 Before and after, the deployed decoding (beam + filter, as ``mmreason.evaluate``) is scored on the
 unseen-product and temporal test sets: mean reward and its parts, grounding precision, filter
@@ -38,9 +46,10 @@ from mmreason import metrics as M
 from mmreason import paths
 from mmreason.decoding.filters import Filter, vocab_from_items
 from mmreason.decoding.generate import DecodeConfig, decode
-from mmreason.decoding.shown import decoding
+from mmreason.decoding.shown import decoding, offered
 from mmreason.evaluation.systems import histories, model_reasons, score
 from mmreason.io import DataError
+from mmreason.metrics import split_sentences
 from mmreason.model.collate import EOS, collate, encode_example, token_id
 from mmreason.model.network import SEG_REASON
 from mmreason.recsys.feedback import FeedbackModel
@@ -48,6 +57,7 @@ from mmreason.recsys.feedback_train import FeedbackRun, run as train_feedback
 from mmreason.recsys.twotower import load_photo_embeddings
 
 GROUNDED_FIELDS = {"colour": "colour_group_name", "type": "product_type_name"}
+PARTS = ("reason", "hook")
 
 
 @dataclass
@@ -66,9 +76,12 @@ class RLConfig:
     w_grounding: float = 0.5
     w_reference: float = 2.0       # ROUGE-L F1 with the silver reason (real copy + real-history hook)
     w_filter: float = 0.5
+    part: str = "reason"           # what is rewarded (module docstring): "reason" or "hook" (+ the retrieved copy)
     seed: int = 0
 
     def __post_init__(self):
+        if self.part not in PARTS:
+            raise ValueError(f"part must be one of {', '.join(PARTS)}, not {self.part!r}")
         if self.baseline not in ("loo", "greedy"):
             raise ValueError(f"baseline must be 'loo' or 'greedy', not {self.baseline!r}")
         if self.baseline == "loo" and self.samples < 2:
@@ -128,12 +141,19 @@ class Prompts:
         self.frame = frame.reset_index(drop=True)
         self.rows = self.frame[["customer_id", "article_id", "t_dat", "reason"]].to_dict("records")
         self.hists = histories(self.frame, interactions, items)
-        self.encoded = [encode_example(data.tokenizer, data.prompt_example(r), data.max_prompt_tokens, with_reason=False)
-                        for r in self.frame.to_dict("records")]
+        examples = [data.prompt_example(r) for r in self.frame.to_dict("records")]
+        self.encoded = [encode_example(data.tokenizer, e, data.max_prompt_tokens, with_reason=False) for e in examples]
+        self.retrieved = [e.get("retrieved") for e in examples]  # the copies offered after the hook; None: no segment
         self.photo, self.has_photo = data.artifacts.photo_lookup(self.frame["article_id"].to_numpy())
 
     def __len__(self):
         return len(self.frame)
+
+    def hook_only(self, part: str) -> bool:
+        """Whether ``part`` ("reason", "hook") rewards the hook + the retrieved copy (module docstring)."""
+        if part == "hook" and not all(r is not None for r in self.retrieved):
+            raise ValueError('part="hook" needs a run whose prompt_fields include "retrieved"')
+        return part == "hook"
 
     def batch(self, idx, pad_id: int) -> dict:
         b = collate([self.encoded[i] for i in idx], pad_id=pad_id, padding_side="left")
@@ -143,20 +163,50 @@ class Prompts:
 
 
 def sequence_batch(prompts: Prompts, idx, samples: list[list[list[int]]], eos_id: int, pad_id: int,
-                   max_new_tokens: int) -> dict:
+                   max_new_tokens: int, eos: bool = True) -> dict:
     """Prompt + sampled reason rows (prompt-major: row i*K + j is sample j of prompt idx[i]), labels on the
-    reason. A sample shorter than max_new_tokens stopped at EOS, so EOS is part of what the policy chose."""
+    reason. A sample shorter than max_new_tokens stopped at EOS, so EOS is part of what the policy chose
+    (eos=False: the samples are credited as given, e.g. hooks cut from longer reasons)."""
     rows, photo_rows = [], []
     for i, cands in zip(idx, samples):
         p = prompts.encoded[i]
         for ids in cands:
-            reason = list(ids) + ([eos_id] if len(ids) < max_new_tokens else [])
+            reason = list(ids) + ([eos_id] if eos and len(ids) < max_new_tokens else [])
             rows.append({"input_ids": p["input_ids"] + reason, "segment_ids": p["segment_ids"] + [SEG_REASON] * len(reason),
                          "labels": [-100] * len(p["input_ids"]) + reason})
             photo_rows.append(i)
     b = collate(rows, pad_id=pad_id, padding_side="right")
     t = torch.as_tensor(photo_rows)
     return b | {"photo_embedding": prompts.photo[t], "has_photo": prompts.has_photo[t]}
+
+
+def hook_length(tokenizer, ids: list[int]) -> int:
+    """How many of ``ids`` spell the first sentence of their text (``metrics.split_sentences``): the shortest
+    prefix whose decoded text is as long as that sentence (all of them for a one-sentence text)."""
+    sentences = split_sentences(tokenizer.decode(ids, skip_special_tokens=True))
+    if len(sentences) < 2:
+        return len(ids)
+    return next(j for j in range(1, len(ids) + 1)
+                if len(tokenizer.decode(ids[:j], skip_special_tokens=True).strip()) >= len(sentences[0]))
+
+
+def shown_samples(tokenizer, prompts: Prompts, idx, samples: list[list[list[int]]], hook: bool, eos_id: int
+                  ) -> tuple[list[str], list[list[list[int]]]]:
+    """What each sample would be shown as (flat, prompt-major) and the ids the policy is credited for (nested like
+    ``samples``). hook=False: the sampled reason, and its ids (``sequence_batch`` adds EOS where it stopped).
+    hook=True: the reason's first sentence followed by the prompt's first retrieved copy (``shown.offered``), and
+    the hook's ids alone, or EOS for an empty sample (stopping at once was the policy's only choice)."""
+    texts, credited = [], []
+    for i, cands in zip(idx, samples):
+        credited.append([])
+        for ids in cands:
+            text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            if hook:
+                text = (offered(text, prompts.retrieved[i], 1) or [text])[0]
+                ids = ids[:hook_length(tokenizer, ids)] or [eos_id]
+            texts.append(text)
+            credited[-1].append(ids)
+    return texts, credited
 
 
 def token_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -184,7 +234,8 @@ def rl_step(policy, reference, optimizer, prompts: Prompts, reward: Reward, conf
                            num_return_sequences=K)
     prompt_batch = prompts.batch(idx, pad_id)
     samples = [[ids for ids, _ in c] for c in decode(policy, prompt_batch, sampler, eos_id, step_generator(config.seed, step))]
-    texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for c in samples for ids in c]
+    hook = prompts.hook_only(config.part)
+    texts, credited = shown_samples(tokenizer, prompts, idx, samples, hook, eos_id)
     rows = [prompts.rows[i] for i in idx for _ in range(K)]
     hists = [prompts.hists[i] for i in idx for _ in range(K)]
     r = reward(texts, rows, hists)
@@ -193,12 +244,12 @@ def rl_step(policy, reference, optimizer, prompts: Prompts, reward: Reward, conf
         base = (R.sum(1, keepdim=True) - R) / (K - 1)                                  # (B, K)
     else:
         greedy = decode(policy, prompt_batch, DecodeConfig("greedy", max_new_tokens=config.max_new_tokens), eos_id)
-        g_texts = [tokenizer.decode(c[0][0], skip_special_tokens=True).strip() for c in greedy]
+        g_texts, _ = shown_samples(tokenizer, prompts, idx, [[c[0][0]] for c in greedy], hook, eos_id)
         g = reward(g_texts, [prompts.rows[i] for i in idx], [prompts.hists[i] for i in idx])["reward"]
         base = torch.as_tensor(g, dtype=torch.float32)[:, None].expand_as(R)
     adv = (R - base).flatten()                                                         # (B*K,)
 
-    batch = sequence_batch(prompts, idx, samples, eos_id, pad_id, config.max_new_tokens)
+    batch = sequence_batch(prompts, idx, credited, eos_id, pad_id, config.max_new_tokens, eos=not hook)
     policy.eval()  # no dropout: the log-probs must be those of the policy that sampled
     logp_all, targets, row = token_logprobs(policy, batch)                             # (N, V), (N,), (N,)
     with torch.no_grad():
@@ -223,15 +274,16 @@ def rl_step(policy, reference, optimizer, prompts: Prompts, reward: Reward, conf
 # --------------------------------------------------------------------------- evaluation
 
 def sampled_reward(model, prompts: Prompts, reward: Reward, config: RLConfig, tokenizer, batch: int = 32) -> dict:
-    """Mean reward (and parts) of reasons sampled as in training (temperature, K=1), seed-fixed."""
+    """Mean reward (and parts) of reasons sampled as in training (temperature, K=1, shown as ``config.part``
+    says), seed-fixed."""
     eos_id = token_id(tokenizer, EOS)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     cfg = DecodeConfig("sample", temperature=config.temperature, max_new_tokens=config.max_new_tokens)
-    gen, texts = torch.Generator().manual_seed(config.seed), []
+    gen, texts, hook = torch.Generator().manual_seed(config.seed), [], prompts.hook_only(config.part)
     for s in range(0, len(prompts), batch):
         idx = list(range(s, min(s + batch, len(prompts))))
-        texts += [tokenizer.decode(c[0][0], skip_special_tokens=True).strip()
-                  for c in decode(model, prompts.batch(idx, pad_id), cfg, eos_id, gen)]
+        samples = [[c[0][0]] for c in decode(model, prompts.batch(idx, pad_id), cfg, eos_id, gen)]
+        texts += shown_samples(tokenizer, prompts, idx, samples, hook, eos_id)[0]
     r = reward(texts, prompts.rows, prompts.hists)
     return {k: float(np.mean(r[k])) for k in ("reward", "feedback", "grounding", "reference", "passed")}
 
