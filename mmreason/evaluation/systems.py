@@ -28,9 +28,10 @@ VARIANTS = {
                                                      "false", "--model.config.n_positions", "384"]),
     "text_only": ("artifacts/runs/text_only", ["--model.config.use_photo", "false"]),  # retrieval, no photo prefix
     "photo_only": ("artifacts/runs/photo_only", ["--data.prompt_fields", "[user_profile, behaviour]"]),
-    # the ablation of issue 13 (not in the default systems): the prompt before the data audit, and
-    # delexicalised targets (the cited name as a slot filled from the evidence)
-    "no_evidence": ("artifacts/runs/no_evidence", ["--data.prompt_fields", "[user_profile, behaviour, product]"]),
+    # the ablation of issue 13 (not in the default systems): the prompt before the data audit (the default's
+    # without its evidence segment; retrieved copies kept), and delexicalised targets (the cited name as a slot
+    # filled from the evidence)
+    "no_evidence": ("artifacts/runs/no_evidence", ["--data.prompt_fields", "[user_profile, behaviour, product, retrieved]"]),
     "slots": ("artifacts/runs/slots", ["--data.slots", "true"]),
     # issue 14's k: one retrieved copy instead of two
     "retrieval_k1": ("artifacts/runs/retrieval_k1", ["--data.pipeline.retrieval_k", "1", "--data.max_prompt_tokens",
