@@ -143,9 +143,9 @@ def attack(frame: pd.DataFrame, loss: np.ndarray, hook: np.ndarray | None = None
 
 
 @torch.no_grad()
-def reference_losses(run: str, frame: pd.DataFrame, control: pd.DataFrame) -> dict:
-    """The reference run's losses on the attack population and the control (calibration, ``calibrated``)."""
-    path = find_checkpoint(run)
+def reference_losses(run: str, path: Path | None, frame: pd.DataFrame, control: pd.DataFrame) -> dict:
+    """The reference run's losses on the attack population and the control (calibration, ``calibrated``);
+    ``path``: its checkpoint (``find_checkpoint(run)``)."""
     if path is None:
         raise DataError(f"{run}: no checkpoint for the reference (train it, or --reference none)")
     module, data = load_run(path)
@@ -329,7 +329,7 @@ def main(argv=None) -> int:
                 if ref_path is not None and Path(ref_path) == Path(path) and not hold:  # the reference: reuse its losses
                     ref = {"path": Path(path), "loss": loss, "control": closs}
                 else:
-                    ref = reference_losses(args.reference, frame, control)
+                    ref = reference_losses(args.reference, ref_path, frame, control)
             row |= calibrated(frame, loss, control, closs, ref, same=Path(path) == ref["path"] if ref else False)
             row |= utility(module, data, args.n_gen, args.seed)
             print(f"[membership] {run}: example AUC {row['example_auc']:.3f}, hook AUC {row['hook_auc']:.3f}, "
