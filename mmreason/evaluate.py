@@ -80,9 +80,11 @@ TABLES = {
         ("USR", "usr"), ("Dist-2", "distinct2"), ("Self-BLEU-4", "self_bleu4"), ("FMR", "fmr"), ("FCR", "fcr"),
         ("DIV", "div"), ("colour prec.", "grounding_colour_precision"), ("type prec.", "grounding_type_precision"),
         ("pattern prec.", "grounding_pattern_precision"), ("history-claim prec.", "history_claim_precision"),
-        ("named-purchase prec.", "name_citation_precision"),
+        ("named-purchase prec.", "name_citation_precision"), ("hook = evidence", "hook_evidence_rate"),
         ("personalised share", "probe_personalised_share"), ("cross-user dist.", "probe_cross_user_distance"),
-        ("top candidate rejected", "filter_rejection_rate"), ("retrieved copy shown", "retrieved_copy_share")],
+        ("top candidate rejected", "filter_rejection_rate"), ("shown passes", "shown_pass_rate"),
+        ("hook repaired", "evidence_hook_share"),
+        ("retrieved copy shown", "retrieved_copy_share")],
 }
 
 
@@ -216,7 +218,9 @@ def main(argv=None) -> int:
             m = score(hyps, frame, items, hist, vocab, with_embedding=args.embedding, parts=parts)
             if report:
                 m["retrieved_copy_share"] = report.pop("retrieved_copy_share")
+                m["evidence_hook_share"] = report.pop("evidence_hook_share")
                 m["filter_rejection_rate"] = report["first_choice_rejected_rate"]  # the best candidate failed
+                m["shown_pass_rate"] = 1 - report["no_candidate_passed_rate"]  # after the fallback, if any
                 m["filter_report"] = report
             if system in VARIANTS and split == "temporal":
                 m.update(personalisation_probe(*loaded[system], frame, interactions, items, filt, seed=args.seed,

@@ -369,3 +369,32 @@ def test_greedy_drops_finished_rows_and_each_row_decodes_as_alone(tokenizer, bat
         alone = decode(model, one, cfg, eos, constraints=[cons[b]], tokenizer=tokenizer)
         assert alone[0][0][0] == together[b][0][0]
         assert alone[0][0][1] == pytest.approx(together[b][0][1], abs=SCORE_ATOL)
+
+
+def test_a_hook_the_evidence_does_not_state_is_repaired_with_the_evidence_hook(monkeypatch):
+    """Rows with an evidence hook: a candidate that opens with it is shown as the model wrote it; where no
+    candidate does (a spliced subject, a time of the model's own), the evidence's hook takes the place of the
+    model's first sentence and the model's copy follows it (``Shown.hook == "evidence"``); the retrieved copy
+    is then offered after that hook. A row without a hook is not held to one."""
+    import mmreason.decoding.shown as shown_mod
+
+    tokenizer = tiny_tokenizer(SENTENCES)
+    hook = "Red is a regular in your wardrobe: you have chosen it twice, most recently with the Luna skinny."
+    hist = {"n": 2, "colours": {"red"}, "types": {"dress"}, "patterns": {"solid"}, "names": {"luna skinny"}}
+    spliced, timed = hook.replace("Red", "LightSocks"), hook.replace("skinny.", "skinny 2 months ago.")
+    cands = {0: [f"{spliced} A wrap dress.", f"{hook} A wrap dress in jersey."],   # the 2nd beam holds the hook
+             1: [f"{spliced} A wrap dress.", f"{timed} Soft wrap dress."],        # no beam does
+             2: [f"{spliced} A wrap dress."]}                                      # no hook to hold it to
+    monkeypatch.setattr(shown_mod, "generate_reasons",  # EXAMPLES' article ids are 1, 2, 3
+                        lambda model, tok, prompts, *a, **kw: [cands[p["article_id"] - 1] for p in prompts])
+    rows = [dict(EXAMPLES[i], hook=h) for i, h in enumerate((hook, hook, None))]
+    got = shown_reasons(None, _data(tokenizer, False), rows, [ARTICLE] * 3, DecodeConfig("beam"), FILTER, [hist] * 3)
+    assert [(s.reason, s.hook, s.passed) for s in got] == [
+        (f"{hook} A wrap dress in jersey.", "model", True),
+        (f"{hook} A wrap dress.", "evidence", True),     # the best-ranked candidate's copy after the evidence's hook
+        (f"{spliced} A wrap dress.", "model", True)]
+    assert got[1].rejected[0] == (f"{spliced} A wrap dress.", ["unsupported_hook"])
+    data = _data(tokenizer, False)
+    data.prompt_example = lambda r: {"retrieved": "Soft jersey dress. | Other.", "article_id": r["article_id"]}
+    offered = shown_reasons(None, data, rows[1:2], [ARTICLE], DecodeConfig("beam"), FILTER, [hist])[0]
+    assert (offered.reason, offered.source, offered.hook) == (f"{hook} Soft jersey dress.", "retrieved", "evidence")

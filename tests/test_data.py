@@ -282,8 +282,8 @@ def test_real_slice_of_hm(tmp_path, real_hm, capsys):
     items = t["items"].set_index("article_id")
     for r in ex.sample(n=min(100, len(ex)), random_state=1).itertuples():
         past = prompts.history_before(t["interactions"], items, r.customer_id, r.t_dat)
-        assert prompts.evidence_fields(items.loc[r.article_id].to_dict(), past) == {"evidence": r.evidence,
-                                                                                 "cited_name": r.cited_name}
+        assert prompts.evidence_fields(items.loc[r.article_id].to_dict(), past) == {
+            "evidence": r.evidence, "cited_name": r.cited_name, "hook": r.hook}
 
 
 def assert_context_rebuilds_examples(t, examples):

@@ -131,6 +131,33 @@ def test_a_named_purchase_must_be_one_the_user_made(filt):
         assert "false_history" in filt.check(made_up + " Wide trousers in woven fabric.", ARTICLE, history), made_up
 
 
+def test_the_hook_must_be_the_one_its_evidence_states(filt):
+    """Hooks the default run showed on the test sets while every older check passed them (named purchase
+    real, no wrong value named): a spliced subject, a section the user was never counted in, a time the
+    evidence gives for another template, a cut name. Only the evidence's own hook sentence passes."""
+    history = {**HISTORY, "names": {"Ford", "Ibiza Vis. TRS", "Danja Sweater"}}
+    copy = " Wide trousers in woven fabric."
+    hook = "Black is a regular in your wardrobe: you have chosen it twice, most recently with the Ford."
+    assert filt.check(hook + copy, ARTICLE, history, hook) == []
+    assert filt.check(hook.upper().replace(":", " -") + copy, ARTICLE, history, hook) == []  # tokens, not spelling
+    for wrong in (hook.replace("Black", "LightSocks"),                                 # a subject no one wrote
+                  hook.replace("Ford.", "Ford 9 months ago."),                         # a time of its own
+                  hook.replace("twice", "3 times"),                                    # a count of its own
+                  "More from Divided Collection, where you have shopped twice, most recently for the Ford.",
+                  ""):                                                                  # no hook at all
+        assert filt.check(wrong + copy, ARTICLE, history, hook) == ["unsupported_hook"], wrong
+    assert filt.check(hook.replace("Black", "LightSocks") + copy, ARTICLE, history) == []  # hook unknown: unchecked
+    # a name with a full stop makes the hook two sentences; a reason that cuts the name is not the hook
+    dotted = "Trousers is one of your staples: you have bought it twice, most recently the Ibiza Vis. TRS 11 months ago."
+    assert filt.check(dotted + copy, ARTICLE, history, dotted) == []
+    cut = "Trousers is one of your staples: you have bought it twice, most recently the Ibiza Vis."
+    assert filt.check(cut + copy, ARTICLE, history, dotted) == ["unsupported_hook"]
+    # no evidence hook (no section, no history): nothing to state
+    assert filt.check("Wide trousers in woven fabric.", ARTICLE, NO_HISTORY, "") == []
+    chosen, rejected = filt.select([hook.replace("Black", "Light White") + copy, hook + copy], ARTICLE, history, hook)
+    assert chosen == hook + copy and rejected[0][1][-1] == "unsupported_hook"
+
+
 def test_repetitive(filt):
     loop = "Wide trousers in black. Wide trousers in black. Wide trousers in black."
     assert filt.check(loop, ARTICLE, None) == ["repetitive"]

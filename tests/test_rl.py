@@ -13,6 +13,7 @@ import torch
 from mmreason import feedback as FB
 from mmreason import recommend as R
 from mmreason import rl, train
+from mmreason.datasets.prompts import evidence_fields
 from mmreason.decoding.filters import Filter, vocab_from_items
 from mmreason.decoding.generate import DecodeConfig, decode
 from mmreason.model.collate import EOS, token_id
@@ -270,9 +271,11 @@ def test_explainer_and_recommend_explain(in_work, capsys, monkeypatch):
     assert [e.article_id for e in out] == [300000001, 700000001] and all(e.reason for e in out)
     items = pd.read_parquet(in_work / "artifacts" / "data" / "hm" / "items.parquet").set_index("article_id")
     filt = Filter(vocab_from_items(items.reset_index()))
-    for e in out:  # greedy: one candidate, shown; flagged exactly when the filter, on a's whole history, rejects it
-        causes = filt.check(e.reason, items.loc[e.article_id].to_dict(), HISTORY_A)
-        assert e.passed_filter == (not causes) and e.rejected == ([(e.reason, causes)] if causes else [])
+    history = ex.context("a" * 64, ex.next_day())[0]["history"]
+    hooks = {a: evidence_fields(items.loc[a].to_dict(), history)["hook"] for a in items.index}  # a's evidence hooks
+    for e in out:  # flagged exactly when the filter, on a's whole history and the evidence's hook, rejects it
+        causes = filt.check(e.reason, items.loc[e.article_id].to_dict(), HISTORY_A, hooks[e.article_id])
+        assert e.passed_filter == (not causes) and (e.hook == "model" or e.reason.startswith(hooks[e.article_id]))
     with pytest.raises(KeyError):
         ex.explain("a" * 64, [123])
     with pytest.raises(KeyError):
@@ -289,11 +292,16 @@ def test_explainer_and_recommend_explain(in_work, capsys, monkeypatch):
         offered, _ = ex.explain("a" * 64, [700000001, 300000001])
         m.setattr(ex, "offer_retrieved", 0)  # the generated candidates alone
         bikini, tee = ex.explain("a" * 64, [700000001, 300000001])
-    assert offered.source == "retrieved" and offered.passed_filter
-    assert offered.reason.startswith("Like the Striped tee you bought last. ") and offered.reason != planted[700000001][1]
-    assert (bikini.reason, bikini.passed_filter, bikini.source) == (planted[700000001][1], True, "generated")
-    assert bikini.rejected == [(planted[700000001][0], ["wrong_type", "false_history"])]  # a bought no dress
-    assert (tee.reason, tee.passed_filter) == (planted[300000001][0], False)
+    # neither planted hook is the one a's evidence states: the evidence's hook is shown before the planted copy
+    hook = hooks[700000001]
+    assert hook and offered.source == "retrieved" and offered.passed_filter and offered.hook == "evidence"
+    assert offered.reason.startswith(hook + " ") and offered.reason != f"{hook} A padded bikini top."
+    assert (bikini.reason, bikini.passed_filter, bikini.source, bikini.hook) == (
+        f"{hook} A padded bikini top.", True, "generated", "evidence")
+    assert bikini.rejected == [(planted[700000001][0], ["wrong_type", "false_history", "unsupported_hook"]),  # no dress
+                               (planted[700000001][1], ["unsupported_hook"])]  # true, but not what the evidence says
+    # copy alone: no hook to repair and a copy of the wrong colour and type; the best one is shown, flagged
+    assert (tee.reason, tee.passed_filter, tee.hook) == (planted[300000001][0], False, "model")
     assert [text for text, _ in tee.rejected] == planted[300000001]
     assert all("wrong_colour" in causes and "wrong_type" in causes for _, causes in tee.rejected)
 

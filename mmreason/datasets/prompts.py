@@ -134,9 +134,10 @@ def history_before(interactions: pd.DataFrame, items: pd.DataFrame, customer_id:
 
 def evidence_fields(article: dict, history: list[Purchase]) -> dict:
     """The prompt's evidence for ``article`` and a customer's earlier purchases, as ``build_tables`` writes
-    it: {"evidence", "cited_name"} (reasons.build_hook's rule)."""
+    it: {"evidence", "cited_name", "hook"} (reasons.build_hook's rule; "hook" is the sentence those facts make,
+    which the filter holds a shown reason's hook to)."""
     hook = build_hook(article, history)
-    return {"evidence": hook.evidence_text, "cited_name": hook.cited_name}
+    return {"evidence": hook.evidence_text, "cited_name": hook.cited_name, "hook": hook.text}
 
 
 FEATURE_COLUMNS = ["product_type_name", "colour_group_name", "graphical_appearance_name",

@@ -13,6 +13,13 @@
                  none, or the claim names colours (or types) none of which the user ever bought, or it
                  names an earlier purchase ("most recently the Luna skinny") that is not among the user's
                  (history["names"], when given)
+  unsupported_hook  (when the prompt's evidence hook is given: ``hook=``) the reason does not open with the
+                 hook sentence its evidence states (reasons.build_hook: the facts, count, time and name the
+                 prompt shows, in their template). The evidence holds one hook's facts and nothing else the
+                 user did, so any other hook states something the model cannot see: a colour it spliced
+                 ("LightSocks is a regular in your wardrobe"), a section the user was never counted in, a
+                 time or count of its own. Compared on metrics.tokenize tokens (case and punctuation free),
+                 sentence for sentence: a hook with a trailing claim or a cut name is not the hook.
 
 When is a named value *not* a contradiction (so the filter errs towards keeping a reason)?
   * it is compatible with the article's own value: equal, or one's words contain the other's
@@ -35,7 +42,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from mmreason.metrics import (HISTORY_CLAIM_PATTERNS, cited_purchases, cites_a_purchase, history_claims,
                               mentioned_values, split_sentences, tokenize)
 
-CAUSES = ("empty", "truncated", "repetitive", "wrong_colour", "wrong_type", "wrong_pattern", "false_history")
+CAUSES = ("empty", "truncated", "repetitive", "wrong_colour", "wrong_type", "wrong_pattern", "false_history",
+          "unsupported_hook")
 
 # field -> the article columns holding its true value(s)
 FIELDS = {
@@ -192,6 +200,17 @@ def _fits_article(value: str, truths: set[str], all_truths: set[str], own_text: 
             or f" {value} " in own_text)
 
 
+def hook_span(reason: str, hook: str) -> str | None:
+    """The leading sentences of ``reason`` that state ``hook`` (the evidence's hook sentence, which may hold
+    more than one sentence when a cited name has a full stop: "the Ibiza Vis. TRS"), or None when they do not
+    state it token for token. An empty ``hook`` (no section, no history) is stated by no sentences: ""."""
+    if not isinstance(hook, str) or not hook.strip():
+        return ""
+    k = len(split_sentences(hook))
+    lead = " ".join(split_sentences(reason)[:k])
+    return lead if tokenize(lead) == tokenize(hook) else None
+
+
 class _Bought:
     """What the user's earlier purchases back up, per field: a value in the history's set for the field,
     or words of an earlier purchase's name ("names", optional: hooks cite them, e.g. "the Denim TRS").
@@ -229,12 +248,14 @@ class Filter:
         self.index = {field: _index(vocab.get(field, ()), generic.get(field, ())) for field in FIELDS}
         self._contradicting: dict = {}  # contradicting's results by the article's columns
 
-    def check(self, reason: str, article: Mapping, history: Mapping | None) -> list[str]:
+    def check(self, reason: str, article: Mapping, history: Mapping | None, hook: str | None = None) -> list[str]:
         """Rejection causes, in CAUSES order; [] = accepted.
 
         history: the user's purchases before this one, {"n": how many, "colours", "types", "patterns":
         sets of their values, optionally "names": their prod_names}; None when unknown (then claims are
         not checked).
+        hook: the hook sentence the prompt's evidence states (the row's "hook", prompts.evidence_fields);
+        None when unknown (then the hook is not compared).
         """
         tokens = tokenize(reason or "")
         if len(tokens) < self.min_words:
@@ -275,6 +296,8 @@ class Filter:
                                                      for s in claims for c in cited_purchases(s))
             if not bought.n or unbacked or made_up:
                 causes.append("false_history")
+        if hook is not None and hook_span(reason, hook) is None:
+            causes.append("unsupported_hook")
         return causes
 
     CONTRADICTING = 4096  # articles whose ``contradicting`` values are kept
@@ -295,15 +318,15 @@ class Filter:
             self._contradicting[key] = hit
         return hit
 
-    def select(self, candidates: Sequence[str], article: Mapping,
-               history: Mapping | None) -> tuple[str | None, list[tuple[str, list[str]]]]:
+    def select(self, candidates: Sequence[str], article: Mapping, history: Mapping | None,
+               hook: str | None = None) -> tuple[str | None, list[tuple[str, list[str]]]]:
         """(chosen, rejected): the first (best-ranked) cleaned candidate that passes, and every cleaned
         candidate rejected before it with its causes. chosen is None when no candidate passes; then
         rejected holds all of them, and rejected[0][0] is the best-ranked text to fall back on."""
         rejected = []
         for text in candidates:
             text = clean(text, drop_unfinished=self.drop_unfinished)
-            causes = self.check(text, article, history)
+            causes = self.check(text, article, history, hook)
             if not causes:
                 return text, rejected
             rejected.append((text, causes))
@@ -311,10 +334,10 @@ class Filter:
 
 
 def check(reason: str, article: Mapping, history: Mapping | None,
-          vocab: Mapping[str, Iterable[str]] | None = None) -> list[str]:
+          vocab: Mapping[str, Iterable[str]] | None = None, hook: str | None = None) -> list[str]:
     """Filter(vocab).check(...) in one call; without vocab only the article's own values are known, so
     nothing can contradict them and no wrong_* cause is raised. Build one Filter for many reasons."""
-    return Filter(vocab or {}).check(reason, article, history)
+    return Filter(vocab or {}).check(reason, article, history, hook)
 
 
 def rejection_report(results: Iterable[tuple[str | None, list[tuple[str, list[str]]]]]) -> dict:

@@ -107,14 +107,15 @@ def clip_evidence(artifacts, clip_model: str | None = None) -> dict:
 
 def generate(module, data, frame: pd.DataFrame, decode: DecodeConfig, batch_size: int = 160,
              items: pd.DataFrame | None = None, hist: list[dict] | None = None, filt: Filter | None = None,
-             constrain: bool = True) -> list[Shown]:
+             constrain: bool = True, offer_retrieved: int | None = None) -> list[Shown]:
     """The shown reason (``shown.shown_reasons``: ranked candidates, filter verdict) for every row of
-    ``frame`` (examples, or probe rows with swapped users). items default: the run's items table."""
+    ``frame`` (examples, or probe rows with swapped users). items default: the run's items table;
+    offer_retrieved: None as deployed, 0 for the generated candidates alone."""
     items = data.artifacts.items if items is None else items
     arts = items.set_index("article_id").loc[frame["article_id"]].reset_index().to_dict("records")
     filt = filt if filt is not None else Filter(vocab_from_items(items))
     return shown_reasons(module, data, frame.to_dict("records"), arts, decode, filt, hist, constrain=constrain,
-                         batch_size=batch_size)
+                         batch_size=batch_size, offer_retrieved=offer_retrieved)
 
 
 def _within_set_distinct2(candidates: list[list[str]]) -> float:
@@ -126,6 +127,8 @@ def _within_set_distinct2(candidates: list[list[str]]) -> float:
 def decoding_sweep(module, data, frame: pd.DataFrame, items: pd.DataFrame, hist: list[dict], filt: Filter,
                    decoders: dict[str, DecodeConfig] | None = None, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Score each decoder's top candidate against the silver reasons, and its diversity across examples.
+    The decoders' own candidates: the deployed offer of the retrieved copy (and the evidence's hook where
+    none of a decoder's passes) would show most examples the same reason whatever the decoder.
 
     -> (one row per decoder: bleu4, cider, distinct2, usr, self_bleu4, within_set_distinct2 (among an
     example's candidates), top_passes_filter, any_passes_filter, mean_words, seconds;
@@ -138,7 +141,7 @@ def decoding_sweep(module, data, frame: pd.DataFrame, items: pd.DataFrame, hist:
     for name, decode in decoders.items():
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        shown = generate(module, data, frame, decode, items=items, hist=hist, filt=filt)
+        shown = generate(module, data, frame, decode, items=items, hist=hist, filt=filt, offer_retrieved=0)
         seconds = time.perf_counter() - t0
         cands = [s.candidates for s in shown]
         hyps = [c[0] if c else "" for c in cands]  # no candidate (every beam ended under the constraint): empty

@@ -11,7 +11,7 @@ import pandas as pd
 from mmreason import metrics as M
 from mmreason import paths
 from mmreason.datasets.prompts import evidence_fields, history_before
-from mmreason.decoding.filters import Filter, is_generic, rejection_report, specific_values
+from mmreason.decoding.filters import Filter, hook_span, is_generic, rejection_report, specific_values
 from mmreason.decoding.generate import preset
 from mmreason.decoding.shown import history_sets, shown_reasons
 from mmreason.features import retrieval
@@ -125,8 +125,9 @@ def load_variant(name: str) -> tuple[ReasonModule, ReasonDataModule] | None:
 
 def model_reasons(module, data, frame, items, hist, filt: Filter, decode, product_override=None, progress=True,
                   constrain=True, offer_retrieved=None, fallback=None):
-    """The shown reasons (``shown.shown_reasons``) for ``frame``, the filter's rejection report and the share
-    of shown reasons whose copy is a retrieved one (``offer_retrieved``)."""
+    """The shown reasons (``shown.shown_reasons``) for ``frame``, the filter's rejection report, the share of
+    shown reasons whose copy is a retrieved one (``offer_retrieved``) and the share whose hook is the evidence's
+    own because none of the model's passed (``shown``'s repair)."""
     rows = frame.to_dict("records")
     if product_override is not None:
         for r, p in zip(rows, product_override):
@@ -135,7 +136,8 @@ def model_reasons(module, data, frame, items, hist, filt: Filter, decode, produc
     shown = shown_reasons(module, data, rows, arts, decode, filt, hist, constrain=constrain, progress=progress,
                           offer_retrieved=offer_retrieved, fallback=fallback)
     report = rejection_report([s.selected for s in shown]) | {
-        "retrieved_copy_share": float(np.mean([s.source == "retrieved" for s in shown]))}
+        "retrieved_copy_share": float(np.mean([s.source == "retrieved" for s in shown])),
+        "evidence_hook_share": float(np.mean([s.hook == "evidence" for s in shown]))}
     return [s.reason for s in shown], report
 
 
@@ -162,6 +164,9 @@ def score(hyps, frame, items, hist, vocab, with_embedding=True, parts=None) -> d
                          histories=history_values, names=[h.get("names") or () for h in hist],
                          with_embedding=with_embedding)
     out.update(M.name_citation_precision(hyps, [h.get("names") or () for h in hist]))
+    # a generator's hook states exactly what its evidence does (filters.hook_span); a baseline writes no such hook
+    out["hook_evidence_rate"] = (float(np.mean([hook_span(h, e) is not None for h, e in zip(hyps, frame["hook"])]))
+                                 if parts is None else float("nan"))
     parts = [first_sentence_split(h) for h in hyps] if parts is None else parts
     if len(parts) != len(hyps):
         raise ValueError(f"{len(parts)} (hook, copy) parts for {len(hyps)} hyps")
@@ -187,7 +192,7 @@ def probe_rows(frame: pd.DataFrame, n_articles: int = 40, n_users: int = 4, seed
     for a in arts.to_dict("records"):
         for u in users.iloc[rng.choice(len(users), size=min(n_users, len(users)), replace=False)].to_dict("records"):
             rows.append({**a, "customer_id": u["customer_id"], "user_profile": u["user_profile"], "behaviour": u["behaviour"],
-                         "user_day": u["t_dat"], "evidence": "", "cited_name": ""})
+                         "user_day": u["t_dat"], "evidence": "", "cited_name": "", "hook": None})
     if interactions is not None and items is not None:
         by_id = items.set_index("article_id")
         for r in rows:

@@ -114,7 +114,7 @@ class Reward:
         """rows: customer_id, article_id, t_dat and (for the reference term) reason, the silver target."""
         c = self.config
         arts = [self.items.loc[int(r["article_id"])].to_dict() for r in rows]
-        causes = [self.filter.check(t, a, h) for t, a, h in zip(texts, arts, hists)]
+        causes = [self.filter.check(t, a, h, r.get("hook")) for t, a, h, r in zip(texts, arts, hists, rows)]
         passed = np.array([not cs for cs in causes], dtype=float)
         grounding = np.array([self.grounding(t, a, cs) for t, a, cs in zip(texts, arts, causes)])
         if self.feedback is not None:
@@ -139,7 +139,8 @@ class Prompts:
 
     def __init__(self, data, frame: pd.DataFrame, interactions: pd.DataFrame, items: pd.DataFrame):
         self.frame = frame.reset_index(drop=True)
-        self.rows = self.frame[["customer_id", "article_id", "t_dat", "reason"]].to_dict("records")
+        # "hook": the evidence's hook sentence, which the filter holds a reason's hook to (filters.hook_span)
+        self.rows = self.frame[["customer_id", "article_id", "t_dat", "reason", "hook"]].to_dict("records")
         self.hists = histories(self.frame, interactions, items)
         examples = [data.prompt_example(r) for r in self.frame.to_dict("records")]
         self.encoded = [encode_example(data.tokenizer, e, data.max_prompt_tokens, with_reason=False) for e in examples]
@@ -202,6 +203,7 @@ def shown_samples(tokenizer, prompts: Prompts, idx, samples: list[list[list[int]
         for ids in cands:
             text = tokenizer.decode(ids, skip_special_tokens=True).strip()
             if hook:
+                # the sampled hook, never the evidence's (offered's repair): the reward must score what was sampled
                 text = (offered(text, prompts.retrieved[i], 1) or [text])[0]
                 ids = ids[:hook_length(tokenizer, ids)] or [eos_id]
             texts.append(text)

@@ -85,6 +85,7 @@ class Explanation:
     passed_filter: bool                     # False: no candidate passed; the best one is shown
     rejected: list[tuple[str, list[str]]] = field(default_factory=list)  # candidates before it, with causes
     source: str = "generated"               # "retrieved": the generated hook + a retrieved copy (offer_retrieved)
+    hook: str = "model"                     # "evidence": the model's hook failed the filter; the evidence's is shown
 
 
 class Explainer:
@@ -154,7 +155,7 @@ class Explainer:
         shown = iter(shown_reasons(self.module, self.data, rows, articles, self.decode, self.filter, hists,
                                    constrain=self.constrain, batch_size=self.batch_size, progress=progress,
                                    offer_retrieved=self.offer_retrieved, fallback=self.fallback))
-        return [[Explanation(a, s.reason, s.passed, s.rejected, s.source) for a, s in zip(ids, shown)] for ids in sizes]
+        return [[Explanation(a, s.reason, s.passed, s.rejected, s.source, s.hook) for a, s in zip(ids, shown)] for ids in sizes]
 
     def _retrieval(self) -> tuple[int, str]:
         pc = self.data.pipeline_config
@@ -187,7 +188,8 @@ class Explainer:
                               [hist] * len(rows), constrain=self.constrain, photo=photo,
                               has_photo=has_photo, batch_size=self.batch_size, progress=progress,
                               offer_retrieved=self.offer_retrieved, fallback=self.fallback)
-        return [Explanation(int(a["article_id"]), s.reason, s.passed, s.rejected, s.source) for a, s in zip(dicts, shown)]
+        return [Explanation(int(a["article_id"]), s.reason, s.passed, s.rejected, s.source, s.hook)
+                for a, s in zip(dicts, shown)]
 
     def __call__(self, customer_id: str, article_ids, day=None) -> list[str]:
         return [e.reason for e in self.explain(customer_id, article_ids, day)]
