@@ -35,6 +35,7 @@ from mmreason.training.runs import find_checkpoint, load_run
 
 TABLE = [("reward", "reward"), ("P(buy)", "feedback"), ("grounding", "grounding"), ("ROUGE-L ref.", "reference"),
          ("shown passes filter", "shown_passes_filter"), ("top cand. rejected", "first_choice_rejected"),
+         ("hook repaired", "hook_repaired"),
          ("colour prec.", "grounding_colour_precision"), ("type prec.", "grounding_type_precision"),
          ("named-purchase prec.", "name_citation_precision"),
          ("Dist-2", "distinct2"), ("USR", "usr"), ("Self-BLEU-4", "self_bleu4"), ("CIDEr", "cider"),

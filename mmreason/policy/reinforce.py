@@ -307,6 +307,7 @@ def deployed_scores(module, data, prompts: Prompts, reward: Reward, items: pd.Da
            "grounding": float(np.mean(r["grounding"])), "reference": float(np.mean(r["reference"])),
            "shown_passes_filter": float(np.mean(r["passed"])),
            "first_choice_rejected": report["first_choice_rejected_rate"],
+           "hook_repaired": report["evidence_hook_share"],  # the model's hook failed: the evidence's is shown
            **{k: m[k] for k in KEY_METRICS if k in m}}
     return out | {"samples": [{"article_id": int(a), "generated": h, "silver": s} for a, h, s in
                               list(zip(prompts.frame["article_id"], hyps, prompts.frame["reason"]))[:8]]}
