@@ -304,6 +304,7 @@ def history_claim_precision(
     histories: Sequence[Iterable[str]],
     claim_patterns: Sequence[str] | None = None,
     values: Iterable[str] | None = None,
+    names: Sequence[Iterable[str]] | None = None,
 ) -> dict[str, float]:
     """Claim rate, and the share of claims backed by the user's real history.
 
@@ -312,16 +313,19 @@ def history_claim_precision(
     name attribute values, at least one of them is in it: such sentences usually also name the new
     article ("goes with the shirts you bought"), so requiring all would reject true claims.
     `values` are the attribute values looked for in claims (default: everything anyone has bought).
+    `names` (names[i]: user i's earlier purchases' names): a real purchase's name cited in a claim is not
+    read for values ("like the SUZY TWISTED STRAP TOP you bought" claims no top), as ``without_cited_names``.
     """
     histories = [{_joined(v) for v in h} for h in histories]
     index = _value_index(values if values is not None else set().union(*histories))
+    names = names if names is not None else [()] * len(hyps)
     claims = supported = 0
-    for hyp, history in zip(hyps, histories, strict=True):
+    for hyp, history, user_names in zip(hyps, histories, names, strict=True):
         sentences = history_claims(hyp, claim_patterns)
         if not sentences:
             continue
         claims += 1
-        named = set().union(*(mentioned_values(s.split(), index) for s in sentences))
+        named = set().union(*(mentioned_values(without_cited_names(s, user_names), index) for s in sentences))
         supported += bool(history) and (not named or bool(named & history))
     return {"history_claim_rate": _ratio(claims, len(hyps)), "history_claim_precision": _ratio(supported, claims)}
 
@@ -418,7 +422,7 @@ def evaluate_all(
     if histories is not None:
         # Look for every known attribute value in claims, not only values someone has bought.
         values = {v for h in histories for v in h} | {v for vs in (vocab or {}).values() for v in vs}
-        out.update(history_claim_precision(hyps, histories, values=values))
+        out.update(history_claim_precision(hyps, histories, values=values, names=names))
     if user_ids is not None and article_ids is not None:
         out.update({f"personalisation_{k}": v for k, v in personalisation(hyps, user_ids, article_ids).items()})
     if with_embedding:

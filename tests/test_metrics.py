@@ -166,6 +166,12 @@ def test_history_claim_precision():
     assert out == pytest.approx({"history_claim_rate": 0.8, "history_claim_precision": 0.5})
     # by default only values someone has bought are looked for, so the unknown "blue" goes unnoticed
     assert M.history_claim_precision(hyps, histories)["history_claim_precision"] == 0.75
+    # a real purchase's name cited in a claim is no claim about its values; an invented name is read
+    cites = ["More Jersey Fancy, like the Strap top you bought 5 months ago. Fitted top."] * 2
+    got = M.history_claim_precision(cites, [{"vest top"}] * 2, values={"top", "vest top"},
+                                    names=[{"Strap top"}, {"Other"}])
+    assert got["history_claim_precision"] == 0.5
+    assert M.history_claim_precision(cites[:1], [{"vest top"}], values={"top", "vest top"})["history_claim_precision"] == 0
 
 
 def test_name_citation_precision():
