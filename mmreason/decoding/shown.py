@@ -175,7 +175,7 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
             fixed = [f for f in (rehooked(t, e) for t in c) if f is not None]
             chosen, refused = filt.select(fixed, a, h, e)
             if chosen is not None:
-                shown = Shown(chosen, True, rejected + refused, c + fixed, hook="evidence")
+                shown = Shown(chosen, True, rejected + refused, c, hook="evidence")  # candidates: as decoded
         if offer_retrieved:
             offers = offered(shown.reason, p["retrieved"], offer_retrieved, e)
             pick, refused = filt.select(offers, a, h, e)

@@ -230,7 +230,7 @@ def clip_evidence(evidence: dict) -> Figure:
     else:
         _note(ax1, "no training history\n(pretrained CLIP)")
     r = ev["retrieval"]
-    ks = list(r["chance"])
+    ks = sorted(r["chance"], key=lambda k: int(k.split("@")[1]))  # R@1, R@5, R@10 (a JSON file may sort them as text)
     if not r["n"]:
         _note(ax2, "no held-out product\nwith a photo: no retrieval")
     else:
@@ -324,7 +324,9 @@ def personalisation(psweep: pd.DataFrame) -> Figure:
 ABLATION_METRICS = [  # (label, key in results, higher is better)
     ("BLEU-4", "bleu4", True), ("CIDEr", "cider", True), ("hook CIDEr", "hook_cider", True),
     ("copy CIDEr", "copy_cider", True), ("Distinct-2", "distinct2", True), ("Self-BLEU-4", "self_bleu4", False),
-    ("colour precision", "grounding_colour_precision", True), ("history-claim precision", "history_claim_precision", True),
+    ("colour precision", "grounding_colour_precision", True),
+    # every shown hook is its evidence's (shown.py's repair): how often the rule, not the model, had to write it
+    ("hook written by the rule", "evidence_hook_share", False),
 ]
 
 
