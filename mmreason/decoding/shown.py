@@ -118,10 +118,11 @@ def offered(reason: str, retrieved: str, k: int, hook: str | None = None) -> lis
     """A hook followed by each of the first ``k`` retrieved copies. The hook: the sentences of ``reason`` that state
     the evidence's ``hook`` (``filters.hook_span``; a cited name may hold a full stop), else ``hook`` itself (the
     repair), else, with no evidence hook, ``reason``'s first sentence."""
-    lead = hook_span(reason, hook) if isinstance(hook, str) and hook.strip() else None
+    hook = hook.strip() if isinstance(hook, str) else ""
+    lead = hook_span(reason, hook) if hook else None
     if lead is None:
         sentences = split_sentences(reason)
-        lead = hook.strip() if isinstance(hook, str) and hook.strip() else (sentences[0] if sentences else "")
+        lead = hook or (sentences[0] if sentences else "")
     return [f"{lead} {copy}".strip() for copy in (retrieved or "").split(RETRIEVED_SEPARATOR)[:k] if copy.strip()]
 
 
@@ -171,7 +172,7 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
         # every caller sees why ("empty") instead of an empty rejection list
         chosen, rejected = filt.select(c or [""], a, h, e)
         shown = Shown(chosen if chosen is not None else rejected[0][0], chosen is not None, rejected, c)
-        if chosen is None and c and isinstance(e, str) and e.strip():  # repair: the evidence's hook instead
+        if chosen is None and c and e:  # repair: the evidence's hook instead
             fixed = [f for f in (rehooked(t, e) for t in c) if f is not None]
             chosen, refused = filt.select(fixed, a, h, e)
             if chosen is not None:
