@@ -111,7 +111,8 @@ class Reward:
         return (named - wrong) / 2
 
     def __call__(self, texts: list[str], rows: list[dict], hists: list[dict]) -> dict[str, np.ndarray]:
-        """rows: customer_id, article_id, t_dat and (for the reference term) reason, the silver target."""
+        """rows: customer_id, article_id, t_dat, (for the reference term) reason, the silver target, and
+        optionally hook, the evidence's hook sentence the filter holds a reason's hook to."""
         c = self.config
         arts = [self.items.loc[int(r["article_id"])].to_dict() for r in rows]
         causes = [self.filter.check(t, a, h, r.get("hook")) for t, a, h, r in zip(texts, arts, hists, rows)]
