@@ -58,6 +58,8 @@ class Reason(BaseModel):
     filter: str = Field(description="'passed', or 'failed: <causes>' when no candidate passed")
     causes: list[str] = Field(description="why the shown reason failed the filter (empty when it passed)")
     rejected_before: int = Field(description="candidates the filter rejected before the shown one")
+    hook: str = Field("model", description="'model': the model wrote the hook its evidence states; 'evidence': "
+                                           "none of its candidates did, and the rule's hook from the same evidence is shown")
 
 
 class Article(BaseModel):
@@ -141,7 +143,7 @@ def reason_of(e) -> Reason:
     causes = [] if e.passed_filter else (e.rejected[0][1] if e.rejected else ["no candidate"])
     return Reason(text=e.reason, passed_filter=e.passed_filter, causes=causes,
                   filter="passed" if e.passed_filter else "failed: " + ", ".join(causes),
-                  rejected_before=len(e.rejected) if e.passed_filter else max(len(e.rejected) - 1, 0))
+                  rejected_before=len(e.rejected) if e.passed_filter else max(len(e.rejected) - 1, 0), hook=e.hook)
 
 
 def article_of(svc: Service, article_id: int) -> dict:

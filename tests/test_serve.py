@@ -284,6 +284,7 @@ def test_a_reason_with_no_candidate_is_reported_not_raised():
     assert r.filter == "failed: no candidate"
     ok = serve.reason_of(Explanation(123, "A fine reason.", True, [("bad", ["empty"])]))
     assert ok.causes == [] and ok.rejected_before == 1
+    assert ok.hook == "model" and serve.reason_of(Explanation(123, "A fine reason.", True, hook="evidence")).hook == "evidence"
 
 
 def test_load_test_report_names_the_flags_that_differ_from_the_defaults():
