@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from mmreason import cli, paths
 from mmreason.decoding.shown import Decoding
 from mmreason.evaluation.systems import test_frame
+from mmreason.features.clip import sha256_file
 from mmreason.io import DataError, atomic_write_json, write_report
 from mmreason.policy.reinforce import (
     Prompts,
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
     policy, _ = load_run(base_path)
     reference.requires_grad_(False)
     base_ckpt = torch.load(base_path, map_location="cpu", weights_only=False)
+    base_sha = sha256_file(base_path)  # the weights themselves: a run retrained in the same folder is another run
     art = data.artifacts
     items, examples = art.items, art.examples
     interactions = pd.read_parquet(art.data_dir / "interactions.parquet")
@@ -139,16 +141,18 @@ def main(argv=None) -> int:
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=False)
         same = {k: v for k, v in ck.get("rl", {}).get("config", {}).items() if k != "steps"} == resumable(config)
-        if same and same_run(ck["rl"].get("supervised_run", ""), base_path) and ck["rl"]["step"] <= config.steps:
+        same = same and same_run(ck["rl"].get("supervised_run", ""), base_path) and ck["rl"].get("supervised_sha256") == base_sha
+        if same and ck["rl"]["step"] <= config.steps:
             policy.load_state_dict(ck["state_dict"])
             optimizer.load_state_dict(ck["rl"]["optimizer"])
             step, log = ck["rl"]["step"], ck["rl"]["log"]
             print(f"[rl] resuming {last} at step {step}")
         else:
-            print(f"[rl] {last} was written with other settings; starting afresh (it will be overwritten)")
+            print(f"[rl] {last} was written with other settings or from another supervised checkpoint; starting afresh "
+                  f"(it will be overwritten)")
 
     before_path = out / "before.json"  # the supervised model's scores; reused while the settings match
-    key = {"run": str(base_path), "n_eval": args.n_eval, "n_val": args.n_val, "decode": args.decode,
+    key = {"run": str(base_path), "sha256": base_sha, "n_eval": args.n_eval, "n_val": args.n_val, "decode": args.decode,
            "config": resumable(config)}
     before = json.loads(before_path.read_text()) if before_path.exists() else None
     if not before or before.get("key", {}) | {"run": key["run"]} != key or not same_run(before["key"]["run"], base_path):
@@ -174,7 +178,7 @@ def main(argv=None) -> int:
                   f"{row['grounding']:.3f}, ROUGE-L {row['reference']:.3f}, passes {row['passed']:.2f}, "
                   f"kl {row['kl']:.4f}, {row['seconds']:.1f}s")
         if step % args.save_every == 0 or step == config.steps:
-            save(last, policy, base_ckpt, optimizer, config, step, log, str(base_path))
+            save(last, policy, base_ckpt, optimizer, config, step, log, str(base_path), base_sha)
             write_log(out / "log.csv", log)
     bar.close()
 

@@ -4,6 +4,7 @@ and ``python -m mmreason.recommend --user ID --explain`` through the generator."
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -218,6 +219,18 @@ def test_hook_part_rewards_the_hook_with_the_retrieved_copy_and_credits_only_the
         reinforce.RLConfig(part="copy")
 
 
+def test_samples_of_a_slot_run_are_shown_and_rewarded_with_the_evidence_name(work):
+    """A slot run (configs/cpu.yaml) samples collate.NAME_SLOT where its hook names a purchase: the reward must
+    see the name the shown reason would carry, and the policy is credited for the slot it sampled."""
+    tok = load_run(work / "run")[1].tokenizer
+    ids = tok.encode("Like the <name> you bought. Soft jersey top.", add_special_tokens=False)
+    prompts = type("P", (), {"names": [["Luna skinny"], []], "retrieved": [None, None]})()
+    texts, credited = reinforce.shown_samples(tok, prompts, [0, 1], [[ids], [ids]], False, token_id(tok, EOS))
+    assert texts[0] == "Like the Luna skinny you bought. Soft jersey top."
+    assert "name" not in texts[1]  # no name to fill it with: dropped, and the filter judges the rest
+    assert credited == [[ids], [ids]]
+
+
 @pytest.mark.slow
 def test_rl_cli_runs_resumes_exactly_and_reports(in_work, capsys):
     assert rl.main(rl_args(in_work, in_work / "rl_a", "--steps", "2")) == 0
@@ -249,6 +262,20 @@ def test_rl_cli_runs_resumes_exactly_and_reports(in_work, capsys):
     # Other settings: no resume.
     assert rl.main(rl_args(in_work, in_work / "rl_b", "--steps", "2", "--kl-coef", "0.5")) == 0
     assert "starting afresh" in capsys.readouterr().out
+    # The supervised run retrained in its folder (other weights, same path and settings): neither the RL checkpoint
+    # nor the before-scores of the old weights are reused
+    shutil.copytree(in_work / "run", in_work / "run2")
+    args = rl_args(in_work, in_work / "rl_c", "--steps", "1")
+    args[args.index("--run") + 1] = str(in_work / "run2")
+    assert rl.main(args) == 0
+    assert rl.main(args) == 0 and "resuming" in capsys.readouterr().out
+    for f in (in_work / "run2" / "checkpoints").glob("*.ckpt"):
+        ck = torch.load(f, map_location="cpu", weights_only=False)
+        ck["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+        torch.save(ck, f)
+    assert rl.main(args) == 0
+    out = capsys.readouterr().out
+    assert "from another supervised checkpoint; starting afresh" in out and "scoring the supervised model" in out
 
 
 def test_rl_cli_errors_in_one_line(in_work, tmp_path, capsys):

@@ -46,7 +46,7 @@ from mmreason import metrics as M
 from mmreason import paths
 from mmreason.decoding.filters import Filter, vocab_from_items
 from mmreason.decoding.generate import DecodeConfig, decode
-from mmreason.decoding.shown import decoding, offered
+from mmreason.decoding.shown import decoding, evidence_names, fill_slots, offered
 from mmreason.evaluation.systems import histories, model_reasons, score
 from mmreason.io import DataError
 from mmreason.metrics import split_sentences
@@ -142,6 +142,8 @@ class Prompts:
         self.frame = frame.reset_index(drop=True)
         # "hook": the evidence's hook sentence, which the filter holds a reason's hook to (filters.hook_span)
         self.rows = self.frame[["customer_id", "article_id", "t_dat", "reason", "hook"]].to_dict("records")
+        # a slot run's samples spell collate.NAME_SLOT: shown (and rewarded) with the evidence's name filled in
+        self.names = [evidence_names(r) for r in self.frame.to_dict("records")]
         self.hists = histories(self.frame, interactions, items)
         examples = [data.prompt_example(r) for r in self.frame.to_dict("records")]
         self.encoded = [encode_example(data.tokenizer, e, data.max_prompt_tokens, with_reason=False) for e in examples]
@@ -195,14 +197,15 @@ def hook_length(tokenizer, ids: list[int]) -> int:
 def shown_samples(tokenizer, prompts: Prompts, idx, samples: list[list[list[int]]], hook: bool, eos_id: int
                   ) -> tuple[list[str], list[list[list[int]]]]:
     """What each sample would be shown as (flat, prompt-major) and the ids the policy is credited for (nested like
-    ``samples``). hook=False: the sampled reason, and its ids (``sequence_batch`` adds EOS where it stopped).
+    ``samples``), a slot run's ``collate.NAME_SLOT`` filled as ``shown`` fills it. hook=False: the sampled reason,
+    and its ids (``sequence_batch`` adds EOS where it stopped).
     hook=True: the reason's first sentence followed by the prompt's first retrieved copy (``shown.offered``), and
     the hook's ids alone, or EOS for an empty sample (stopping at once was the policy's only choice)."""
     texts, credited = [], []
     for i, cands in zip(idx, samples):
         credited.append([])
         for ids in cands:
-            text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            text = fill_slots(tokenizer.decode(ids, skip_special_tokens=True).strip(), prompts.names[i])
             if hook:
                 # the sampled hook, never the evidence's (offered's repair): the reward must score what was sampled
                 text = (offered(text, prompts.retrieved[i], 1) or [text])[0]
@@ -326,12 +329,13 @@ def same_run(recorded: str, base_path: Path) -> bool:
     return paths.resolve(recorded).resolve() == Path(base_path).resolve()
 
 
-def save(path: Path, module, base_ckpt: dict, optimizer, config: RLConfig, step: int, log: list[dict], run: str) -> None:
+def save(path: Path, module, base_ckpt: dict, optimizer, config: RLConfig, step: int, log: list[dict], run: str,
+         run_sha256: str) -> None:
     # settings and the recorded artifacts (ReasonDataModule's state) of the supervised run
     ckpt = {k: v for k, v in base_ckpt.items() if k in ("hyper_parameters", "datamodule_hyper_parameters", "ReasonDataModule")}
     ckpt["state_dict"] = module.state_dict()
     ckpt["rl"] = {"config": asdict(config), "step": step, "optimizer": optimizer.state_dict(), "log": log,
-                  "supervised_run": run}
+                  "supervised_run": run, "supervised_sha256": run_sha256}  # rl.main resumes only from the same weights
     tmp = path.with_suffix(".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, tmp)
