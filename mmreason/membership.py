@@ -18,7 +18,7 @@ the same period and, customers being assigned at random, the same articles' dist
 
 Controls, in the same table: the reason's length in tokens as a model-free "attack" (0.5 if the groups
 match); each run's attack on test-period examples of both groups, which no run trained on (0.5 if the
-groups differ only by membership); and a run trained on every customer (``artifacts/runs/cpu``): for it both groups are members,
+groups differ only by membership); and a run trained on every customer (``artifacts/runs/names``): for it both groups are members,
 so any distance from 0.5 is a difference between the groups, not leakage. 95% intervals: bootstrap
 over customers. Utility beside it: validation perplexity, and copy CIDEr and attribute grounding of
 greedy reasons (no post-filter) for ``--n-gen`` unseen-product test examples.
@@ -48,7 +48,9 @@ from mmreason.training.datamodule import Collator, ReasonDataset
 from mmreason.training.privacy import epsilon, held_out_customers
 from mmreason.training.runs import find_checkpoint, load_run
 
-DEFAULT_RUNS = ["artifacts/runs/cpu", "artifacts/runs/privacy-nodp", "artifacts/runs/privacy-nodp-150",
+# the first: the default's settings with names written out in the targets (evaluation.systems.VARIANTS "names"), as
+# configs/dp.yaml trains the privacy runs; trained on every customer, it is also the calibration's reference
+DEFAULT_RUNS = ["artifacts/runs/names", "artifacts/runs/privacy-nodp", "artifacts/runs/privacy-nodp-150",
                 "artifacts/runs/privacy-dp8", "artifacts/runs/privacy-dp1", "artifacts/runs/privacy-user-dp8",
                 "artifacts/runs/privacy-user-dp1"]  # README, privacy: how each is trained
 
@@ -152,7 +154,7 @@ def reference_losses(run: str, path: Path | None, frame: pd.DataFrame, control: 
     if float(data.hparams.get("holdout_customers", 0.0)):
         raise DataError(f"{run} held customers out: the reference must be trained on every customer")
     return {"path": Path(path), "loss": losses(module, data, frame)[0],
-            "control": losses(module, data, control)[0] if len(control) else None}
+            "control": losses(module, data, control)[0] if len(control) else None, "slots": bool(data.slots)}
 
 
 def calibrated(frame, loss, control, closs, ref: dict | None, same: bool) -> dict:
@@ -275,7 +277,7 @@ class MembershipOptions:
         out: folder for cpu.json / cpu.md (default results/privacy)
     """
     runs: list[str] = field(default_factory=lambda: list(DEFAULT_RUNS))
-    reference: str = "artifacts/runs/cpu"
+    reference: str = "artifacts/runs/names"
     holdout: float = 0.2
     customers: int = 200
     per_customer: int = 5
@@ -327,9 +329,12 @@ def main(argv=None) -> int:
             if ref is None and args.reference not in ("none", None):
                 ref_path = find_checkpoint(args.reference)
                 if ref_path is not None and Path(ref_path) == Path(path) and not hold:  # the reference: reuse its losses
-                    ref = {"path": Path(path), "loss": loss, "control": closs}
+                    ref = {"path": Path(path), "loss": loss, "control": closs, "slots": bool(data.slots)}
                 else:
                     ref = reference_losses(args.reference, ref_path, frame, control)
+            if ref is not None and ref["slots"] != bool(data.slots):  # its losses would be on other tokens
+                raise DataError(f"{run} and the reference {args.reference} differ in data.slots (a purchase name "
+                                f"as a slot or written out): calibrate against a run with the same targets")
             row |= calibrated(frame, loss, control, closs, ref, same=Path(path) == ref["path"] if ref else False)
             row |= utility(module, data, args.n_gen, args.seed)
             print(f"[membership] {run}: example AUC {row['example_auc']:.3f}, hook AUC {row['hook_auc']:.3f}, "

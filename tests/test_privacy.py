@@ -84,7 +84,9 @@ def test_example_losses_average_to_the_models_token_loss_on_equal_lengths(copy_h
 
 def test_dp_config_is_the_default_run_plus_dp():
     """configs/dp.yaml trains the default model on the default data (copy head, retrieved copies, caps):
-    it differs from configs/cpu.yaml only in the DP settings, the step budget and the run's folder."""
+    it differs from configs/cpu.yaml only in the DP settings, the step budget, the run's folder, and the
+    purchase names written out in the targets (data.slots false): the hook's names are what a customer's
+    membership would leak, so the privacy runs learn them as written, and the attack's reference does too."""
     import yaml
 
     def flat(d, pre=""):
@@ -98,9 +100,10 @@ def test_dp_config_is_the_default_run_plus_dp():
     differ = {k for k in cpu.keys() | dp.keys() if cpu.get(k) != dp.get(k)}
     allowed = {"trainer.max_epochs", "trainer.max_steps", "trainer.val_check_interval", "trainer.check_val_every_n_epoch",
                "trainer.gradient_clip_val",
-               "data.batch_size", "data.sampling", "data.holdout_customers"}
+               "data.batch_size", "data.sampling", "data.holdout_customers", "data.slots"}
     assert {k for k in differ if not k.startswith("model.dp.")} <= allowed
     assert dp["model.config.copy_head"] and "retrieved" in dp["data.prompt_fields"] and dp["model.dp.target_epsilon"]
+    assert dp["data.slots"] is False
 
 
 def test_poisson_sampler_is_independent_per_draw_and_resumes():
@@ -308,7 +311,8 @@ def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch,
     work_in(monkeypatch, dp_runs)
     common = [*TINY, "--data.pipeline.hm_dir", str(dp_runs / "hm"), "--data.holdout_customers", "0.5",
               "--trainer.max_epochs", "10",  # a fixture epoch is one Poisson batch: max_steps decides
-              "--trainer.val_check_interval", "1"]  # dp.yaml counts it in steps: an integer
+              "--trainer.val_check_interval", "1",  # dp.yaml counts it in steps: an integer
+              "--data.slots", "false"]  # names written out, as dp.yaml trains (cpu.yaml: slots); the reference too
     assert train.main(["--config", str(cli.CONFIG_DIR / "dp.yaml"), *common, "--trainer.max_steps", "3",
                        "--model.dp.target_epsilon", "2", "--trainer.default_root_dir", "artifacts/runs/dp"]) == 0
     out = capsys.readouterr().out
@@ -345,6 +349,13 @@ def test_dp_training_prints_epsilon_and_membership_reports(dp_runs, monkeypatch,
     assert membership.main(["--runs", "artifacts/runs/dp", "--reference", "artifacts/runs/plain", "--holdout", "0.5",
                             "--customers", "2", "--per-customer", "2", "--n-gen", "0", "--out", str(res)]) == 2
     assert "the reference must be trained on every customer" in capsys.readouterr().err and not res.exists()
+    # a reference whose targets spell the purchase name as a slot scores other tokens than the run: refused
+    assert train.main([*everyone, "--data.slots", "true", "--trainer.max_steps", "1",
+                       "--trainer.default_root_dir", "artifacts/runs/all-slots"]) == 0
+    capsys.readouterr()
+    assert membership.main(["--runs", "artifacts/runs/dp", "--reference", "artifacts/runs/all-slots", "--holdout",
+                            "0.5", "--customers", "2", "--per-customer", "2", "--n-gen", "0", "--out", str(res)]) == 2
+    assert "differ in data.slots" in capsys.readouterr().err and not res.exists()
     assert membership.main(["--runs", "artifacts/runs/plain", "artifacts/runs/dp", "--holdout", "0.5",
                             "--customers", "2", "--per-customer", "2", "--n-gen", "2", "--out", str(res),
                             "--reference", "artifacts/runs/all"]) == 0

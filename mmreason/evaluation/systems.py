@@ -29,10 +29,11 @@ VARIANTS = {
     "text_only": ("artifacts/runs/text_only", ["--model.config.use_photo", "false"]),  # retrieval, no photo prefix
     "photo_only": ("artifacts/runs/photo_only", ["--data.prompt_fields", "[user_profile, behaviour]"]),
     # the ablation of issue 13 (not in the default systems): the prompt before the data audit (the default's
-    # without its evidence segment; retrieved copies kept), and delexicalised targets (the cited name as a slot
-    # filled from the evidence)
-    "no_evidence": ("artifacts/runs/no_evidence", ["--data.prompt_fields", "[user_profile, behaviour, product, retrieved]"]),
-    "slots": ("artifacts/runs/slots", ["--data.slots", "true"]),
+    # without its evidence segment, retrieved copies kept, names written out in the targets), and the audited
+    # data alone (the default with names written out instead of the slot filled from the evidence)
+    "no_evidence": ("artifacts/runs/no_evidence", ["--data.prompt_fields", "[user_profile, behaviour, product, retrieved]",
+                                                   "--data.slots", "false"]),
+    "names": ("artifacts/runs/names", ["--data.slots", "false"]),
     # issue 14's k: one retrieved copy instead of two
     "retrieval_k1": ("artifacts/runs/retrieval_k1", ["--data.pipeline.retrieval_k", "1", "--data.max_prompt_tokens",
                                                      "{user_profile: 64, evidence: 224, behaviour: 48, product: 48, "
@@ -42,7 +43,7 @@ SYSTEMS = ["template", "retrieval", "retrieval_text", "retrieval_both", "retriev
            "photo_only", "full", "full_generated"]
 RETRIEVERS = {"retrieval": "photo", "retrieval_text": "text", "retrieval_both": "both",  # system -> nearest's by
               "retrieval_text_type": "text_type"}
-ABLATION = ["no_evidence", "slots", "retrieval_k1"]
+ABLATION = ["no_evidence", "names", "retrieval_k1"]
 # system -> (the run it decodes with, retrieved copies offered ahead of the generated ones: shown.shown_reasons);
 # the variants themselves decode as deployed (shown.OFFER_RETRIEVED where their prompt retrieves)
 OFFERED = {"full_generated": ("full", 0)}  # the generator's own copy, no retrieved copy offered
