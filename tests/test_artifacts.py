@@ -17,6 +17,7 @@ from mmreason import evaluate, paths, train
 from mmreason.io import DataError
 from mmreason.training import cli
 from mmreason.training.runs import find_checkpoint, load_run
+from mmreason.training.pipeline import same_content
 
 from conftest import make_hm, work_in
 from test_train import TINY
@@ -239,3 +240,16 @@ def test_atomic_dir_replaces_a_folder_whatever_an_earlier_crash_left(tmp_path, l
         (tmp / "a.txt").write_text("new")
     assert (target / "a.txt").read_text() == "new" and not old.exists() and not old.is_symlink()
     assert other.is_dir()  # a link's target is never removed
+
+
+def test_a_run_resumes_on_the_same_artifacts_wherever_they_live():
+    """Resuming compares the recorded artifacts by content: the same tables rebuilt under a new folder name (the
+    name fingerprints the code too) are the same inputs; one changed checksum is not."""
+    rec = {"tables": {"path": "/a/data/hm-1", "in_artifacts": "data/hm-1", "sha256": {"items": "x", "examples": "y"}},
+           "clip": {"model": "mmr-vit-tiny", "path": "/a/clip/c-1/m.bin", "in_artifacts": "clip/c-1/m.bin", "sha256": "c"}}
+    moved = {"tables": {**rec["tables"], "path": "/b/data/hm-2", "in_artifacts": "data/hm-2"}, "clip": rec["clip"]}
+    assert same_content(rec, moved)
+    assert not same_content(rec, {**moved, "tables": {**moved["tables"], "sha256": {"items": "x", "examples": "z"}}})
+    assert not same_content(rec, {"tables": rec["tables"]})  # an artifact fewer
+    tag = {"clip": {"model": "ViT-B-32", "path": "openai", "sha256": None}}  # a tag: its name is what there is
+    assert same_content(tag, tag) and not same_content(tag, {"clip": {**tag["clip"], "path": "laion2b"}})

@@ -27,6 +27,7 @@ from mmreason.decoding.generate import DecodeConfig
 from mmreason.decoding.shown import sample_reasons
 from mmreason.training.datamodule import ReasonDataModule
 from mmreason.training.module import ReasonModule, cpu_has_bf16
+from mmreason.training.pipeline import same_content
 
 CONFIG_DIR = paths.REPO_ROOT / "configs"
 
@@ -78,7 +79,7 @@ def resolve_ckpt(choice: str | None, trainer, model: ReasonModule, data: ReasonD
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     same_model = ckpt.get("hyper_parameters", {}).get("config") == dict(model.hparams["config"])
     same_data = dict(ckpt.get("datamodule_hyper_parameters") or {}) == dict(data.hparams)
-    same_inputs = (ckpt.get(type(data).__qualname__) or {}).get("artifacts") == data.state_dict()["artifacts"]
+    same_inputs = same_content((ckpt.get(type(data).__qualname__) or {}).get("artifacts"), data.state_dict()["artifacts"])
     if same_model and same_data and same_inputs:
         print(f"[train] resuming {last} (epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')})")
         return str(last)
@@ -90,6 +91,9 @@ def resolve_ckpt(choice: str | None, trainer, model: ReasonModule, data: ReasonD
 def report(module: ReasonModule, data: ReasonDataModule, n: int, out_dir: Path | None) -> dict:
     """Validation perplexity vs a unigram model, and a few test users' reasons next to their targets."""
     val_loss = module.trainer.callback_metrics.get("val/loss") if module._trainer else None
+    if val_loss is None and module._trainer and module.trainer.global_step:  # a finished run resumed: fit ran none
+        module.trainer.validate(module, datamodule=data, verbose=False)
+        val_loss = module.trainer.callback_metrics.get("val/loss")
     summary = {"unigram_val_ppl": data.unigram_perplexity("val")}
     if val_loss is not None:
         summary["val_ppl"] = float(torch.exp(val_loss))

@@ -63,6 +63,16 @@ class Artifacts:
             "retrieved": {**paths.in_artifacts(self.retrieved_path), "sha256": clip_lib.sha256_file(self.retrieved_path)}})
 
 
+def same_content(a: dict | None, b: dict | None) -> bool:
+    """Two ``record()``s name the same artifacts by content: their checksums (and CLIP model) agree. Where they
+    live is not compared: a folder's name is a fingerprint that also covers the code that builds it, so a code
+    change can rebuild the same tables under a new name. A CLIP without a checksum (a tag) compares by name."""
+    def content(rec):
+        return {k: {f: x for f, x in v.items() if f not in ("path", "in_artifacts") or v.get("sha256") is None}
+                for k, v in (rec or {}).items()}
+    return content(a) == content(b)
+
+
 TABLES = ("items", "examples")  # what the generator reads
 RECORDED_TABLES = ("users", "items", "interactions", "examples")  # what evaluation, RL and explanations read too
 
