@@ -195,8 +195,11 @@ def utility(module, data, n_gen: int, seed: int) -> dict:
     if n_gen:
         art = data.artifacts
         frame = test_frame(art.examples, "unseen", n_gen, seed)
-        # greedy, one candidate, unconstrained: the shown reason is the decoded one, passed or not
-        hyps = [s.reason for s in sample_reasons(module.model, data, frame, preset("greedy"), constrain=False)]
+        # greedy, one candidate, unconstrained, no retrieved copy offered: the reason as the model decoded it,
+        # passed or not (not the shown one, which may be a retrieved copy after the evidence's hook: the same for
+        # every run, so it would hide what training cost the model)
+        hyps = [(s.candidates or [""])[0] for s in sample_reasons(module.model, data, frame, preset("greedy"),
+                                                                   constrain=False, offer_retrieved=0)]
         inter = pd.read_parquet(art.data_dir / "interactions.parquet")
         m = score(hyps, frame, art.items, histories(frame, inter, art.items), vocab_from_items(art.items),
                   with_embedding=False)

@@ -3,6 +3,7 @@ in outputs. End to end: ``train --config configs/dp.yaml`` and ``membership`` on
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -382,3 +383,36 @@ def test_a_tokenizer_vocabulary_is_not_an_age_record(personal, tmp_path):
     (d / "metrics.json").write_text(text)
     assert personal.scan_file(d / "tokenizer.json") == []
     assert [f.kind for f in personal.scan_file(d / "metrics.json")] == ["age"]
+
+
+def test_utility_scores_what_the_model_decoded_not_the_offered_retrieved_copy(monkeypatch):
+    """The utility columns compare runs: they score each run's own greedy reason, never the retrieved copy the
+    deployed offer would show after the evidence's hook (the same text for every run)."""
+    from types import SimpleNamespace
+
+    from mmreason.decoding.shown import Shown
+
+    calls, scored = {}, {}
+
+    def fake_sample(model, data, frame, decode, constrain=True, offer_retrieved=None):
+        calls.update(constrain=constrain, offer_retrieved=offer_retrieved, strategy=decode.strategy)
+        return [Shown("Evidence hook. A retrieved copy.", True, [], ["Model hook. Its own copy."], "retrieved", "evidence")
+                for _ in range(len(frame))]
+
+    def fake_score(hyps, *a, **k):
+        scored["hyps"] = hyps
+        return dict.fromkeys(("copy_cider", "grounding_overall_precision", "grounding_colour_precision",
+                              "grounding_colour_mention_rate"), 0.0)
+
+    frame = pd.DataFrame({"article_id": [1, 2]})
+    art = SimpleNamespace(examples=None, items=None, data_dir=Path("data"))
+    monkeypatch.setattr(membership, "val_perplexity", lambda module, data: 2.0)
+    monkeypatch.setattr(membership, "test_frame", lambda *a, **k: frame)
+    monkeypatch.setattr(membership, "sample_reasons", fake_sample)
+    monkeypatch.setattr(membership, "score", fake_score)
+    monkeypatch.setattr(membership, "histories", lambda *a, **k: [None, None])
+    monkeypatch.setattr(membership, "vocab_from_items", lambda items: None)
+    monkeypatch.setattr(membership.pd, "read_parquet", lambda path: None)
+    out = membership.utility(SimpleNamespace(model=None), SimpleNamespace(artifacts=art), 2, 0)
+    assert calls == {"constrain": False, "offer_retrieved": 0, "strategy": "greedy"}
+    assert scored["hyps"] == ["Model hook. Its own copy."] * 2 and out["val_ppl"] == 2.0

@@ -13,7 +13,8 @@
                hook the rule writes from the same facts; the offer below leads with the evidence's hook too
                where the shown reason's is not it. ``Shown.hook`` says whose hook is shown. Measured on
                the default run's test sets (README, Evaluation): the model writes the evidence's hook itself
-               in 90.3% (unseen) / 88.3% (temporal) of shown reasons; the others spliced a subject
+               in 95.0% (unseen) / 94.3% (temporal) of shown reasons (90.3% / 88.3% with the purchase names
+               written out in the targets instead of the slot); the others spliced a subject
                ("LightSocks is a regular in your wardrobe"), named a section the user was never counted in,
                added a time, or cut a name, and no beam held the right one.
     offer      (offer_retrieved=k; deployed: OFFER_RETRIEVED where the run's prompt has retrieved copies) the
@@ -195,11 +196,14 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
     return out
 
 
-def sample_reasons(model, data, frame, decode: DecodeConfig, constrain: bool = True) -> list[Shown]:
+def sample_reasons(model, data, frame, decode: DecodeConfig, constrain: bool = True,
+                   offer_retrieved: int | None = None) -> list[Shown]:
     """Shown reasons for a few rows of a data module's frame (training samples): articles from the run's
-    items table, history claims unchecked (the training tables carry no purchase lists)."""
+    items table, history claims unchecked (the training tables carry no purchase lists). ``offer_retrieved``:
+    as ``shown_reasons`` (0: the generated candidates alone)."""
     items = data.artifacts.items
     by_id = items.set_index("article_id")
     rows = frame.to_dict("records")
     arts = [by_id.loc[int(r["article_id"])].to_dict() | {"article_id": int(r["article_id"])} for r in rows]
-    return shown_reasons(model, data, rows, arts, decode, Filter(vocab_from_items(items)), constrain=constrain)
+    return shown_reasons(model, data, rows, arts, decode, Filter(vocab_from_items(items)), constrain=constrain,
+                         offer_retrieved=offer_retrieved)
