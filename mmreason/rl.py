@@ -141,7 +141,8 @@ def main(argv=None) -> int:
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=False)
         same = {k: v for k, v in ck.get("rl", {}).get("config", {}).items() if k != "steps"} == resumable(config)
-        same = same and same_run(ck["rl"].get("supervised_run", ""), base_path) and ck["rl"].get("supervised_sha256") == base_sha
+        same = (same and same_run(ck["rl"].get("supervised_run", ""), base_path)
+                and ck["rl"].get("supervised_sha256") == base_sha)
         if same and ck["rl"]["step"] <= config.steps:
             policy.load_state_dict(ck["state_dict"])
             optimizer.load_state_dict(ck["rl"]["optimizer"])

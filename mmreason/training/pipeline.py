@@ -69,7 +69,7 @@ def same_content(a: dict | None, b: dict | None) -> bool:
     change can rebuild the same tables under a new name. A CLIP without a checksum (a tag) compares by name."""
     def content(rec):
         return {k: {f: x for f, x in v.items() if f not in ("path", "in_artifacts") or v.get("sha256") is None}
-                for k, v in (rec or {}).items()}
+                if isinstance(v, dict) else v for k, v in (rec or {}).items()}
     return content(a) == content(b)
 
 
