@@ -403,13 +403,12 @@ def privacy_leakage(report: dict) -> Figure:
     ax.set_title("Leakage (95% intervals, bootstrap over customers)", fontsize=10)
     for i, r in enumerate(rows):
         ppl, cider = r.get("val_ppl", np.nan), r.get("copy_cider", np.nan)
-        au.scatter([ppl], [cider], color=COLOURS[i % len(COLOURS)], s=30)
-        au.annotate(_privacy_label(r), (ppl, cider), fontsize=7, xytext=(4, 3 if i % 2 else -9),
-                    textcoords="offset points")
+        au.scatter([ppl], [cider], color=COLOURS[i % len(COLOURS)], s=30, label=_privacy_label(r))
     au.set_xscale("log")
     au.set_xlabel("validation perplexity (log; lower is better)")
     au.set_ylabel("copy CIDEr, greedy, unseen products")
     au.grid(alpha=0.3)
+    au.legend(fontsize=7, loc="best")  # runs of one utility (the DP runs near 0) would overlap as point labels
     au.set_title("Utility", fontsize=10)
     meta = report.get("meta", {})
     fig.suptitle(f"Membership inference against utility: {meta.get('n_members', '?')} member and "
