@@ -102,6 +102,22 @@ def test_find_checkpoint_refuses_a_best_file_of_other_settings(tmp_path):
         find_checkpoint(tmp_path)
 
 
+def test_find_checkpoint_takes_the_best_of_a_run_resumed_on_the_same_tables_in_a_new_folder(tmp_path):
+    """A run resumed after a code change rebuilt its tables under a new fingerprint folder (same checksums):
+    its best file records the old folder, its last.ckpt the new one; they are one run. Other checksums are not."""
+    d = tmp_path / "checkpoints"
+    name = "best-epoch=0-step=90.ckpt"
+    tables = {"path": "/a/data/hm-1", "in_artifacts": "data/hm-1", "sha256": {"items": "x"}}
+    rec = lambda **t: {"ReasonDataModule": {"artifacts": {"tables": tables | t}}}  # noqa: E731
+    for f, r in ((name, rec()), ("last.ckpt", rec(path="/a/data/hm-2", in_artifacts="data/hm-2"))):
+        fake_ckpt(d / f, {"n_embd": 64}, best=name)
+        torch.save(torch.load(d / f, weights_only=False) | r, d / f)
+    assert find_checkpoint(tmp_path) == d / name
+    torch.save(torch.load(d / "last.ckpt", weights_only=False) | rec(sha256={"items": "y"}), d / "last.ckpt")
+    with pytest.raises(DataError, match="written with other settings"):
+        find_checkpoint(tmp_path)
+
+
 def test_find_checkpoint_without_a_recorded_best_takes_last_or_the_newest(tmp_path, capsys):
     d = tmp_path / "checkpoints"
     age(fake_ckpt(d / "best-epoch=0-step=9.ckpt", {"n_embd": 64}), 3600)

@@ -63,14 +63,17 @@ class Artifacts:
             "retrieved": {**paths.in_artifacts(self.retrieved_path), "sha256": clip_lib.sha256_file(self.retrieved_path)}})
 
 
+def artifacts_content(record: dict | None) -> dict:
+    """A ``record()`` as its content: the checksums (and CLIP model), not where the files live. A folder's name
+    is a fingerprint that also covers the code that builds it, so a code change can rebuild the same tables
+    under a new name. A CLIP without a checksum (a tag) keeps its name."""
+    return {k: {f: x for f, x in v.items() if f not in ("path", "in_artifacts") or v.get("sha256") is None}
+            if isinstance(v, dict) else v for k, v in (record or {}).items()}
+
+
 def same_content(a: dict | None, b: dict | None) -> bool:
-    """Two ``record()``s name the same artifacts by content: their checksums (and CLIP model) agree. Where they
-    live is not compared: a folder's name is a fingerprint that also covers the code that builds it, so a code
-    change can rebuild the same tables under a new name. A CLIP without a checksum (a tag) compares by name."""
-    def content(rec):
-        return {k: {f: x for f, x in v.items() if f not in ("path", "in_artifacts") or v.get("sha256") is None}
-                if isinstance(v, dict) else v for k, v in (rec or {}).items()}
-    return content(a) == content(b)
+    """Two ``record()``s name the same artifacts (``artifacts_content``)."""
+    return artifacts_content(a) == artifacts_content(b)
 
 
 TABLES = ("items", "examples")  # what the generator reads

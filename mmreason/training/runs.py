@@ -11,13 +11,17 @@ from mmreason import paths
 from mmreason.io import DataError
 from mmreason.training.datamodule import ReasonDataModule
 from mmreason.training.module import ReasonModule
+from mmreason.training.pipeline import artifacts_content
 
 
 def _settings(ckpt: dict) -> tuple:
     """What makes two checkpoints one run: model and data settings, and the artifacts trained on."""
     hp = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if not k.startswith("_")}
     data = {k: v for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
-    return repr(sorted(hp.items())), repr(sorted(data.items())), repr(ckpt.get(ReasonDataModule.__qualname__))
+    # the artifacts by content: a run resumed after a code change rebuilt its tables under a new folder name
+    # (training.cli.resolve_ckpt) writes its later checkpoints with that name, its earlier best with the old one
+    arts = artifacts_content((ckpt.get(ReasonDataModule.__qualname__) or {}).get("artifacts"))
+    return repr(sorted(hp.items())), repr(sorted(data.items())), repr(sorted(arts.items()))
 
 
 def _best_model_name(ckpt: dict) -> str | None:
