@@ -61,21 +61,42 @@ def _joined(text: str) -> str:
     return " ".join(tokenize(text))
 
 
-def _value_index(values: Iterable[str]) -> dict[tuple[str, ...], str]:
-    """Token tuple -> normalised value ("Light Blue" -> ("light", "blue") -> "light blue")."""
+# Catalogue values that text names by a part (normalised value -> the phrases that name it): H&M joins
+# alternatives with a slash, which no text writes, so "a jumpsuit" named no type and the filter let a
+# retrieved copy call a dress a jumpsuit. Only parts that name nothing else: not "tights" (Underwear
+# Tights is a type of its own), "hair" (Hair clip / string / ties), "hat" (two hat types), "beanie" (a type
+# already), "brim" or "peaked" (a cap's, a lapel's), "metallic" (a pattern already). In H&M's copy
+# "jumpsuit" / "playsuit" / "leggings" also describe 39 / 27 / 25 articles typed Trousers: their own words,
+# which the filter excuses.
+VALUE_ALIASES = {
+    "jumpsuit playsuit": ("jumpsuit", "playsuit"),
+    "pyjama jumpsuit playsuit": ("pyjama jumpsuit", "pyjama playsuit"),
+    "leggings tights": ("leggings",),
+    "hair alice band": ("alice band",),
+    "weekend gym bag": ("weekend bag", "gym bag"),
+    "bronze copper": ("bronze", "copper"),
+}
+
+
+def value_index(values: Iterable[str]) -> dict[tuple[str, ...], str]:
+    """Token tuple -> normalised value ("Light Blue" -> ("light", "blue") -> "light blue"), and each of
+    VALUE_ALIASES' phrases of a value in ``values`` -> that value ("jumpsuit" -> "jumpsuit playsuit")."""
     index = {}
     for value in values:
         tokens = tuple(tokenize(value))
         if tokens:
             index[tokens] = " ".join(tokens)
+    for value in set(index.values()):
+        for alias in VALUE_ALIASES.get(value, ()):
+            index.setdefault(tuple(alias.split()), value)
     return index
 
 
 def mentioned_values(text: str | Sequence[str], values: Iterable[str] | Mapping) -> set[str]:
     """Normalised values named in text, on word boundaries, longest first ("light blue" hides "blue")."""
     tokens = tokenize(text) if isinstance(text, str) else list(text)
-    # a prebuilt _value_index saves re-tokenising the vocabulary for every hyp
-    index = values if isinstance(values, Mapping) else _value_index(values)
+    # a prebuilt value_index saves re-tokenising the vocabulary for every hyp
+    index = values if isinstance(values, Mapping) else value_index(values)
     used = [False] * len(tokens)
     found = set()
     for k in sorted({len(key) for key in index}, reverse=True):
@@ -185,7 +206,7 @@ def fmr(hyps: Sequence[str], features: Sequence[Iterable[str]]) -> float:
 
 def fcr(hyps: Sequence[str], all_features: Iterable[str]) -> float:
     """Feature coverage ratio: distinct vocabulary features named anywhere in hyps / vocabulary size."""
-    index = _value_index(all_features)
+    index = value_index(all_features)
     covered = set().union(*(mentioned_values(h, index) for h in hyps)) if hyps else set()
     return _ratio(len(covered), len(set(index.values())))
 
@@ -213,7 +234,7 @@ def attribute_grounding(
     pooled = Counter()
     texts = [without_cited_names(h, n) for h, n in zip(hyps, names, strict=True)] if names is not None else hyps
     for field, values in vocab.items():
-        index = _value_index(list(values) + [a.get(field) or "" for a in attrs])
+        index = value_index(list(values) + [a.get(field) or "" for a in attrs])
         c = Counter()
         for hyp, a in zip(texts, attrs, strict=True):
             truth = _joined(a.get(field) or "")
@@ -317,7 +338,7 @@ def history_claim_precision(
     read for values ("like the SUZY TWISTED STRAP TOP you bought" claims no top), as ``without_cited_names``.
     """
     histories = [{_joined(v) for v in h} for h in histories]
-    index = _value_index(values if values is not None else set().union(*histories))
+    index = value_index(values if values is not None else set().union(*histories))
     names = names if names is not None else [()] * len(hyps)
     claims = supported = 0
     for hyp, history, user_names in zip(hyps, histories, names, strict=True):
@@ -410,7 +431,7 @@ def evaluate_all(
     out.update(usr=usr(hyps), distinct1=distinct(hyps, 1), distinct2=distinct(hyps, 2), self_bleu4=self_bleu(hyps, 4))
     if features is not None:
         features = [list(f) for f in features]
-        index = _value_index(set().union(*map(set, features)))
+        index = value_index(set().union(*map(set, features)))
         out["fmr"] = fmr(hyps, features)
         out["fcr"] = fcr(hyps, index.values())
         out["div"] = div([mentioned_values(h, index) for h in hyps])

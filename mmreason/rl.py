@@ -20,6 +20,7 @@ from mmreason.evaluation.systems import test_frame
 from mmreason.features.clip import sha256_file
 from mmreason.io import DataError, atomic_write_json, write_report
 from mmreason.policy.reinforce import (
+    REWARD_VERSION,
     Prompts,
     Reward,
     RLConfig,
@@ -142,19 +143,19 @@ def main(argv=None) -> int:
         ck = torch.load(last, map_location="cpu", weights_only=False)
         same = {k: v for k, v in ck.get("rl", {}).get("config", {}).items() if k != "steps"} == resumable(config)
         same = (same and same_run(ck["rl"].get("supervised_run", ""), base_path)
-                and ck["rl"].get("supervised_sha256") == base_sha)
+                and ck["rl"].get("supervised_sha256") == base_sha and ck["rl"].get("reward_version") == REWARD_VERSION)
         if same and ck["rl"]["step"] <= config.steps:
             policy.load_state_dict(ck["state_dict"])
             optimizer.load_state_dict(ck["rl"]["optimizer"])
             step, log = ck["rl"]["step"], ck["rl"]["log"]
             print(f"[rl] resuming {last} at step {step}")
         else:
-            print(f"[rl] {last} was written with other settings or from another supervised checkpoint; starting afresh "
-                  f"(it will be overwritten)")
+            print(f"[rl] {last} was written with other settings, another reward or from another supervised checkpoint; "
+                  f"starting afresh (it will be overwritten)")
 
     before_path = out / "before.json"  # the supervised model's scores; reused while the settings match
     key = {"run": str(base_path), "sha256": base_sha, "n_eval": args.n_eval, "n_val": args.n_val, "decode": args.decode,
-           "config": resumable(config)}
+           "config": resumable(config), "reward": REWARD_VERSION}
     before = json.loads(before_path.read_text()) if before_path.exists() else None
     if not before or before.get("key", {}) | {"run": key["run"]} != key or not same_run(before["key"]["run"], base_path):
         print("[rl] scoring the supervised model (before)")

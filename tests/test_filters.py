@@ -67,6 +67,26 @@ def test_a_hyphen_joins_words():
     assert f.check("A polo shirt in jersey.", tee, None) == ["wrong_type"]
 
 
+def test_a_slash_value_is_named_by_its_parts():
+    """H&M's "Jumpsuit/Playsuit" is written "jumpsuit" or "playsuit", never whole: the parts (metrics.VALUE_ALIASES)
+    name it, so a copy calling a dress a jumpsuit is rejected and cannot be decoded; the article's own words
+    may use any of them; and a part shared with another type ("tights": Underwear Tights) names nothing."""
+    f = Filter({"colour": {"red"}, "type": {"dress", "jumpsuit playsuit", "leggings tights", "underwear tights"},
+                "pattern": set()})
+    dress = {"product_type_name": "Dress", "colour_group_name": "Red", "graphical_appearance_name": "Solid",
+             "detail_desc": "Short dress in jersey."}
+    assert f.check("Long, sleeveless jumpsuit in jersey.", dress, None) == ["wrong_type"]
+    assert f.check("Playsuit in jersey. Leggings too.", dress, None) == ["wrong_type"]
+    assert {"jumpsuit", "playsuit", "jumpsuit playsuit", "leggings"} <= f.contradicting(dress)["type"]
+    assert "tights" not in f.contradicting(dress)["type"]
+    jumpsuit = {**dress, "product_type_name": "Jumpsuit/Playsuit", "detail_desc": "Jumpsuit in jersey."}
+    assert f.check("Long, sleeveless jumpsuit in jersey.", jumpsuit, None) == []
+    assert f.check("Long, sleeveless dress in jersey.", jumpsuit, None) == ["wrong_type"]
+    typed_trousers = {**dress, "product_type_name": "Trousers", "detail_desc": "Playsuit in woven fabric."}
+    assert f.check("Long jumpsuit in woven fabric.", typed_trousers, None) == []  # its own words say playsuit
+    assert not {"jumpsuit", "playsuit"} & f.contradicting(typed_trousers)["type"]
+
+
 def test_contradicting_is_kept_per_article_and_never_stale():
     """``contradicting`` is kept by the columns it reads: the same article gives the same values; an article that
     differs in any of those columns (its type, its copy) gets its own."""

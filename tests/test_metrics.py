@@ -109,6 +109,20 @@ def test_mentioned_values_word_boundaries_and_longest_match():
     assert M.mentioned_values("blue tee and a light blue top", vocab) == {"blue", "tee", "light blue", "top"}
 
 
+def test_a_slash_value_is_named_by_its_parts():
+    """"Jumpsuit/Playsuit" (normalised "jumpsuit playsuit") is what "jumpsuit" or "playsuit" names; a part that
+    another value shares ("tights": Underwear Tights) is no alias, and an alias never hides a value of its own."""
+    vocab = {"Jumpsuit/Playsuit", "Leggings/Tights", "Underwear Tights", "Dress"}
+    assert M.mentioned_values("A jumpsuit, or a playsuit?", vocab) == {"jumpsuit playsuit"}
+    assert M.mentioned_values("Leggings and opaque tights", vocab) == {"leggings tights"}
+    assert M.mentioned_values("A jumpsuit", {"Dress"}) == set()  # the alias of a value not in the vocabulary
+    assert M.value_index({"Leggings", "Leggings/Tights"})[("leggings",)] == "leggings"
+    attrs = [{"type": "Jumpsuit/Playsuit"}, {"type": "Dress"}]
+    g = M.attribute_grounding(["Sleeveless jumpsuit in jersey.", "Sleeveless jumpsuit in jersey."], attrs,
+                              {"type": vocab})["type"]
+    assert g["mention_rate"] == 1.0 and g["precision"] == 0.5 and g["contradiction"] == 0.5
+
+
 def test_fmr():
     hyps = ["A black tee for you", "Made for teenagers", "A light blue top", "no features here"]
     features = [{"black", "trousers"}, {"tee"}, {"Light Blue"}, set()]

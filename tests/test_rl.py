@@ -276,6 +276,18 @@ def test_rl_cli_runs_resumes_exactly_and_reports(in_work, capsys):
     assert rl.main(args) == 0
     out = capsys.readouterr().out
     assert "from another supervised checkpoint; starting afresh" in out and "scoring the supervised model" in out
+    # Written by code whose reward scored other text (reinforce.REWARD_VERSION): neither is reused either
+    assert rl.main(args) == 0 and "resuming" in capsys.readouterr().out
+    last = in_work / "rl_c" / "checkpoints" / "last.ckpt"
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    ck["rl"]["reward_version"] = reinforce.REWARD_VERSION - 1
+    torch.save(ck, last)
+    before = json.loads((in_work / "rl_c" / "before.json").read_text())
+    before["key"]["reward"] = reinforce.REWARD_VERSION - 1
+    (in_work / "rl_c" / "before.json").write_text(json.dumps(before))
+    assert rl.main(args) == 0
+    out = capsys.readouterr().out
+    assert "another reward" in out and "starting afresh" in out and "scoring the supervised model" in out
 
 
 def test_rl_cli_errors_in_one_line(in_work, tmp_path, capsys):

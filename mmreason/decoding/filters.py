@@ -32,6 +32,8 @@ When is a named value *not* a contradiction (so the filter errs towards keeping 
     purchase's name (history["names"]), or, when no names are given, in the history's set for the field;
     with history=None, values in such sentences are not held against the reason;
   * it is too generic to mean anything (GENERIC_VALUES, below).
+A value is also named by its aliases (metrics.VALUE_ALIASES: "jumpsuit" names Jumpsuit/Playsuit), and the
+article's own words may use either.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from mmreason.metrics import (HISTORY_CLAIM_PATTERNS, cited_purchases, cites_a_purchase, history_claims,
-                              mentioned_values, split_sentences, tokenize)
+                              mentioned_values, split_sentences, tokenize, value_index)
 
 CAUSES = ("empty", "truncated", "repetitive", "wrong_colour", "wrong_type", "wrong_pattern", "false_history",
           "unsupported_hook")
@@ -136,14 +138,9 @@ def specific_values(vocab: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
 
 
 def _index(values: Iterable[str], generic: Iterable[str]) -> dict[tuple[str, ...], str]:
-    """Token tuple -> normalised value, for metrics.mentioned_values; generic values left out."""
+    """Token tuple -> normalised value (metrics' index, with its aliases), generic values left out."""
     generic = {_norm(g) for g in generic}
-    index = {}
-    for v in values:
-        n = _norm(v)
-        if n and n not in generic:
-            index[tuple(n.split())] = n
-    return index
+    return {key: v for key, v in value_index(values).items() if v not in generic}
 
 
 def _same_word(a: str, b: str) -> bool:
@@ -192,12 +189,14 @@ def _article_truths(article: Mapping) -> tuple[dict[str, set[str]], set[str], st
 _ARTICLE_COLUMNS = tuple(c for cols in FIELDS.values() for c in cols) + OWN_TEXT_FIELDS
 
 
-def _fits_article(value: str, truths: set[str], all_truths: set[str], own_text: str) -> bool:
-    """A named value that is no contradiction of the article (see the module docstring)."""
+def _fits_article(value: str, truths: set[str], all_truths: set[str], own_text: str,
+                  phrases: Iterable[str] = ()) -> bool:
+    """A named value that is no contradiction of the article (see the module docstring); ``phrases``: the
+    value's aliases (metrics.VALUE_ALIASES), which the article's own words may use instead of the value."""
     return (not truths                                  # the article's value is unknown
             or any(_compatible(value, t) for t in truths)
             or value in all_truths
-            or f" {value} " in own_text)
+            or any(f" {p} " in own_text for p in (value, *phrases)))
 
 
 def hook_span(reason: str, hook: str) -> str | None:
@@ -246,6 +245,10 @@ class Filter:
         self.min_words, self.drop_unfinished = min_words, drop_unfinished
         self.repeat_ngram, self.max_repeats, self.claim_patterns = repeat_ngram, max_repeats, tuple(claim_patterns)
         self.index = {field: _index(vocab.get(field, ()), generic.get(field, ())) for field in FIELDS}
+        self.phrases = {field: {} for field in FIELDS}  # field -> value -> every phrase the index reads as it
+        for field, index in self.index.items():
+            for key, value in index.items():
+                self.phrases[field].setdefault(value, []).append(" ".join(key))
         self._contradicting: dict = {}  # contradicting's results by the article's columns
 
     def check(self, reason: str, article: Mapping, history: Mapping | None, hook: str | None = None) -> list[str]:
@@ -280,7 +283,7 @@ class Filter:
                 for value in mentioned_values(s.split(), self.index[field]):
                     if in_claim:
                         named_in_claims[field].add(value)
-                    excused = (_fits_article(value, truths[field], all_truths, own_text)
+                    excused = (_fits_article(value, truths[field], all_truths, own_text, self.phrases[field][value])
                                or (in_claim and (bought is None or bought.names_it(field, value))))
                     wrong |= not excused
             if wrong:
@@ -303,15 +306,17 @@ class Filter:
     CONTRADICTING = 4096  # articles whose ``contradicting`` values are kept
 
     def contradicting(self, article: Mapping) -> dict[str, frozenset[str]]:
-        """Per field, the vocabulary values that ``check`` holds against any sentence that claims no
-        history: what constrained decoding (mmreason/constraints.py) must never let a reason say. Kept per
+        """Per field, the phrases naming vocabulary values (with their aliases: "jumpsuit" for Jumpsuit/Playsuit)
+        that ``check`` holds against any sentence that claims no history: what constrained decoding
+        (mmreason/constraints.py) must never let a reason say. Kept per
         article (the columns it reads): ~4 ms of word matching each, and a server explains one article to
         many customers."""
         key = tuple(article.get(c) for c in _ARTICLE_COLUMNS)
         hit = self._contradicting.get(key)
         if hit is None:
             truths, all_truths, own_text = _article_truths(article)
-            hit = {f: frozenset(v for v in self.index[f].values() if not _fits_article(v, truths[f], all_truths, own_text))
+            hit = {f: frozenset(p for v, ps in self.phrases[f].items()
+                                if not _fits_article(v, truths[f], all_truths, own_text, ps) for p in ps)
                    for f in FIELDS}
             if len(self._contradicting) >= self.CONTRADICTING:
                 self._contradicting.pop(next(iter(self._contradicting)))

@@ -90,6 +90,12 @@ class RLConfig:
 
 # --------------------------------------------------------------------------- reward
 
+# What a reward of this code means: rl.main continues a checkpoint, and reuses the supervised model's scores,
+# only when they were computed with the same. Bump it whenever the reward or the filter scores other text
+# (2: the catalogue's slash values are named by their parts, metrics.VALUE_ALIASES).
+REWARD_VERSION = 2
+
+
 class Reward:
     """reward(texts, rows) for rows with customer_id, article_id, t_dat; also returns each part."""
 
@@ -98,7 +104,7 @@ class Reward:
         self.items = items.set_index("article_id")
         self.vocab = vocab_from_items(items)
         self.filter = Filter(self.vocab)
-        self.index = {f: {tuple(v.split()): v for v in self.vocab[f]} for f in GROUNDED_FIELDS}
+        self.index = {f: M.value_index(self.vocab[f]) for f in GROUNDED_FIELDS}
         from rouge_score import rouge_scorer
 
         self.rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -335,7 +341,8 @@ def save(path: Path, module, base_ckpt: dict, optimizer, config: RLConfig, step:
     ckpt = {k: v for k, v in base_ckpt.items() if k in ("hyper_parameters", "datamodule_hyper_parameters", "ReasonDataModule")}
     ckpt["state_dict"] = module.state_dict()
     ckpt["rl"] = {"config": asdict(config), "step": step, "optimizer": optimizer.state_dict(), "log": log,
-                  "supervised_run": run, "supervised_sha256": run_sha256}  # rl.main resumes only from the same weights
+                  "supervised_run": run, "supervised_sha256": run_sha256,  # rl.main resumes only from the same weights
+                  "reward_version": REWARD_VERSION}                        # and the same reward
     tmp = path.with_suffix(".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, tmp)
