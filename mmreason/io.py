@@ -63,6 +63,15 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """The file's content as sha256 hex: how runs, stores and checkpoints are told apart by their inputs."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def file_stat(path: Path) -> list:
     st = Path(path).stat()
     return [str(path), st.st_size, int(st.st_mtime_ns)]

@@ -17,8 +17,7 @@ from tqdm.auto import tqdm
 from mmreason import cli, paths
 from mmreason.decoding.shown import Decoding
 from mmreason.evaluation.systems import test_frame
-from mmreason.features.clip import sha256_file
-from mmreason.io import DataError, atomic_write_json, write_report
+from mmreason.io import DataError, atomic_write_json, sha256_file, write_report
 from mmreason.policy.reinforce import (
     REWARD_VERSION,
     Prompts,

@@ -13,6 +13,7 @@ from test_notebooks import assert_png_has_content
 
 from mmreason import embed as E
 from mmreason.features import clip, cliptrain, embed
+from mmreason.io import sha256_file
 
 MICRO = "mmr-test-micro"  # a test-only architecture: seconds on CPU
 MICRO_CFG = {"embed_dim": 16,
@@ -110,7 +111,7 @@ def test_domain_clip_trains_and_saves_in_open_clip_format(items, tmp_path, capsy
     assert f"(article_id={BROKEN})" in capsys.readouterr().err
 
     ckpt = tmp_path / "clip" / clip.CHECKPOINT_NAME
-    assert meta["sha256"] == clip.sha256_file(ckpt)
+    assert meta["sha256"] == sha256_file(ckpt)
     by_name, pp, _ = clip.load_clip(MICRO, pretrained=ckpt)
     by_dir, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'clip'}")
     assert open_clip.get_model_preprocess_cfg(by_dir)["fill_color"] == 255

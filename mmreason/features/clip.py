@@ -15,7 +15,6 @@ light) before resizing, i.e. open_clip's ``resize_mode="longest"`` with ``fill_c
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
@@ -26,7 +25,7 @@ import pandas as pd
 import torch
 
 from mmreason import paths
-from mmreason.io import atomic_write_bytes, atomic_write_json
+from mmreason.io import atomic_write_bytes, atomic_write_json, sha256_file
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"  # mmreason/model_configs (package data)
 DEFAULT_MODEL = "mmr-vit-tiny"
@@ -45,14 +44,6 @@ def register_model_configs() -> None:
 
 def default_clip_dir(model_name: str = DEFAULT_MODEL) -> Path:
     return paths.artifacts_dir() / "clip" / model_name
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def torch_bytes(obj) -> bytes:

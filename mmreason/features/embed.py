@@ -37,11 +37,10 @@ from mmreason.features.clip import (
     iter_photo_batches,
     load_clip,
     product_texts,
-    sha256_file,
     torch_bytes,
 )
 from mmreason.features.cliptrain import one_per_product, recall_at_k
-from mmreason.io import atomic_write_bytes, fingerprint
+from mmreason.io import atomic_write_bytes, fingerprint, sha256_file
 
 PROBE_TARGETS = ["colour_group_name", "product_type_name"]
 CACHE_VERSION = 1

@@ -24,7 +24,7 @@ from mmreason.features import embed as embed_lib
 from mmreason import paths
 from mmreason.features import retrieval
 from mmreason.features import tokenizer as tok_lib
-from mmreason.io import DataError
+from mmreason.io import DataError, sha256_file
 
 
 @dataclass
@@ -53,14 +53,14 @@ class Artifacts:
         clip_file = self.clip_pretrained and Path(self.clip_pretrained).is_file()
         return {  # each place as paths.in_artifacts gives it: absolute, and relative to the artifacts root
             "tables": {**paths.in_artifacts(self.data_dir),
-                       "sha256": {n: clip_lib.sha256_file(self.data_dir / f"{n}.parquet") for n in RECORDED_TABLES}},
+                       "sha256": {n: sha256_file(self.data_dir / f"{n}.parquet") for n in RECORDED_TABLES}},
             "tokenizer": {**paths.in_artifacts(self.tokenizer_dir), "sha256": _tokenizer_sha(self.tokenizer_dir)},
             "clip": {"model": self.clip_model,
                      **(paths.in_artifacts(self.clip_pretrained) if clip_file else {"path": self.clip_pretrained}),
-                     "sha256": clip_lib.sha256_file(self.clip_pretrained) if clip_file else None},
+                     "sha256": sha256_file(self.clip_pretrained) if clip_file else None},
             "embeddings": {**paths.in_artifacts(self.cache["path"]), "sha256": embed_lib.content_sha256(self.cache)},
         } | ({} if self.retrieved_path is None else {
-            "retrieved": {**paths.in_artifacts(self.retrieved_path), "sha256": clip_lib.sha256_file(self.retrieved_path)}})
+            "retrieved": {**paths.in_artifacts(self.retrieved_path), "sha256": sha256_file(self.retrieved_path)}})
 
 
 def artifacts_content(record: dict | None) -> dict:
@@ -82,7 +82,7 @@ RECORDED_TABLES = ("users", "items", "interactions", "examples")  # what evaluat
 
 def _tokenizer_sha(tok_dir) -> str | None:
     f = Path(tok_dir) / "tokenizer.json" if tok_dir else None
-    return clip_lib.sha256_file(f) if f and f.exists() else None
+    return sha256_file(f) if f and f.exists() else None
 
 
 @dataclass
@@ -183,7 +183,7 @@ def load_recorded(record: dict, run: str = "the run", embed_workers: int = 2) ->
         f = data_dir / f"{name}.parquet"
         if not f.exists():
             refuse("tables", data_dir, f"has no {f.name}")
-        if clip_lib.sha256_file(f) != sha:
+        if sha256_file(f) != sha:
             refuse("tables", data_dir, f"has changed ({f.name})")
     t = hm.load_tables(data_dir, names=TABLES)
 
@@ -204,7 +204,7 @@ def load_recorded(record: dict, run: str = "the run", embed_workers: int = 2) ->
         if clip["sha256"] is not None:
             if not Path(clip_path).exists():
                 refuse("CLIP", clip_path, "is missing (and so is its photo-embedding cache)")
-            if clip_lib.sha256_file(clip_path) != clip["sha256"]:
+            if sha256_file(clip_path) != clip["sha256"]:
                 refuse("CLIP", clip_path, "has changed (and its photo-embedding cache is missing)")
         print(f"[pipeline] {path.name} is missing: recomputing it from the run's CLIP {clip_path}")
         cache = embed_lib.load_embeddings(t["items"], clip["model"], clip_path, path, workers=embed_workers)
@@ -215,7 +215,7 @@ def load_recorded(record: dict, run: str = "the run", embed_workers: int = 2) ->
         retrieved_path = paths.from_artifacts(record["retrieved"])
         if not retrieved_path.exists():
             refuse("retrieved copies", retrieved_path, "is missing")
-        if clip_lib.sha256_file(retrieved_path) != record["retrieved"]["sha256"]:
+        if sha256_file(retrieved_path) != record["retrieved"]["sha256"]:
             refuse("retrieved copies", retrieved_path, "has changed")
         df = pd.read_parquet(retrieved_path)
         retrieved = dict(zip(df["article_id"].astype(int), df["retrieved"].astype(str)))
