@@ -85,6 +85,12 @@ def test_a_slash_value_is_named_by_its_parts():
     typed_trousers = {**dress, "product_type_name": "Trousers", "detail_desc": "Playsuit in woven fabric."}
     assert f.check("Long jumpsuit in woven fabric.", typed_trousers, None) == []  # its own words say playsuit
     assert not {"jumpsuit", "playsuit"} & f.contradicting(typed_trousers)["type"]
+    # a claim naming her earlier "Julia jumpsuit" describes that purchase, whatever type it was filed under
+    coat = {**dress, "product_type_name": "Coat", "detail_desc": "Coat in woven fabric."}
+    bought = {"n": 8, "colours": {"red"}, "types": {"dress"}, "patterns": set(), "names": ["Julia jumpsuit"]}
+    cites = "Red is a regular in your wardrobe: most recently with the Julia jumpsuit. Coat in woven fabric."
+    assert f.check(cites, coat, bought) == []
+    assert f.check(cites, coat, {**bought, "names": ["Julia dress"]}) == ["wrong_type", "false_history"]
 
 
 def test_contradicting_is_kept_per_article_and_never_stale():

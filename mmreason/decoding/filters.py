@@ -223,13 +223,17 @@ class _Bought:
         self.name_list = [n for n in names if n]
         self.names = " " + " | ".join(names) + " "
 
-    def backs(self, field: str, value: str) -> bool:
-        return not self.sets[field] or value in self.sets[field] or f" {value} " in self.names
+    def _in_names(self, value: str, phrases: Iterable[str]) -> bool:
+        return any(f" {p} " in self.names for p in (value, *phrases))
 
-    def names_it(self, field: str, value: str) -> bool:
+    def backs(self, field: str, value: str, phrases: Iterable[str] = ()) -> bool:
+        """``phrases``: the value's aliases, which a name may use ("the Julia jumpsuit" for Jumpsuit/Playsuit)."""
+        return not self.sets[field] or value in self.sets[field] or self._in_names(value, phrases)
+
+    def names_it(self, field: str, value: str, phrases: Iterable[str] = ()) -> bool:
         """Could value describe an earlier purchase named in a claim? With names given, only if a name
         has it: "white" in "you bought white trousers" describes this article if no white thing was named."""
-        return f" {value} " in self.names if self.names.strip() else self.backs(field, value)
+        return self._in_names(value, phrases) if self.names.strip() else self.backs(field, value, phrases)
 
 
 class Filter:
@@ -283,8 +287,9 @@ class Filter:
                 for value in mentioned_values(s.split(), self.index[field]):
                     if in_claim:
                         named_in_claims[field].add(value)
-                    excused = (_fits_article(value, truths[field], all_truths, own_text, self.phrases[field][value])
-                               or (in_claim and (bought is None or bought.names_it(field, value))))
+                    phrases = self.phrases[field][value]
+                    excused = (_fits_article(value, truths[field], all_truths, own_text, phrases)
+                               or (in_claim and (bought is None or bought.names_it(field, value, phrases))))
                     wrong |= not excused
             if wrong:
                 causes.append(f"wrong_{field}")
@@ -292,7 +297,8 @@ class Filter:
         if claims and bought is not None:
             # claims name the new article too, so one backed value per field is enough; patterns are left
             # out: they are read off names ("Lace", "Denim") more often than off the pattern field
-            unbacked = any(named_in_claims[f] and not any(bought.backs(f, v) for v in named_in_claims[f])
+            unbacked = any(named_in_claims[f]
+                           and not any(bought.backs(f, v, self.phrases[f][v]) for v in named_in_claims[f])
                            for f in ("colour", "type"))
             # an earlier purchase named in a claim must be one of the user's (when their names are known)
             made_up = bool(bought.name_list) and any(not cites_a_purchase(c, bought.name_list)
