@@ -93,6 +93,23 @@ def test_a_slash_value_is_named_by_its_parts():
     assert f.check(cites, coat, {**bought, "names": ["Julia dress"]}) == ["wrong_type", "false_history"]
 
 
+def test_the_evidence_hook_as_stated_is_not_held_to_the_history_sets():
+    """The rule's hook is true by construction (the data audit); a group it names may hold a type word she never
+    bought ("Socks and Tights", shopped for tights). Stated as the evidence states it, the hook passes; without the
+    evidence, or worded otherwise, the claim is still held to her purchases."""
+    f = Filter({"colour": {"black"}, "type": {"socks", "underwear tights"}, "pattern": set()})
+    socks = {"product_type_name": "Socks", "colour_group_name": "Black", "graphical_appearance_name": "Solid",
+             "detail_desc": "Fine-knit trainer socks."}
+    bought = {"n": 2, "colours": {"black"}, "types": {"underwear tights"}, "patterns": set(),
+              "names": ["Highwaist 30 den 1p Tights"]}
+    hook = "More Socks and Tights, a group you have shopped twice, most recently for the Highwaist 30 den 1p Tights."
+    reason = hook + " Fine-knit trainer socks."
+    assert f.check(reason, socks, bought, hook) == []
+    assert f.check(reason, socks, bought) == ["false_history"]
+    other = reason.replace("Socks and Tights", "Socks")
+    assert f.check(other, socks, bought, hook) == ["false_history", "unsupported_hook"]
+
+
 def test_contradicting_is_kept_per_article_and_never_stale():
     """``contradicting`` is kept by the columns it reads: the same article gives the same values; an article that
     differs in any of those columns (its type, its copy) gets its own."""

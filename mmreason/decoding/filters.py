@@ -277,6 +277,11 @@ class Filter:
             causes.append("repetitive")
 
         claims = set(history_claims(reason, self.claim_patterns))  # tokenised, space-joined sentences
+        lead = hook_span(reason, hook) if hook is not None else None
+        # The evidence's hook, stated as it is, is true by construction (the data audit): the values it names are
+        # the evidence's, not claims to back ("More Socks and Tights, a group you have shopped twice, most recently
+        # for the ... Tights" names the group's "socks", which she never bought).
+        stated = set(sentences[:len(split_sentences(hook))]) if lead else set()
         bought = _Bought(history) if history is not None else None
         truths, all_truths, own_text = _article_truths(article)
         named_in_claims = {f: set() for f in FIELDS}
@@ -285,7 +290,7 @@ class Filter:
             for s in sentences:
                 in_claim = s in claims
                 for value in mentioned_values(s.split(), self.index[field]):
-                    if in_claim:
+                    if in_claim and s not in stated:
                         named_in_claims[field].add(value)
                     phrases = self.phrases[field][value]
                     excused = (_fits_article(value, truths[field], all_truths, own_text, phrases)
@@ -305,7 +310,7 @@ class Filter:
                                                      for s in claims for c in cited_purchases(s))
             if not bought.n or unbacked or made_up:
                 causes.append("false_history")
-        if hook is not None and hook_span(reason, hook) is None:
+        if hook is not None and lead is None:
             causes.append("unsupported_hook")
         return causes
 
