@@ -195,6 +195,12 @@ def test_the_hook_must_be_the_one_its_evidence_states(filt):
     assert filt.check(dotted + copy, ARTICLE, history, dotted) == []
     cut = "Trousers is one of your staples: you have bought it twice, most recently the Ibiza Vis."
     assert filt.check(cut + copy, ARTICLE, history, dotted) == ["unsupported_hook"]
+    # a name whose full stop has no space ("Aza.Low 2p"): the shown reason is cleaned ("Aza. Low", two sentences),
+    # and so is the evidence's hook when the rule repairs a reason with it; both are the hook
+    tight = "Trousers is one of your staples: you have bought it twice, most recently the Charlotte Aza.Low 2p 6 months ago."
+    named = {**history, "names": {"Charlotte Aza.Low 2p"}}
+    assert filt.select([tight + copy], ARTICLE, named, tight) == (clean(tight + copy), [])
+    assert "Aza. Low" in clean(tight + copy)
     # no evidence hook (no section, no history): nothing to state
     assert filt.check("Wide trousers in woven fabric.", ARTICLE, NO_HISTORY, "") == []
     chosen, rejected = filt.select([hook.replace("Black", "Light White") + copy, hook + copy], ARTICLE, history, hook)

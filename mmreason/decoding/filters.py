@@ -202,10 +202,12 @@ def _fits_article(value: str, truths: set[str], all_truths: set[str], own_text: 
 def hook_span(reason: str, hook: str) -> str | None:
     """The leading sentences of ``reason`` that state ``hook`` (the evidence's hook sentence, which may hold
     more than one sentence when a cited name has a full stop: "the Ibiza Vis. TRS"), or None when they do not
-    state it token for token. An empty ``hook`` (no section, no history) is stated by no sentences: ""."""
+    state it token for token. An empty ``hook`` (no section, no history) is stated by no sentences: "".
+    Sentences are counted on the hook as ``clean`` writes it, as the reason was: cleaning spaces a name's
+    "Aza.Low" into "Aza. Low", a sentence more."""
     if not isinstance(hook, str) or not hook.strip():
         return ""
-    k = len(split_sentences(hook))
+    k = len(split_sentences(clean(hook)))
     lead = " ".join(split_sentences(reason)[:k])
     return lead if tokenize(lead) == tokenize(hook) else None
 
