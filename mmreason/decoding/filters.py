@@ -283,7 +283,7 @@ class Filter:
         # The evidence's hook, stated as it is, is true by construction (the data audit): the values it names are
         # the evidence's, not claims to back ("More Socks and Tights, a group you have shopped twice, most recently
         # for the ... Tights" names the group's "socks", which she never bought).
-        stated = set(sentences[:len(split_sentences(hook))]) if lead else set()
+        stated = set(sentences[:len(split_sentences(lead))]) if lead else set()
         bought = _Bought(history) if history is not None else None
         truths, all_truths, own_text = _article_truths(article)
         named_in_claims = {f: set() for f in FIELDS}
