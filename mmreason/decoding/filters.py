@@ -12,7 +12,8 @@
   false_history  claims past purchases (metrics.history_claims, with CLAIM_PATTERNS) for a user who has
                  none, or the claim names colours (or types) none of which the user ever bought, or it
                  names an earlier purchase ("most recently the Luna skinny") that is not among the user's
-                 (history["names"], when given)
+                 (history["names"], when given); the evidence's own hook, stated as it is, names only true
+                 values (the data audit) and is not held to the colours and types she bought
   unsupported_hook  (when the prompt's evidence hook is given: ``hook=``) the reason does not open with the
                  hook sentence its evidence states (reasons.build_hook: the facts, count, time and name the
                  prompt shows, in their template). The evidence holds one hook's facts and nothing else the
