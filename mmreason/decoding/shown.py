@@ -13,7 +13,7 @@
                hook the rule writes from the same facts; the offer below leads with the evidence's hook too
                where the shown reason's is not it. ``Shown.hook`` says whose hook is shown. Measured on
                the default run's test sets (README, Evaluation): the model writes the evidence's hook itself
-               in 95.0% (unseen) / 94.3% (temporal) of shown reasons (90.3% / 88.3% with the purchase names
+               in 94.7% (unseen) / 94.3% (temporal) of shown reasons (90.3% / 88.3% with the purchase names
                written out in the targets instead of the slot); the others spliced a subject
                ("LightSocks is a regular in your wardrobe"), named a section the user was never counted in,
                added a time, or cut a name, and no beam held the right one.

@@ -20,8 +20,8 @@ specific (unique-sentence ratio 0.73 -> 0.36, copy CIDEr 0.45 -> 0.38 on unseen 
 offer shows for a run whose prompt retrieves copies, i.e. the sample's first sentence followed by the prompt's
 first retrieved copy (``shown.offered``); the reward scores that text and the gradient and the KL credit the
 hook's tokens only. Measured on the default run (README): neither moves the deployed reward beyond noise
-("reason", on the slot default: unseen 0.531 -> 0.531, temporal 0.617 -> 0.618; "hook", before the hook check:
--0.009 unseen); "reason" raises the sampled reward (0.235 -> 0.301), "hook" does not (0.447 -> 0.434): the
+("reason", on the slot default: unseen 0.535 -> 0.539, temporal 0.620 -> 0.622; "hook", before the hook check:
+-0.009 unseen); "reason" raises the sampled reward (0.237 -> 0.342), "hook" does not (0.447 -> 0.434): the
 supervised hooks already match their evidence's (95% of shown ones), so the reward has little left to find in them.
 
 Prompts are the supervised model's training examples (days before each customer's val/test day).
