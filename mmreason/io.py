@@ -72,11 +72,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def file_stat(path: Path) -> list:
-    st = Path(path).stat()
-    return [str(path), st.st_size, int(st.st_mtime_ns)]
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -93,13 +93,17 @@ def from_artifacts(where: dict) -> Path:
 def point_latest(pointer: Path, target: Path) -> None:
     """Make ``pointer`` a relative symlink to ``target`` (its sibling), replacing the old link atomically.
 
-    An unkeyed artifact left at ``pointer`` by an older version is moved aside to ``<pointer>-unkeyed``.
+    An unkeyed artifact left at ``pointer`` (by an older version, or by a command told to write there) is moved
+    aside to ``<pointer>-unkeyed``, or ``-unkeyed-2``, ``-3``, ... where that is taken: nothing is overwritten.
     """
     pointer, target = Path(pointer), Path(target)
     if pointer.is_symlink() and os.readlink(pointer) == target.name:
         return
     if pointer.exists() and not pointer.is_symlink():
-        aside = pointer.with_name(pointer.name + "-unkeyed")
+        aside, n = pointer.with_name(pointer.name + "-unkeyed"), 1
+        while aside.exists() or aside.is_symlink():
+            n += 1
+            aside = pointer.with_name(f"{pointer.name}-unkeyed-{n}")
         print(f"[paths] moving the unkeyed {pointer} aside to {aside.name}")
         os.replace(pointer, aside)
     tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.link")

@@ -47,6 +47,14 @@ def test_an_unkeyed_artifact_from_an_older_version_is_moved_aside_not_lost(tmp_p
     paths.point_latest(old, new)
     assert old.is_symlink() and (tmp_path / "mmr-vit-tiny-unkeyed" / "weights").read_text() == "old"
     assert "moving the unkeyed" in capsys.readouterr().out
+    # a second one (a command told to write at the link's place) goes beside the first, which stays
+    old.unlink()
+    old.mkdir()
+    (old / "weights").write_text("older")
+    paths.point_latest(old, new)
+    assert old.is_symlink() and os.readlink(old) == new.name
+    assert (tmp_path / "mmr-vit-tiny-unkeyed" / "weights").read_text() == "old"
+    assert (tmp_path / "mmr-vit-tiny-unkeyed-2" / "weights").read_text() == "older"
 
 
 def test_a_recorded_place_is_found_after_the_artifacts_folder_moves(tmp_path, monkeypatch):

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from mmreason import data
 from mmreason.datasets import prompts, splits
@@ -333,3 +336,18 @@ def test_amazon_adapter_drops_reviewer_names(tmp_path):
         assert b"Jane" not in p.read_bytes() and b"Bob Roe" not in p.read_bytes()
     problems = pd.read_csv(out / "problems.csv")
     assert set(problems["kind"]) == {"malformed", "bad_value"}
+
+
+def test_the_same_data_laid_out_again_keeps_its_key_and_other_photos_change_it(tmp_path, clean_hm_dir, capsys):
+    # CI and every new machine lay ../shared/data out afresh: new times (and maybe a new place), the same bytes
+    run(tmp_path, clean_hm_dir)
+    again = shutil.copytree(clean_hm_dir, tmp_path / "laid-again", copy_function=shutil.copyfile)
+    for p in [again, *again.rglob("*")]:
+        os.utime(p, (1e9, 1e9))
+    capsys.readouterr()
+    run(tmp_path, again)
+    assert "reusing" in capsys.readouterr().out
+    photo = next(again.rglob("*.jpg"))
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(photo)  # another photo under the same name
+    run(tmp_path, again)
+    assert "reusing" not in capsys.readouterr().out

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mmreason.datasets.splits import temporal_split, unseen_product_split
-from mmreason.io import DataError, Report, atomic_dir, file_stat, fingerprint
+from mmreason.io import DataError, Report, atomic_dir, fingerprint, sha256_file
 
 VERSION = 1
 FILE = "AMAZON_FASHION_5.json.gz"
@@ -129,7 +129,7 @@ def prepare(args) -> tuple[dict, Path]:
     path, out = Path(args.amazon_dir) / FILE, Path(args.out)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    fp = fingerprint(VERSION, file_stat(path), args.n_behaviour, args.seed, args.on_error)
+    fp = fingerprint(VERSION, sha256_file(path), args.n_behaviour, args.seed, args.on_error)
     if (out / "manifest.json").exists() and not args.force:
         m = json.loads((out / "manifest.json").read_text())
         if m.get("fingerprint") == fp:
