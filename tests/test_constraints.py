@@ -2,6 +2,7 @@
 
 A tiny random model is pushed, by a forward hook on its logits, to write what the constraint must stop
 (a contradicting colour, a made-up purchase name): unconstrained it does, so each test can fail."""
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -252,15 +253,18 @@ def test_shown_path_constrains_fills_filters_and_chooses(model, tokenizer, slots
 
 def test_one_path_from_candidates_to_the_shown_reason():
     """Only shown.py turns candidates into a shown reason: no other module decodes reasons with
-    generate_reasons or chooses with Filter.select (RL's policy sampling calls decode for gradients)."""
-    root = Path(__file__).resolve().parents[1] / "mmreason"
-    offenders = []
-    for f in sorted(root.glob("*.py")):
-        if f.name in ("shown.py", "generate.py", "filters.py"):
-            continue
-        text = f.read_text()
-        if re.search(r"\bgenerate_reasons\(|\.select\(", text):
-            offenders.append(f.name)
+    generate_reasons or chooses with Filter.select (RL's policy sampling calls decode for gradients), in any
+    subpackage or notebook."""
+    repo = Path(__file__).resolve().parents[1]
+    sources = {f.relative_to(repo).as_posix(): f.read_text() for f in sorted((repo / "mmreason").rglob("*.py"))}
+    for nb in sorted((repo / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        sources[nb.relative_to(repo).as_posix()] = "\n".join("".join(c["source"]) for c in cells
+                                                              if c["cell_type"] == "code")
+    assert "mmreason/decoding/shown.py" in sources and "mmreason/serving/explainer.py" in sources
+    allowed = {f"mmreason/decoding/{n}.py" for n in ("shown", "generate", "filters")}
+    offenders = [name for name, text in sources.items()
+                 if name not in allowed and re.search(r"\bgenerate_reasons\(|\.select\(", text)]
     assert offenders == []
 
 
