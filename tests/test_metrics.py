@@ -1,5 +1,6 @@
 """mmreason.metrics against the reference libraries and against hand-computed cases."""
 import math
+import random
 
 import pytest
 import sacrebleu
@@ -98,8 +99,11 @@ def test_self_bleu():
     assert M.self_bleu(["the black dress", "the black dress", "the black dress"]) == pytest.approx(100.0)
     assert M.self_bleu(["black trousers", "red dress", "green coat"]) == 0.0
     varied = [f"item {i} in colour {i % 7} with detail {i % 3}" for i in range(50)]
-    # seeded sampling: repeatable, and the subset is what gets scored
-    assert M.self_bleu(varied, max_samples=10, seed=1) == M.self_bleu(varied, max_samples=10, seed=1)
+    # above max_samples, the seed's subset is what gets scored: the same as scoring that subset whole
+    for seed in (1, 2):
+        subset = random.Random(seed).sample(varied, 10)
+        assert M.self_bleu(varied, max_samples=10, seed=seed) == pytest.approx(M.self_bleu(subset, max_samples=None))
+    assert M.self_bleu(varied, max_samples=10, seed=1) != pytest.approx(M.self_bleu(varied, max_samples=10, seed=2))
     assert 0 < M.self_bleu(varied, max_samples=10) < 100
 
 
