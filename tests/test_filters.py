@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from mmreason.decoding.filters import CAUSES, GENERIC_VALUES, Filter, check, clean, rejection_report, vocab_from_items
+from mmreason.decoding.filters import CAUSES, GENERIC_VALUES, Filter, clean, rejection_report, vocab_from_items
 
 from conftest import ARTICLES
 
@@ -36,7 +36,6 @@ def test_vocab_from_items():
 def test_good_reason_passes(filt):
     assert filt.check(GOOD, ARTICLE, HISTORY) == []
     assert filt.check(GOOD, ARTICLE, None) == []  # unknown history: nothing to hold against it
-    assert check(GOOD, ARTICLE, HISTORY) == []     # no vocab: nothing can contradict
 
 
 def test_wrong_colour(filt):

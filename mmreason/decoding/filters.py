@@ -1,6 +1,6 @@
 """Tidy generated reasons and reject the low-quality ones before anyone reads them.
 
-`check` lists why a reason is rejected (empty list = accepted):
+`Filter.check` lists why a reason is rejected (empty list = accepted):
   empty          no words, or fewer than min_words
   truncated      does not end in . ! or ? (decoding ran out of tokens)
   repetitive     a 3-gram occurs three times (Filter(max_repeats=1): twice), a sentence is said twice,
@@ -350,13 +350,6 @@ class Filter:
                 return text, rejected
             rejected.append((text, causes))
         return None, rejected
-
-
-def check(reason: str, article: Mapping, history: Mapping | None,
-          vocab: Mapping[str, Iterable[str]] | None = None, hook: str | None = None) -> list[str]:
-    """Filter(vocab).check(...) in one call; without vocab only the article's own values are known, so
-    nothing can contradict them and no wrong_* cause is raised. Build one Filter for many reasons."""
-    return Filter(vocab or {}).check(reason, article, history, hook)
 
 
 def rejection_report(results: Iterable[tuple[str | None, list[tuple[str, list[str]]]]]) -> dict:
