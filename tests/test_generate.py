@@ -267,7 +267,7 @@ def test_generation_respects_n_positions(tokenizer, batch):
         cfg = DecodeConfig(strategy=strategy, num_beams=2, max_new_tokens=1000, length_penalty=0.0)
         out = decode(model, short, cfg, tokenizer.eos_token_id)  # no index error past the position table
         room = [len(c[0][0]) - (n_positions - L + 1) for c, L in zip(out, lengths)]
-        assert max(room) == 0 and min(room) >= -n_positions  # a row that never hit EOS filled its room
+        assert max(room) == 0  # no row ran past its room, and one that never hit EOS filled it
     long = {**batch, **collate([encode_example(tokenizer, EXAMPLES[0], with_reason=False)],
                                pad_id=tokenizer.pad_token_id, padding_side="left")}
     with pytest.raises(ValueError, match="n_positions"):
