@@ -72,9 +72,9 @@ def test_a_recorded_place_is_found_after_the_artifacts_folder_moves(tmp_path, mo
 
 # ----------------------------------------------------------------------------- find_checkpoint
 
-def fake_ckpt(path: Path, settings: dict, best: str | None = None, step: int = 0) -> Path:
+def fake_ckpt(path: Path, settings: dict, best: str | None = None, step: int = 0, split: str = "temporal") -> Path:
     """A checkpoint as Lightning writes it, as far as ``find_checkpoint`` reads it."""
-    ckpt = {"hyper_parameters": {"config": settings}, "datamodule_hyper_parameters": {"split": "temporal"},
+    ckpt = {"hyper_parameters": {"config": settings}, "datamodule_hyper_parameters": {"split": split},
             "global_step": step}
     if best is not None:
         ckpt["callbacks"] = {"ModelCheckpoint{'monitor': 'val/loss', 'mode': 'min'}": {
@@ -108,6 +108,9 @@ def test_find_checkpoint_refuses_a_best_file_of_other_settings(tmp_path):
     fake_ckpt(d / "last.ckpt", {"n_embd": 128}, best=name)
     with pytest.raises(DataError, match="written with other settings"):
         find_checkpoint(tmp_path)
+    fake_ckpt(d / name, {"n_embd": 128}, best=name, split="unseen")  # the same model, other data settings
+    with pytest.raises(DataError, match="written with other settings"):
+        find_checkpoint(tmp_path)
 
 
 def test_find_checkpoint_takes_the_best_of_a_run_resumed_on_the_same_tables_in_a_new_folder(tmp_path):
@@ -131,6 +134,10 @@ def test_find_checkpoint_without_a_recorded_best_takes_last_or_the_newest(tmp_pa
     age(fake_ckpt(d / "best-epoch=0-step=9.ckpt", {"n_embd": 64}), 3600)
     fake_ckpt(d / "last.ckpt", {"n_embd": 64})  # an RL run: last.ckpt only, no ModelCheckpoint state
     assert find_checkpoint(tmp_path) == d / "last.ckpt"
+    age(d / "last.ckpt", 60)
+    fake_ckpt(d / "best-epoch=0-step=10.ckpt", {"n_embd": 64})  # written after it: last.ckpt still decides
+    assert find_checkpoint(tmp_path) == d / "last.ckpt"
+    (d / "best-epoch=0-step=10.ckpt").unlink()
     (d / "last.ckpt").unlink()
     fake_ckpt(d / "best-epoch=1-step=2.ckpt", {"n_embd": 64})
     assert find_checkpoint(tmp_path) == d / "best-epoch=1-step=2.ckpt"  # the most recently written
@@ -204,6 +211,24 @@ def test_another_configuration_never_changes_the_default_runs_inputs(in_work, ca
     assert recorded(run_a) == rec_a
     assert evaluated_reasons(in_work, "after") == before
     module, data = load_run(run_a)
+    assert data.artifacts.record() == rec_a
+
+    # 3b. a recorded table or the photo-embedding cache changed in place: refused in one line, used again once restored
+    for f, what in ((at(rec_a["tables"]) / "items.parquet", r"has changed \(items.parquet\)"),
+                    (at(rec_a["embeddings"]), "differ from the recorded ones")):
+        saved = f.read_bytes()
+        if f.suffix == ".parquet":
+            f.write_bytes(saved + b"\0")
+        else:
+            cache = torch.load(f, map_location="cpu", weights_only=True)
+            cache["embedding"][0] += 1
+            torch.save(cache, f)
+        _, data = load_run(run_a)
+        with pytest.raises(DataError, match=what) as e:
+            data.artifacts
+        assert "\n" not in str(e.value)
+        f.write_bytes(saved)
+    _, data = load_run(run_a)
     assert data.artifacts.record() == rec_a
 
     # 4. its photo-embedding cache deleted: rebuilt from its own CLIP, identical, so accepted
