@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -161,6 +162,9 @@ def test_two_tower_trains_on_train_pairs_only_and_uses_photos(tmp_path):
     assert len(users) and all((u, t) in train_targets for u, t in zip(users, targets))
     assert ctx.item_row[D] not in targets[users == ctx.user_row["x"]]  # x's test purchase is no target
     assert hists.shape[1] == 3 and (hists[:, -1] >= 0).all()  # right-aligned, newest last
+    once = Counter((u, i) for u, i, _ in train)
+    # a history is what came before the target's day: never the target's own basket (its day is no history)
+    assert all(t not in h for u, h, t in zip(users, hists, targets) if once[(u, t)] == 1)
     # For the test split it may also learn from val days, never from test days.
     users_t, _, targets_t = twotower.TwoTowerRecommender(ctx, cfg, photo, splits=context.ALLOWED["test"]).training_pairs()
     allowed = {(u, i) for u, i, s in zip(ctx.i_user, ctx.i_item, ctx.i_split) if s != "test"}
