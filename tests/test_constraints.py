@@ -16,7 +16,7 @@ from mmreason import metrics as M
 from mmreason.decoding.constraints import build
 from mmreason.decoding.filters import Filter
 from mmreason.decoding.generate import DecodeConfig, decode
-from mmreason.decoding.shown import OFFER_RETRIEVED, fill_slots, shown_reasons
+from mmreason.decoding.shown import OFFER_RETRIEVED, fill_slots, rehooked, shown_reasons
 from mmreason.model.collate import EOS, NAME_SLOT, collate, encode_example, token_id
 
 from conftest import tiny_tokenizer
@@ -402,3 +402,15 @@ def test_a_hook_the_evidence_does_not_state_is_repaired_with_the_evidence_hook(m
     data.prompt_example = lambda r: {"retrieved": "Soft jersey dress. | Other.", "article_id": r["article_id"]}
     offered = shown_reasons(None, data, rows[1:2], [ARTICLE], DecodeConfig("beam"), FILTER, [hist])[0]
     assert (offered.reason, offered.source, offered.hook) == (f"{hook} Soft jersey dress.", "retrieved", "evidence")
+    # the repair finds nothing (a hook and no copy) but the offer passes: it leads with the evidence's hook, so says so
+    cands[1] = [spliced]
+    offered = shown_reasons(None, data, rows[1:2], [ARTICLE], DecodeConfig("beam"), FILTER, [hist])[0]
+    assert (offered.reason, offered.source, offered.hook) == (f"{hook} Soft jersey dress.", "retrieved", "evidence")
+
+
+def test_rehooked_puts_the_evidence_hook_in_place_of_as_many_sentences_as_it_has():
+    """A cited name with a full stop ("Greta Hipster Ch. (Poppy)", 55 H&M names) makes a two-sentence hook."""
+    hook = "You bought the Greta Hipster Ch. (Poppy) 3 days ago."
+    assert rehooked(f"{hook.replace('3 days', 'a week')} Soft briefs.", hook) == f"{hook} Soft briefs."
+    assert rehooked("Red is your colour. Soft briefs.", "Red is your colour.") == "Red is your colour. Soft briefs."
+    assert rehooked(hook, hook) is None  # nothing after the hook: no reason
