@@ -66,11 +66,15 @@ def test_reward_parts_follow_the_article_and_the_formula(in_work):
             "names": {"skinny jeans", "strap top", "wide trousers"}}
     texts = ["A white t-shirt in cotton jersey with stripes.",   # true colour and type: grounded, passes
              "A red dress in cotton jersey.",                    # wrong colour and wrong type: filtered
-             "In cotton jersey with stripes."]                   # names neither
-    r = reward(texts, [row] * 3, [hist] * 3)
-    assert r["grounding"].tolist() == [1.0, -1.0, 0.0]
-    assert r["passed"].tolist() == [1.0, 0.0, 1.0] and "wrong_colour" in r["causes"][1]
-    p = fb.score_batch([row["customer_id"]] * 3, [row["article_id"]] * 3, texts, [row["t_dat"]] * 3)
+             "In cotton jersey with stripes.",                   # names neither
+             "A white t-shirt with an all over pattern.",        # true colour and type, wrong pattern: filtered
+             "A white t-shirt in cotton jersey with stripes."]   # the first, for a row whose evidence has a hook
+    hooked = row | {"hook": "White is a regular in your wardrobe."}  # ... which it does not open with
+    r = reward(texts, [row] * 4 + [hooked], [hist] * 5)
+    assert r["grounding"].tolist() == [1.0, -1.0, 0.0, 0.5, 1.0]
+    assert r["passed"].tolist() == [1.0, 0.0, 1.0, 0.0, 0.0] and "wrong_colour" in r["causes"][1]
+    assert r["causes"][3] == ["wrong_pattern"] and r["causes"][4] == ["unsupported_hook"]
+    p = fb.score_batch([row["customer_id"]] * 5, [row["article_id"]] * 5, texts, [row["t_dat"]] * 5)
     np.testing.assert_allclose(r["feedback"], p)
     assert r["reference"][2] == pytest.approx(2 * 5 / (5 + 7))  # LCS 5 words; 5 and 7 long ("t shirt" is two)
     assert r["reference"][0] > r["reference"][1]
