@@ -54,8 +54,10 @@ def test_hook_without_shared_history_or_without_history_is_impersonal():
     other = _p(5, 10, product_type_name="Hat", colour_group_name="Red", garment_group_name="Acc", section_name="Kids")
     h = build_hook(ARTICLE, [other])
     assert not h.personalised and h.kind == "new_section" and h.evidence == () and "Womens Casual" in h.text
+    assert h.evidence_text.endswith(". nothing shared with earlier buys.")  # the prompt says which of the two
     h = build_hook(ARTICLE, [])
     assert not h.personalised and h.kind == "cold_section" and "you bought" not in h.text.lower()
+    assert h.evidence_text.endswith(". first purchase.")
 
 
 def test_hook_evidence_states_every_fact_the_hook_does():
