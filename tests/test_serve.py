@@ -113,6 +113,21 @@ def test_recommendations_as_of_a_day_and_without_reasons(client, service):
     assert [a["article_id"] for a in r["articles"]] == [x.article_id for x in service.rank(A, 2, "2019-03-01")]
 
 
+def test_rank_past_the_catalogue_and_what_she_bought(service, monkeypatch):
+    """k above the articles left: each article once, no padding; already_bought says whether she bought it
+    before the day, and her purchases are left out where the recommender excludes them."""
+    n_items, day = len(service.ctx.items), "2019-03-02"
+    bought = {p["article_id"] for p in service.recent_purchases(A, day, n=10 ** 6)}
+    assert len(bought) >= 2
+    for exclude in (False, True):
+        monkeypatch.setattr(service, "exclude_bought", exclude)
+        ranked = service.rank(A, n_items + 5, day)
+        ids = [r.article_id for r in ranked]
+        assert len(set(ids)) == len(ids) == n_items - (len(bought) if exclude else 0)
+        assert [r.already_bought for r in ranked] == [a in bought for a in ids]
+        assert set(ids) >= set(service.ctx.items["article_id"]) - bought
+
+
 def test_explain_chosen_articles_in_order(client, service):
     r = client.post("/explain", json={"customer_id": A, "article_ids": [BIKINI, TEE], "day": "2019-03-01"})
     assert r.status_code == 200, r.text
@@ -139,6 +154,10 @@ def test_every_bad_input_class_in_one_run_and_the_server_keeps_serving(client, s
     one_line_error(client.post("/explain", json=good | {"customer_id": "f" * 64}), 404, "unknown customer_id")
     one_line_error(client.post("/explain", json=good | {"article_ids": [TEE, 123456789]}), 404, "unknown article_id 123456789")
     one_line_error(client.get("/photos/123456789"), 404, "unknown article_id")
+    with monkeypatch.context() as m:  # an article whose photo file is gone from the disk
+        m.setattr(service, "items", service.items.assign(
+            photo_path=service.items["photo_path"].where(service.items.index != DRESS, "/nowhere/gone.jpg")))
+        one_line_error(client.get(f"/photos/{DRESS}"), 404, "has no photo")
     # malformed ids -> 422
     for bad in ["xyz!", "ABCDEF0123", "abc", "a" * 65]:
         one_line_error(client.get(f"/customers/{bad}/recommendations"), 422, "customer_id")
