@@ -221,3 +221,26 @@ def test_retrieval_without_a_photo_falls_back_to_the_most_common_copy():
     vectors = {a: [1.0, i] for i, a in enumerate(items["article_id"])}
     no_photo, lookup = 300000001, photo_lookup({a: v for a, v in vectors.items() if a != 300000001})
     assert systems.retrieval_reasons(pd.DataFrame({"article_id": [no_photo]}), items, lookup) == ["The common copy."]
+
+
+def test_test_frames_and_histories_see_only_what_their_split_allows():
+    """Temporal: new days of products seen in training; unseen: held-out products; n examples by the seed.
+    A history is what the user bought strictly before the example's day, never that day's basket."""
+    ex = pd.DataFrame({"example_id": range(8), "split_temporal": ["test"] * 4 + ["train"] * 2 + ["val"] * 2,
+                       "split_unseen": ["train", "test", "train", "train", "train", "test", "val", "train"]})
+    temporal, unseen = systems.test_frame(ex, "temporal", 0, 0), systems.test_frame(ex, "unseen", 0, 0)
+    assert temporal["example_id"].tolist() == [0, 2, 3] and unseen["example_id"].tolist() == [1, 5]
+    assert systems.test_frame(ex, "temporal", 0, 0, stage="val")["example_id"].tolist() == [7]
+    many = pd.DataFrame({"example_id": range(100), "split_temporal": "test", "split_unseen": "train"})
+    pick = lambda seed: systems.test_frame(many, "temporal", 10, seed)["example_id"].tolist()  # noqa: E731
+    assert len(pick(0)) == 10 and pick(0) == pick(0) and pick(0) != pick(1)
+
+    day = pd.Timestamp("2019-02-01")
+    inter = pd.DataFrame({"customer_id": ["a", "a", "b"], "article_id": [1, 2, 2],
+                          "t_dat": [pd.Timestamp("2019-01-01"), day, day]})
+    items = pd.DataFrame({"article_id": [1, 2], "prod_name": ["Luna skinny", "Vega top"],
+                          "colour_group_name": ["Black", "Red"], "product_type_name": ["Trousers", "Top"],
+                          "graphical_appearance_name": ["Solid", "Stripe"]})
+    a, b = systems.histories(pd.DataFrame({"customer_id": ["a", "b"], "t_dat": [day, day]}), inter, items)
+    assert (a["n"], a["names"], a["colours"]) == (1, {"luna skinny"}, {"black"})
+    assert (b["n"], b["names"], b["types"]) == (0, set(), set())  # her one purchase is the example itself
