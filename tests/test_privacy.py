@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -159,6 +160,24 @@ def test_accountant_epsilon_grows_with_steps_and_falls_with_noise():
     assert privacy.epsilon(2.0, 0.01, 100, 1e-5) < e[2]
     with pytest.raises(ValueError):
         privacy.DPConfig(target_epsilon=None, noise_multiplier=None)
+
+
+@pytest.mark.parametrize("noise", [None, 0.7])
+def test_the_optimizer_adds_the_noise_and_clips_at_the_norm_the_accounting_reports(noise):
+    """epsilon is computed from Accounting's noise and clip: the DP optimizer must use exactly those."""
+    data = SimpleNamespace(sampling="poisson", batch_size=4, frame=lambda stage: pd.DataFrame({"customer_id": list("ab")}),
+                           dataset=lambda stage: list(range(40)))
+    trainer = SimpleNamespace(datamodule=data, world_size=1, accumulate_grad_batches=1, gradient_clip_val=None,
+                              max_steps=5, max_epochs=1)
+    module = SimpleNamespace(dp=privacy.DPConfig(target_epsilon=3.0, noise_multiplier=noise, max_grad_norm=0.25),
+                             trainer=trainer, model=torch.nn.Linear(3, 2))
+    opt = privacy.make_private(module, torch.optim.SGD(module.model.parameters(), lr=0.1))
+    acc = module.accounting
+    assert opt.noise_multiplier == acc.noise_multiplier > 0 and opt.max_grad_norm == acc.max_grad_norm == 0.25
+    if noise is None:
+        assert acc.epsilon(5) == pytest.approx(3.0, abs=0.02)  # calibrated to the target over max_steps
+    else:
+        assert acc.noise_multiplier == 0.7
 
 
 # ----------------------------------------------------------------------------- membership attack
