@@ -79,6 +79,29 @@ def test_limits_take_a_seeded_subset(monkeypatch):
     assert ids("train", limit_train=10_000) == full_train  # a limit above the size keeps everything
 
 
+def test_held_out_customers_never_train_and_everyone_else_does(monkeypatch):
+    ex = synthetic_examples().assign(customer_id=lambda d: [f"c{i % 20:02d}" for i in range(len(d))])
+    with_examples(monkeypatch, ex)
+    dm = ReasonDataModule(split="temporal", holdout_customers=0.5)
+    held, train = dm.held_out_customers(), dm.frame("train")
+    assert 0 < len(held) < 20 and len(train)
+    assert not set(train["customer_id"]) & held
+    everyone = ReasonDataModule(split="temporal").frame("train")
+    assert set(everyone["customer_id"]) - set(train["customer_id"]) == held & set(everyone["customer_id"])
+    assert dm.frame("val")["example_id"].tolist() == ReasonDataModule(split="temporal").frame("val")["example_id"].tolist()
+
+
+def test_the_slot_replaces_the_hooks_cited_name_only_where_asked(monkeypatch):
+    hook, name = "You bought the Luna skinny 3 days ago.", "Luna skinny"
+    row = {"article_id": 1, "reason": f"{hook} Soft skinny jeans, like the Luna skinny.", "hook": hook, "cited_name": name}
+    assert datamodule.delexicalise(row["reason"], hook, name) == \
+        f"You bought the {datamodule.NAME_SLOT} 3 days ago. Soft skinny jeans, like the Luna skinny."
+    assert datamodule.delexicalise("Soft jeans.", hook, name) == "Soft jeans."  # no hook to put a slot in
+    with_examples(monkeypatch, pd.DataFrame({"example_id": [1]}))
+    assert ReasonDataModule(slots=False).prompt_example(row)["reason"] == row["reason"]
+    assert datamodule.NAME_SLOT in ReasonDataModule(slots=True).prompt_example(row)["reason"]
+
+
 # ----------------------------------------------------------------------------- BucketSampler under DDP
 
 @pytest.mark.parametrize("shuffle", [True, False])
