@@ -184,6 +184,9 @@ def test_history_claim_precision():
     assert out == pytest.approx({"history_claim_rate": 0.8, "history_claim_precision": 0.5})
     # by default only values someone has bought are looked for, so the unknown "blue" goes unnoticed
     assert M.history_claim_precision(hyps, histories)["history_claim_precision"] == 0.75
+    # a claim that names no value is still a claim: unsupported for a user with no history
+    bare = M.history_claim_precision(["You've bought this before. Soft jersey."] * 2, [[], {"black"}], values=values)
+    assert bare == pytest.approx({"history_claim_rate": 1.0, "history_claim_precision": 0.5})
     # a real purchase's name cited in a claim is no claim about its values; an invented name is read
     cites = ["More Jersey Fancy, like the Strap top you bought 5 months ago. Fitted top."] * 2
     got = M.history_claim_precision(cites, [{"vest top"}] * 2, values={"top", "vest top"},
@@ -203,6 +206,7 @@ def test_name_citation_precision():
     assert math.isnan(M.name_citation_precision(hyps[2:3], names[2:3])["name_citation_precision"])
     assert M.cited_purchases("most recently the luna skinny 2 months ago") == ["luna skinny 2 months ago"]
     assert not M.cites_a_purchase("luna skinny 2 months ago", {"luna"[:2]})  # a whole name, not a fragment
+    assert M.cites_a_purchase("ibiza vis", {"ibiza vis trs"})  # "the Ibiza Vis. TRS": the full stop ends the sentence
 
 
 def test_personalisation():
@@ -251,6 +255,7 @@ def test_grounding_does_not_read_a_cited_purchase_name_as_a_claim():
     assert M.without_cited_names(hyp, ["Siri cardigan"]) == M.tokenize(
         "Black is a regular: most recently with the. Soft jumper with ribbing. In black.")
     assert "cardigan" in M.without_cited_names(hyp, ["Lotta top"])          # not a real purchase: read
+    assert "lunar" in M.without_cited_names("Like the Lunar top you bought.", ["Luna"])  # whole words only
     assert M.without_cited_names("You bought the Siri cardigan, like the Siri cardigan 2 weeks ago.",
                                  ["siri cardigan"]) == M.tokenize("You bought the, like the 2 weeks ago.")
     attrs = [{"type": "Sweater"}]
