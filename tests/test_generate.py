@@ -204,6 +204,7 @@ def test_same_seed_same_samples(model, batch, tokenizer):
     assert a == b and ids_of(a) != ids_of(c)
     assert all(len(cands) == 3 for cands in a)
     assert len({tuple(ids) for cands in a for ids, _ in cands}) > 3  # samples differ from each other
+    assert all([s for _, s in cands] == sorted((s for _, s in cands), reverse=True) for cands in a)  # best first
 
 
 def repeated_ngrams(ids, n):
