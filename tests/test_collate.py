@@ -52,6 +52,12 @@ def test_truncation(tokenizer):
     assert enc["labels"][-5:] == ids_of(tokenizer, EXAMPLE["reason"])[:4] + [tokenizer.eos_token_id]
     both = encode_example(tokenizer, EXAMPLE, max_prompt_tokens=1, max_reason_tokens=4)
     assert both["segment_ids"].count(SEG_USER) == both["segment_ids"].count(SEG_PRODUCT) == 2
+    # caps that do not name the evidence or retrieved copies (a run from before them): those parts are left out,
+    # so the run sees the prompts it was trained on; a cap naming them puts them in
+    extra = EXAMPLE | {"evidence": "she often buys dresses", "retrieved": "relaxed fit jeans"}
+    assert encode_example(tokenizer, extra, max_prompt_tokens=limits) == encode_example(tokenizer, EXAMPLE, limits)
+    assert len(encode_example(tokenizer, extra, limits | {"evidence": 8, "retrieved": 8})["input_ids"]) > \
+        len(encode_example(tokenizer, EXAMPLE, limits)["input_ids"])
 
 
 def test_prompt_only_for_generation(tokenizer):
