@@ -105,6 +105,10 @@ def test_unseen_split_holds_out_whole_product_codes():
     split = splits.unseen_product_split(range(1000), seed=0, test_frac=0.1, val_frac=0.05)
     assert sum(v == "test" for v in split.values()) == 100 and sum(v == "val" for v in split.values()) == 50
     assert split == splits.unseen_product_split(range(1000), seed=0, test_frac=0.1, val_frac=0.05)
+    # a tiny catalogue, where the fractions round to none, still holds one product out for each
+    tiny = sorted(splits.unseen_product_split([7, 8, 9, 7], seed=0, test_frac=0.1, val_frac=0.1).values())
+    assert tiny == ["test", "train", "val"]
+    assert set(splits.unseen_product_split(range(5), seed=0, test_frac=0.0, val_frac=0.0).values()) == {"train"}
 
 
 # ----------------------------------------------------------------------------- the CLI on a tiny fixture
