@@ -30,8 +30,15 @@ def test_tiny_bench_writes_every_section(tmp_path, monkeypatch):
             f"Lightning | after | {default}", f"plain | after | {default} (again)"} <= set(runs)
     for v in runs.values():
         assert v["tokens_per_s"] > v["scored_tokens_per_s"] > 0 and v["flops_per_token"] > 0
+    # the ratios are the runs' own, after over before, ours over Hugging Face's (a timing, so no value is asserted)
+    tps = lambda *names: sum(runs[n]["tokens_per_s"] for n in names) / len(names)  # noqa: E731
+    after = tps(f"plain | after | {default}", f"plain | after | {default} (again)")
+    assert r["train"]["speedup_after_vs_before"] == pytest.approx(
+        after / tps("plain | before | fp32", "plain | before | fp32 (again)"))
+    assert r["train"]["lightning_overhead"] == pytest.approx(after / runs[f"Lightning | after | {default}"]["tokens_per_s"] - 1)
     for name, v in r["decode"]["settings"].items():
         assert v["ours"]["reasons_per_s"] > 0 and v["hf"]["reasons_per_s"] > 0 and v["ours"]["tokens"] > 0
+        assert v["speedup"] == pytest.approx(v["ours"]["reasons_per_s"] / v["hf"]["reasons_per_s"])
         if name.startswith("greedy"):
             same, total = map(int, v["greedy_same_ids"].split("/"))
             assert same == total > 0, f"{name}: our greedy ids differ from Hugging Face generate's"
