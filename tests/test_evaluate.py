@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -161,6 +162,8 @@ def test_a_copy_equal_to_the_reference_gets_the_best_copy_score():
     g = systems.score(frame["reason"].tolist(), frame, **kw)
     assert g["hook_bleu4"] == pytest.approx(100.0) and g["copy_bleu4"] == pytest.approx(100.0)
     assert g["copy_cider"] == pytest.approx(best_cider)
+    # the silver reasons state their evidence's hook; a baseline writes no hook to hold to it
+    assert g["hook_evidence_rate"] == 1.0 and math.isnan(m["hook_evidence_rate"])
     with pytest.raises(ValueError, match="parts"):
         systems.score(copies, frame, parts=[("", c) for c in copies[:-1]], **kw)
 
