@@ -100,6 +100,15 @@ def test_contradicting_values_cannot_be_written_by_any_strategy(model, tokenizer
             assert not {"wrong_colour", "wrong_type", "wrong_pattern"} & set(FILTER.check(c, ARTICLE, None)), c
 
 
+def test_a_contradicting_word_is_banned_in_its_plural_too():
+    """A red dress's reason may not say "black" or "trousers"; a pair of trousers' may say neither "dress" nor
+    "dresses" (unless the article's own words do: the fixture dress's copy says "dress")."""
+    words = build(tiny_tokenizer(SENTENCES), ARTICLE, [], FILTER).banned_words
+    assert {"trousers", "black", "navy blue", "striped"} <= words and not {"dress", "red"} & words
+    trouser = ARTICLE | {"product_type_name": "Trousers", "prod_name": "Wide", "detail_desc": "Wide trousers."}
+    assert {"dress", "dresses"} <= build(tiny_tokenizer(SENTENCES), trouser, [], FILTER).banned_words
+
+
 @pytest.mark.parametrize("config", STRATEGIES, ids=lambda c: c.strategy)
 def test_cited_names_come_from_the_evidence_trie(model, tokenizer, batch, config):
     text = " most recently the Lotta top 2 months ago."
