@@ -59,7 +59,7 @@ class Report:
 
 
 def fingerprint(*parts) -> str:
-    """sha256 of a JSON dump of ``parts`` (paths are turned into size/mtime stats by the caller)."""
+    """sha256 of a JSON dump of ``parts``: pass file contents' hashes (``sha256_file``), never paths or times."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
