@@ -5,6 +5,7 @@ import json
 import os
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -351,16 +352,29 @@ def test_amazon_adapter_drops_reviewer_names(tmp_path):
     assert set(problems["kind"]) == {"malformed", "bad_value"}
 
 
-def test_the_same_data_laid_out_again_keeps_its_key_and_other_photos_change_it(tmp_path, clean_hm_dir, capsys):
-    # CI and every new machine lay ../shared/data out afresh: new times (and maybe a new place), the same bytes
+def test_the_same_data_laid_out_again_keeps_its_key_and_moved_or_other_photos_change_it(tmp_path, clean_hm_dir,
+                                                                                        capsys, monkeypatch):
+    # CI and every new machine lay ../shared/data out afresh: new times, the same bytes, the same place
     run(tmp_path, clean_hm_dir)
-    again = shutil.copytree(clean_hm_dir, tmp_path / "laid-again", copy_function=shutil.copyfile)
-    for p in [again, *again.rglob("*")]:
+    kept = shutil.copytree(clean_hm_dir, tmp_path / "kept", copy_function=shutil.copyfile)
+    shutil.rmtree(clean_hm_dir)
+    shutil.copytree(kept, clean_hm_dir, copy_function=shutil.copyfile)
+    for p in [clean_hm_dir, *clean_hm_dir.rglob("*")]:
         os.utime(p, (1e9, 1e9))
     capsys.readouterr()
-    run(tmp_path, again)
+    run(tmp_path, clean_hm_dir)
     assert "reusing" in capsys.readouterr().out
-    photo = next(again.rglob("*.jpg"))
+    # the same bytes in another place: the items name each photo by its path, so the tables are made again
+    # (named relatively, from its parent: the paths the tables hold are absolute all the same)
+    moved = shutil.copytree(clean_hm_dir, tmp_path / "moved", copy_function=shutil.copyfile)
+    monkeypatch.chdir(tmp_path)
+    _, out = run(tmp_path, Path("moved"))
+    assert "reusing" not in capsys.readouterr().out
+    photos = [Path(p) for p in tables(out)["items"]["photo_path"] if p]
+    assert photos and all(p.is_absolute() and p.is_relative_to(moved) and p.is_file() for p in photos)
+    run(tmp_path, moved)  # named absolutely: the same place, the same key
+    assert "reusing" in capsys.readouterr().out
+    photo = next(moved.rglob("*.jpg"))
     Image.new("RGB", (8, 8), (1, 2, 3)).save(photo)  # another photo under the same name
-    run(tmp_path, again)
+    run(tmp_path, moved)
     assert "reusing" not in capsys.readouterr().out

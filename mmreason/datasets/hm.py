@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -328,20 +329,22 @@ def summary(tables: dict[str, pd.DataFrame], report: Report) -> dict:
 
 def input_fingerprint(hm_dir: Path, args) -> str:
     """The tables' key: the content of the input files and photos (not their times: the same data laid out
-    again, as CI and every new machine do, keeps its key), VERSION and the settings."""
-    hm_dir = Path(hm_dir)
+    again, as CI and every new machine do, keeps its key), the folder they lie in (the items table names each
+    photo by its absolute path: data moved elsewhere is prepared again, not reused with paths that are gone),
+    VERSION and the settings."""
+    hm_dir = Path(os.path.abspath(hm_dir))
     files = [(f, sha256_file(hm_dir / f)) for f in ("articles.parquet", "customers.csv", "transactions.csv")]
     images, photos = hm_dir / "images", hashlib.sha256()
     for p in sorted(images.rglob("*.jpg")) if images.exists() else []:  # ~1 s for the sample's 181 MB
         photos.update(p.relative_to(images).as_posix().encode() + b"\0" + p.read_bytes())
     params = {k: getattr(args, k) for k in ("n_behaviour", "seed", "unseen_test_frac", "unseen_val_frac", "on_error", "limit_users")}
-    return fingerprint(VERSION, files, photos.hexdigest(), params)
+    return fingerprint(VERSION, files, photos.hexdigest(), str(hm_dir), params)
 
 
 def prepare(args) -> tuple[dict, Path]:
     """The tables in ``args.out``, or by default in ``artifacts/data/hm-<key>`` (key: inputs and settings, so
     tables of other inputs or settings never overwrite these; ``artifacts/data/hm`` links to the newest)."""
-    hm_dir = Path(args.hm_dir)
+    hm_dir = Path(os.path.abspath(args.hm_dir))  # photo paths in the tables hold from any working folder
     fp = input_fingerprint(hm_dir, args)
     if args.out is None:
         out = paths.keyed(paths.artifacts_dir() / "data", "hm", fp[:10])
