@@ -458,7 +458,7 @@ def main(argv=None) -> int:
     data.setup("fit")
     device = torch.device("cpu")
     r = {"machine": device_name(device), "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-         "date": time.strftime("%Y-%m-%d %H:%M"), "run": str(args.run),
+         "date": time.strftime("%Y-%m-%d %H:%M"), "run": paths.shown(args.run),
          "command": "python -m mmreason.bench" + (" " + " ".join(argv) if argv else "")}
     n = 256 if tiny else 2048
     print(f"[bench] GEMM {n}² fp32 / bf16 ...", flush=True)

@@ -57,6 +57,17 @@ def resolve(path) -> Path:
     return p
 
 
+def shown(path) -> str:
+    """How reports and answers name a path: ``artifacts/...`` inside the artifacts root (the form every command
+    takes, ``resolve`` reads it back), anything else as given; a report then holds no machine's folders."""
+    p = Path(path)
+    root = artifacts_dir()
+    for a, r in ((p.absolute(), root.absolute()), (p.resolve(), root.resolve())):
+        if a.is_relative_to(r):
+            return Path("artifacts", a.relative_to(r)).as_posix()
+    return str(path)
+
+
 def offline() -> None:
     """No model hub here: make Hugging Face fail fast instead of retrying for minutes."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

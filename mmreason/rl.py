@@ -189,7 +189,7 @@ def main(argv=None) -> int:
              "deployed": {s: deployed_scores(policy, data, p, reward, items, args.decode, args.progress) for s, p in evals.items()}}
     rewarded = ("the sampled hook followed by the prompt's first retrieved copy, as the deployed offer shows it "
                 "(the hook's tokens credited)" if train_prompts.hook_only(config.part) else "the whole sampled reason")
-    meta = {"run": str(base_path), "out": str(out), "steps": config.steps, "config": asdict(config), "rewarded": rewarded,
+    meta = {"run": paths.shown(base_path), "out": paths.shown(out), "steps": config.steps, "config": asdict(config), "rewarded": rewarded,
             "seconds": round(time.time() - t0), "n_eval": args.n_eval, "decode": args.decode}
     table = markdown(before["deployed"], after["deployed"], before["sampled"], after["sampled"], meta)
     results = Path(args.results or paths.results_dir("cpu"))

@@ -233,7 +233,7 @@ def create_app(service: Service, batching: bool = True, max_batch: int = 32, max
     @app.get("/health")
     def health() -> dict:
         b = batcher.batches
-        return {"status": "ok", "run": str(service.run), "model": service.model_name,
+        return {"status": "ok", "run": paths.shown(service.run), "model": service.model_name,
                 "decode": service.explainer.decode_name, "batching": batcher.enabled, "max_batch": max_batch,
                 "mean_requests_per_batch": round(sum(b) / len(b), 2) if b else None}
 

@@ -43,6 +43,17 @@ def test_other_paths_are_kept(roots, tmp_path):
     assert paths.resolve("artifacts2/runs/cpu") == Path("artifacts2/runs/cpu")
 
 
+def test_reports_name_a_path_in_the_artifacts_root_as_the_commands_take_it(roots, tmp_path):
+    art, _, cwd = roots
+    (art / "runs").mkdir(parents=True)
+    assert paths.shown(art / "runs" / "cpu" / "last.ckpt") == "artifacts/runs/cpu/last.ckpt"
+    assert paths.resolve(paths.shown(art / "runs" / "rl")) == art / "runs" / "rl"
+    (tmp_path / "link").symlink_to(art)
+    assert paths.shown(tmp_path / "link" / "runs" / "cpu") == "artifacts/runs/cpu"  # another way to the root
+    assert paths.shown(tmp_path / "elsewhere" / "run") == str(tmp_path / "elsewhere" / "run")
+    assert paths.shown("runs/cpu") == "runs/cpu"  # relative to the working folder, not the root: as given
+
+
 def test_defaults_without_the_variables(monkeypatch, tmp_path):
     monkeypatch.delenv("MMREASON_ARTIFACTS", raising=False)
     monkeypatch.delenv("MMREASON_RESULTS", raising=False)

@@ -64,9 +64,12 @@ def one_line_error(r, status: int, *words) -> str:
 
 # ----------------------------------------------------------------------------- endpoints
 
-def test_health_and_page(client, work):
+def test_health_and_page(client, work, monkeypatch):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["batching"] is True and h["model"] == "two_tower" and h["decode"] == "greedy+beam"
+    assert h["run"] == str(work / "run")  # outside the artifacts root: as given
+    monkeypatch.setenv("MMREASON_ARTIFACTS", str(work))
+    assert client.get("/health").json()["run"] == "artifacts/run"  # inside: never the server's own folders
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="customer"' in page.text and "/customers/" in page.text and "/recommendations" in page.text
