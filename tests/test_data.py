@@ -97,6 +97,80 @@ def test_audit_counts_a_fact_only_where_the_model_can_read_it():
 def test_when_reads_naturally():
     assert [when(d) for d in (1, 3, 8, 30, 90, 400)] == [
         "yesterday", "3 days ago", "last week", "4 weeks ago", "3 months ago", "over a year ago"]
+    # at each boundary the next wording takes over: no "7 days ago", "8 weeks ago" or "12 months ago"
+    assert [when(d) for d in (6, 7, 13, 14, 59, 60, 364, 365)] == [
+        "6 days ago", "last week", "last week", "2 weeks ago", "8 weeks ago", "2 months ago", "12 months ago",
+        "over a year ago"]
+
+
+def test_hook_rules_in_their_order_on_values_the_article_has():
+    striped = ARTICLE | {"graphical_appearance_name": "Stripe"}
+    # pattern before colour: one purchase shares the colour (more recent), another the pattern
+    h = build_hook(striped, [_p(1, 3, product_type_name="Skirt"),
+                             _p(2, 9, product_type_name="Top", colour_group_name="Red", graphical_appearance_name="Stripe")])
+    assert h.kind == "pattern" and h.evidence == (2,)
+    # an attribute the article lacks ("" for a new article) matches nothing, not every purchase that lacks it too
+    blank = ARTICLE | {"colour_group_name": ""}
+    h = build_hook(blank, [_p(1, 3, colour_group_name="")])
+    assert h.kind == "type" and "taste for" not in h.text
+    # the evidence names at most the 5 most recent matches
+    h = build_hook(ARTICLE, [_p(i, i + 1) for i in range(1, 8)])
+    assert h.evidence == (1, 2, 3, 4, 5) and "7 times" in h.text
+    # a fact is stated on word boundaries: "once" inside the name "Ponce top" is not the count
+    h = build_hook(ARTICLE | {"colour_group_name": "White"},
+                   [_p(1, 3, prod_name="Ponce top", product_type_name="Skirt", garment_group_name="Skirts",
+                       section_name="Womens Casual", colour_group_name="Red")])
+    assert h.kind == "section" and "Ponce top" in h.facts and "once" not in h.facts
+
+
+def test_article_evidence_and_copy():
+    from mmreason.datasets.reasons import article_evidence, product_copy
+    a = ARTICLE | {"perceived_colour_master_name": "black"}  # the same value twice, in other cases: once
+    assert article_evidence(a) == "Trousers, Black, Solid, Womens Casual"
+    assert product_copy(a | {"detail_desc": "  "}) == ("New trousers: trousers in black.", "attributes")
+    assert product_copy(a | {"detail_desc": " Wide trousers. "}) == ("Wide trousers.", "detail_desc")
+
+
+def test_profile_and_behaviour_texts_at_their_boundaries():
+    from collections import Counter
+    assert [prompts.age_band(a) for a in (16, 24, 25, 34, 64, 65, None)] == [
+        "age 16-24", "age 16-24", "age 25-34", "age 25-34", "age 55-64", "age 65+", "age unknown"]
+    assert [prompts.price_level(p, (1.0, 2.0)) for p in (1.0, 1.5, 2.0, 2.5)] == [
+        "budget", "mid-price", "mid-price", "premium"]
+    customer = {"age": 30, "club_member_status": "ACTIVE", "fashion_news_frequency": "NONE"}
+    counts = {col: Counter({"A": 4, "B": 3, "C": 2, "D": 1}) for col in prompts.PROFILE_FIELDS}
+    def profile(channels):
+        return prompts.profile_text(customer, counts, 10, Counter(channels), 15.0, (1.0, 2.0))
+    assert "shops in store" in profile({1: 1, 2: 1}) and "shops online" in profile({2: 3, 1: 1})  # 2: online
+    assert "shops in store" in profile({1: 3, 2: 1})
+    assert "A 4, B 3, C 2" in profile({1: 1}) and "D 1" not in profile({1: 1})  # the top 3 values
+    history = [_p(i, i) for i in range(1, 7)]
+    assert prompts.behaviour_text(history, 5).count(";") == 4 and "item6" not in prompts.behaviour_text(history, 5)
+    parts = dict(p.split(": ", 1) for p in prompts.product_text(ARTICLE | dict(
+        product_group_name="Garment Lower body", perceived_colour_value_name="Dark", perceived_colour_master_name="Black",
+        department_name="", index_group_name="Ladieswear")).split("; "))
+    assert "department" not in parts and parts["index"] == "Ladieswear"  # an empty value is left out, not "department: "
+
+
+def test_price_cuts_read_training_prices_only_and_history_is_read_in_time_order():
+    inter = pd.DataFrame({"split_temporal": ["train"] * 3 + ["test"] * 3, "price": [1.0, 2.0, 3.0, 90.0, 95.0, 99.0]})
+    assert prompts.price_cuts(inter) == pytest.approx((1 + 2 / 3, 2 + 1 / 3))
+    day = pd.Timestamp("2020-01-10")
+    items = pd.DataFrame({"article_id": [1, 2, 3]}).assign(**{f: ["x"] * 3 for f in prompts._PURCHASE_FIELDS})
+    items = items.set_index("article_id", drop=False)
+    rows = pd.DataFrame({"customer_id": "c", "article_id": [3, 1, 2],
+                         "t_dat": pd.to_datetime(["2020-01-08", "2020-01-02", "2020-01-05"])})
+    hist = prompts.history_before(rows, items, "c", day)
+    assert [p.article_id for p in hist] == [3, 2, 1] and [p.days_ago for p in hist] == [2, 5, 8]  # most recent first
+    assert prompts.history_before(rows.iloc[::-1], items, "c", day) == hist  # whatever order the rows come in
+
+
+def test_target_features_name_each_value_once_and_visible_prompt_reads_only_capped_segments():
+    a = ARTICLE | {"perceived_colour_master_name": "Black"}
+    assert prompts.target_features("Black trousers for black days.", a) == ["trousers", "black"]
+    ex = {"product": "0123456789", "user_profile": "abc"}
+    assert prompts.visible_prompt(ex, caps={"product": 10}) == "012345678"  # cap - 1 bytes: any BPE keeps as much
+    assert prompts.visible_prompt(ex, caps={"user_profile": 8}) == "abc"  # a segment without a cap is not read
 
 
 # ----------------------------------------------------------------------------- splits
