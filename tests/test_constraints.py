@@ -425,3 +425,15 @@ def test_rehooked_puts_the_evidence_hook_in_place_of_as_many_sentences_as_it_has
     assert rehooked(f"{hook.replace('3 days', 'a week')} Soft briefs.", hook) == f"{hook} Soft briefs."
     assert rehooked("Red is your colour. Soft briefs.", "Red is your colour.") == "Red is your colour. Soft briefs."
     assert rehooked(hook, hook) is None  # nothing after the hook: no reason
+
+
+def test_every_multi_candidate_decoding_offers_four_and_the_history_holds_names():
+    from mmreason.datasets.reasons import Purchase
+    from mmreason.decoding.shown import decoding, evidence_names, history_sets
+    assert [decoding(n)[0].num_return_sequences for n in ("beam", "diverse_beam", "sample", "greedy")] == [4, 4, 4, 1]
+    first, fallback = decoding("greedy+beam")
+    assert first.strategy == "greedy" and fallback.strategy == "beam" and fallback.num_return_sequences == 4
+    sets = history_sets([Purchase(1, 3, "Luna Skinny", "Trousers", "Black", "Denim", "Trousers", "Womens")])
+    assert sets == {"n": 1, "colours": {"black"}, "types": {"trousers"}, "patterns": {"denim"}, "names": {"luna skinny"}}
+    assert evidence_names({"cited_name": "Luna Skinny"}) == ["Luna Skinny"]
+    assert evidence_names({"cited_name": ""}) == evidence_names({"cited_name": float("nan")}) == evidence_names({}) == []

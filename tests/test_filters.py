@@ -297,3 +297,36 @@ def test_grounding_metrics_ignore_the_values_the_filter_ignores():
     assert with_generic["contradiction"] == 1.0  # both "mention" metal: the bug
     g = M.attribute_grounding(hyps, attrs, {"colour": spec["colour"]})["colour"]
     assert g["mention_rate"] == 0.5 and g["precision"] == 1.0 and g["contradiction"] == 0.0
+
+
+# ----------------------------------------------------------------------------- boundaries (a mutation audit)
+
+def test_repetition_at_its_thresholds(filt):
+    # distinct-1 exactly 0.5 over 8 tokens, no 3-gram twice: not repetitive; one distinct word fewer is
+    assert "repetitive" not in filt.check("Soft soft cotton cotton jersey jersey wide wide.", ARTICLE, None)
+    assert "repetitive" in filt.check("Soft soft cotton cotton jersey jersey soft soft.", ARTICLE, None)
+    # a sentence of three words said twice is a loop
+    assert "repetitive" in filt.check("Soft cotton jersey. Soft cotton jersey. It fits well.", ARTICLE, None)
+    # by default a 3-gram may come twice (H&M's own copy does), not three times
+    twice = "Tie at the back, pocket at the back and more."
+    assert "repetitive" not in filt.check(twice, ARTICLE, None)
+    assert "repetitive" in filt.check(twice.replace("more", "a bow at the back"), ARTICLE, None)
+
+
+def test_what_a_named_value_is_held_against(filt):
+    blue = ARTICLE | {"colour_group_name": "Blue", "perceived_colour_master_name": "Blue"}
+    extra = Filter({"colour": {"blue", "dark blue", "transparent"}, "type": {"trousers"},
+                    "pattern": {"transparent", "stripe", "solid"}})
+    assert "wrong_colour" not in extra.check("Wide trousers in dark blue.", blue, None)  # a shade of its value
+    see_through = ARTICLE | {"graphical_appearance_name": "Transparent"}
+    assert "wrong_colour" not in extra.check("Wide trousers in a transparent weave.", see_through, None)  # its pattern
+    striped = ARTICLE | {"graphical_appearance_name": "Stripe"}
+    assert extra.check("A solid choice: wide trousers with stripes.", striped, None) == []  # "solid": a common word
+    # a history field whose set is empty is unknown: it backs a claim rather than refuting it
+    unknown = {"n": 2, "colours": set(), "types": {"trousers"}, "patterns": set()}
+    assert "false_history" not in filt.check("You have bought light blue trousers before. Wide trousers.", ARTICLE,
+                                             unknown)
+
+
+def test_clean_keeps_every_finished_sentence():
+    assert clean("One thing. Two things. Three th", drop_unfinished=True) == "One thing. Two things."
