@@ -300,3 +300,46 @@ def test_repurchase_then_ranks_own_articles_first_then_the_other_model():
     other = lambda ctx, task, idx: np.tile(pref, (len(idx), 1))  # noqa: E731
     # x bought A and B (and F is another colour of A): repurchase's order for those, the stand-in's for the rest
     assert ranking(baselines.repurchase_then(other), ctx, task) == [B, A, F, E, D, C]
+
+
+def test_excluding_bought_articles_and_the_flag_follow_the_history(prepared, tmp_path):
+    kw = dict(split="next", data_dir=prepared / "data", out_dir=tmp_path)
+    kept = api.recommend_for_user("popularity", "a" * 64, 8, exclude_bought=False, **kw)
+    task = context.load_context(prepared / "data").task("next", ["a" * 64])
+    items = context.load_context(prepared / "data").items["article_id"].to_numpy()
+    bought = set(items[task.history[0]].tolist())
+    assert kept["already_bought"].tolist() == [a in bought for a in kept["article_id"]] and kept["already_bought"].any()
+    excluded = api.recommend_for_user("popularity", "a" * 64, 8, exclude_bought=True, **kw)
+    assert not excluded["already_bought"].any() and not set(excluded["article_id"]) & bought
+    assert excluded["excluded_bought"].all() and not kept["excluded_bought"].any()
+    # "next": as of the day after the data ends, so her last day's purchases are history too
+    assert task.cutoff[0] == context.load_context(prepared / "data").i_day.max() + 1
+
+
+def test_exclusion_defaults_to_what_scored_higher_on_validation(tmp_path):
+    assert api.default_exclusion("itemknn", tmp_path) is False  # nothing measured: keep them
+    (tmp_path / "val").mkdir()
+    def write(kept, excluded):
+        (tmp_path / "val" / "metrics.json").write_text(json.dumps({"results": {
+            "itemknn|kept": {"NDCG@10": kept}, "itemknn|excluded": {"NDCG@10": excluded}}}))
+    write(0.2, 0.3)
+    assert api.default_exclusion("itemknn", tmp_path) is True
+    write(0.3, 0.2)
+    assert api.default_exclusion("itemknn", tmp_path) is False
+
+
+def test_a_customer_is_named_by_a_unique_prefix_of_six_characters_or_more():
+    tables = hand_tables()
+    tables["users"] = pd.DataFrame({"customer_id": ["abcdef01", "abcdef02", "x"]}).assign(
+        age_band="age 25-34", club_member_status="ACTIVE", fashion_news_frequency="NONE")
+    tables["interactions"] = tables["interactions"].assign(customer_id="x")
+    ctx = context.Context(tables)
+    assert ctx.resolve_user("x") == "x" and ctx.resolve_user("abcdef01") == "abcdef01"
+    with pytest.raises(context.UnknownUser, match="share that prefix"):
+        ctx.resolve_user("abcdef")
+    with pytest.raises(context.UnknownUser):
+        ctx.resolve_user("abcde")  # a short prefix names nobody, even a unique one
+    tables["users"] = tables["users"].iloc[[0, 2]]
+    with pytest.raises(context.UnknownUser):
+        context.Context(tables).resolve_user("a")
+    assert context.Context(tables).resolve_user("abcdef") == "abcdef01"
