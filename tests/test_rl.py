@@ -353,3 +353,43 @@ def test_explainer_and_recommend_explain(in_work, capsys, monkeypatch):
     assert "| reason | filter |" in printed
     rows = [line for line in printed.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 3 and all(line.rstrip(" |").split(" | ")[-1].startswith(("passed", "failed")) for line in rows)
+
+
+# ----------------------------------------------------------------------------- smaller parts (a mutation audit)
+
+def test_the_default_settings_are_the_committed_runs():
+    """``python -m mmreason.rl`` without flags reruns what results/cpu/rl.json reports (the README's RL table)."""
+    from dataclasses import asdict
+
+    from mmreason import paths
+    committed = json.loads((paths.REPO_ROOT / "results" / "cpu" / "rl.json").read_text())["meta"]["config"]
+    assert asdict(reinforce.RLConfig()) == committed
+
+
+def test_each_step_samples_its_own_stream_and_the_feedback_logit_is_not_capped_early(in_work):
+    draw = lambda step: torch.rand(4, generator=reinforce.step_generator(0, step))  # noqa: E731
+    assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
+
+    class Sure:
+        def score_batch(self, *args):
+            return np.array([0.9999])
+    _, data = load_run(in_work / "run")
+    reward = reinforce.Reward(Sure(), data.artifacts.items, reinforce.RLConfig())
+    row = {"customer_id": "a" * 64, "article_id": 300000001, "t_dat": pd.Timestamp("2019-04-01"), "reason": ""}
+    r = reward(["A white t-shirt in cotton jersey."], [row], [None])
+    assert r["feedback_logit"][0] == pytest.approx(np.log(0.9999 / 0.0001))
+
+
+def test_prompts_keep_each_rows_hook_and_photo(in_work):
+    _, data = load_run(in_work / "run")
+    interactions = pd.read_parquet(data.artifacts.data_dir / "interactions.parquet")
+    frame = data.frame("train").iloc[:3]
+    prompts = reinforce.Prompts(data, frame, interactions, data.artifacts.items)
+    assert [r["hook"] for r in prompts.rows] == frame["hook"].tolist()  # what the filter holds a hook to
+    b = prompts.batch([2, 0], 0)
+    assert torch.equal(b["photo_embedding"], prompts.photo[[2, 0]]) and torch.equal(b["has_photo"], prompts.has_photo[[2, 0]])
+    assert not torch.equal(prompts.photo[2], prompts.photo[0])  # (two photos, so a mix-up would show)
+    prompts.retrieved[1] = None  # one example without retrieved copies: the hook alone cannot be rewarded
+    with pytest.raises(ValueError, match="retrieved"):
+        prompts.hook_only("hook")
+    assert prompts.hook_only("reason") is False
