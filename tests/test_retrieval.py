@@ -197,3 +197,18 @@ def test_encode_texts_keeps_the_given_order_whatever_the_length_order(sentence_e
     assert got.shape == (len(texts), alone.size(1))
     # same text, other padding: equal up to float rounding of the padded matmuls
     torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+
+
+def test_by_photo_only_rows_with_a_photo_and_by_type_every_own_type_row_first():
+    """A hand-made store of four rows: 0 and 3 have no photo and share the most common copy."""
+    text = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [-0.9, 0.436], [0.0, 1.0], [0.6, 0.8]]), dim=1)
+    photo = torch.tensor([[0.0, 0.0], [-1.0, 0.0], [0.0, -1.0], [0.0, 0.0]])
+    store = retrieval.Datastore(article_id=torch.tensor([1, 2, 3, 4]), product_code=torch.tensor([10, 20, 30, 40]),
+                                copy=["x", "b", "c", "x"], text=text, photo=photo,
+                                product_type=["Dress", "Top", "Top", "Dress"], meta={})
+    assert store.has_photo.tolist() == [False, True, True, False]
+    idx, _ = retrieval.nearest(store, None, torch.tensor([[1.0, 0.0]]), [0], by="photo")
+    assert idx.tolist() == [[2]]  # cosines 0, -1, 0, 0: the rows without a photo are not candidates
+    idx, _ = retrieval.nearest(store, text[:1], None, [0], k=4, by="text_type", query_types=["Top"])
+    assert idx.tolist() == [[2, 1, 0, 3]]  # a Top at cosine -0.9 still ranks above a Dress at 1.0
+    assert retrieval.fallback_copy(store, "photo") == "b" and retrieval.fallback_copy(store, "text") == "x"
