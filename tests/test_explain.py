@@ -119,3 +119,20 @@ def test_contexts_are_kept_per_customer_and_day(work, monkeypatch):
     ex.context(CUSTOMERS[1], day)                          # the first one is now the oldest, and dropped
     ex.context(CUSTOMERS[0], day)
     assert len(calls) == 4
+
+
+def test_new_articles_read_both_photo_layouts_blank_cells_and_refuse_a_bad_id(tmp_path):
+    """No trained run needed: the articles file alone."""
+    from PIL import Image
+    row = {c: "x" for c in explainer.NEW_ARTICLE_COLUMNS} | {"article_id": 123456789, "product_code": 123456,
+                                                               "colour_group_name": None}
+    pd.DataFrame([row, row | {"article_id": 987654321}]).to_csv(tmp_path / "a.csv", index=False)
+    (tmp_path / "img" / "012").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "img" / "012" / "0123456789.jpg")  # H&M's <first 3 digits>/ layout
+    Image.new("RGB", (4, 4)).save(tmp_path / "img" / "0987654321.jpg")           # a flat folder
+    arts = explainer.read_new_articles(tmp_path / "a.csv", tmp_path / "img")
+    assert arts["has_photo"].tolist() == [True, True]
+    assert arts["colour_group_name"].tolist() == ["", ""]  # an empty cell is no colour, not "nan"
+    pd.DataFrame([row | {"article_id": "abc"}]).to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(DataError, match="article_id 'abc' is not a number"):
+        explainer.read_new_articles(tmp_path / "b.csv")

@@ -319,3 +319,20 @@ def test_load_test_report_names_the_flags_that_differ_from_the_defaults():
         "python -m mmreason.serve --loadtest --duration 15 --threads 2 --max-wait-ms 2.5"
     plain = serve.get_parser().parse_args(["--loadtest", "--duration", "15"])
     assert loadtest.command_line(plain, defaults) == "python -m mmreason.serve --loadtest --duration 15"
+
+
+@pytest.mark.parametrize("errors", [0, 1])
+def test_the_load_report_divides_with_by_without_batching_and_fails_on_errors(tmp_path, monkeypatch, errors):
+    from mmreason.serving import loadtest
+
+    async def measure(args, batching, two_tower):  # the server and its client, replaced by their numbers
+        row = {"endpoint": "POST /explain (1 article)", "concurrency": 4, "requests": 10, "seconds": 1.0,
+               "rps": 20.0 if batching else 8.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0,
+               "errors": errors if batching else 0}
+        return [row | {"batching": batching}], {"status": "ok"}
+    monkeypatch.setattr(loadtest, "measure", measure)
+    args = serve.get_parser().parse_args(["--loadtest", "--duration", "1", "--out", str(tmp_path)])
+    assert loadtest.run(args) == (1 if errors else 0)  # a request that failed fails the load test
+    on, off = json.loads((tmp_path / "cpu.json").read_text())["rows"]
+    assert on["batching"] and on["speedup_rps"] == 2.5 and "speedup_rps" not in off
+    assert "| POST /explain (1 article) | 4 | on | 10 | 20.0 |" in (tmp_path / "cpu.md").read_text()
