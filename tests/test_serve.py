@@ -236,11 +236,14 @@ def test_batcher_isolates_a_failing_request():
 
     async def go(batcher):
         tasks = [asyncio.ensure_future(batcher.submit((c, [1], None))) for c in ["x", "bad", "y", "z"]]
-        return await asyncio.gather(*tasks, return_exceptions=True)
+        # bounded: a batcher that settles no future fails here instead of hanging the suite
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
 
     b = Batcher(fn, max_batch=8, max_wait_ms=100)
-    x, bad, y, z = asyncio.run(go(b))
-    b.close()
+    try:
+        x, bad, y, z = asyncio.run(go(b))
+    finally:
+        b.close()
     assert (x, y, z) == (["x"], ["y"], ["z"]) and isinstance(bad, KeyError)
 
 
