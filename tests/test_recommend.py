@@ -117,6 +117,26 @@ def test_itemknn_and_repurchase_on_hand_made_purchases():
     assert ranking(baselines.score_repurchase, ctx, task)[:4] == [B, A, F, D]
 
 
+def test_baselines_at_their_edges():
+    # a purchase exactly four weeks before x's val day (10) is recent; one a day earlier is not
+    for day, recent in ((10 - 28, 1.0), (10 - 29, 0.0)):
+        ctx = context.Context(hand_tables([("q", F, day, "train")]))
+        task = ctx.task("val")
+        s = baselines.score_recent_popularity(ctx, task, np.array([task.customers.index("x")]))[0]
+        assert np.floor(s[ctx.item_row[F]]) == recent, day
+    # repurchase: her own article is scored by its own weight alone, not also as another colour of itself
+    ctx = context.Context(hand_tables())
+    task = ctx.task("val")
+    s = baselines.score_repurchase(ctx, task, np.array([0]))[0]
+    assert s[ctx.item_row[A]] == pytest.approx(1e3 / (1 + 9 / 7) + 3 / 5)  # A: 9 days before, bought 3 times of 4 max
+    # item-kNN reads who bought what, not how often: a repeated purchase changes no score
+    def cosines(ctx):  # the scores less their popularity tie-break (which counts every purchase)
+        task = ctx.task("val")
+        pop = baselines._tiebreak(baselines._asof_counts(task, ctx.n_items)(task.cutoff[0]))
+        return baselines.score_itemknn(ctx, task, np.array([0]))[0] - pop
+    np.testing.assert_allclose(cosines(context.Context(hand_tables([("y", A, 1, "train")]))), cosines(ctx))
+
+
 def test_no_scorer_sees_purchases_on_or_after_the_evaluation_day():
     ctx = context.Context(hand_tables())
     task = ctx.task("val")
