@@ -210,6 +210,18 @@ def test_two_tower_retrains_when_photos_change(tmp_path, capsys):
     capsys.readouterr()
     twotower.two_tower(ctx, cfg, photo, tmp_path, progress=False)
     assert "retraining" in capsys.readouterr().out
+    # the splits it learns from are part of what it is: trained on train pairs only, then asked for "allowed"
+    only = twotower.two_tower(ctx, cfg, photo, tmp_path, split="test", fit_on="train", progress=False)
+    assert only.splits == ("train",)
+    capsys.readouterr()
+    both = twotower.two_tower(ctx, cfg, photo, tmp_path, split="test", fit_on="allowed", progress=False)
+    assert both.splits == tuple(context.ALLOWED["test"]) and "reusing" not in capsys.readouterr().out
+
+
+def test_a_two_tower_history_is_the_last_purchases():
+    cfg = twotower.TwoTowerConfig(dim=8, epochs=1, batch_size=4, max_history=3)
+    rec = twotower.TwoTowerRecommender(context.Context(hand_tables(), fingerprint="hand"), cfg, None)
+    assert rec._histories([np.arange(5), np.array([7])]).tolist() == [[2, 3, 4], [-1, -1, 7]]
 
 
 # ----------------------------------------------------------------------------- CLI on the tiny H&M fixture
