@@ -211,3 +211,29 @@ def test_purchase_probability_moves_with_the_reason_text(busy):
     assert (planted - plain_).min() > 0.1  # measured +0.18 to +0.40
     # The word itself: measured only +0.03 to +0.07 at C = 0.01; the rest of the rise is the reason's length.
     assert (planted - other_word).min() > 0.01
+
+
+def test_feature_edges_unknown_user_popularity_periods_and_shared_words(prepared):
+    ctx = context.load_context(prepared / "data")
+    f = feedback.PairFeatures(ctx)
+    names = f.names(text=False)
+    jeans = ctx.item_row[100000001]
+    x, n = f.user_item(np.array([-1]), np.array([jeans]), context.day_number([pd.Timestamp("2019-03-01")]), "next")
+    assert n.tolist() == [0] and dict(zip(names, x[0]))["hist_n"] == 0  # an unknown customer has no history
+    # popularity stops at the start of the pair's 7-day period; the recent count only looks 4 weeks back from it
+    items = ctx.i_item
+    item = np.bincount(items).argmax()
+    days = np.arange(ctx.i_day.min(), ctx.i_day.max() + 15)
+    x, _ = f.user_item(np.full(len(days), ctx.user_row["a" * 64]), np.full(len(days), item), days, "next")
+    pop_all, pop_recent = x[:, names.index("pop_all")], x[:, names.index("pop_recent")]
+    starts, _ = f.user_item(np.full(len(days), ctx.user_row["a" * 64]), np.full(len(days), item), days // 7 * 7, "next")
+    np.testing.assert_array_equal(pop_all, starts[:, names.index("pop_all")])
+    assert len(set(pop_all.tolist())) > 1 and (pop_recent < pop_all).any() and (pop_recent <= pop_all).all()
+    # the fifth text feature: the share of the reason's words found both in her history and in the article
+    user, hist_n = ctx.user_row["a" * 64], 2
+    item2 = ctx.item_row[100000002]
+    reason = "Skinny jeans again, in stretch denim like your strap top."
+    r, h, a = feedback.content_tokens(reason), f.history_tokens(user, hist_n), f.item_tokens[item2]
+    out = f.text_dense([user], [item2], [hist_n], [reason])[0]
+    assert len(r & h & a) > 0 and out[4] == pytest.approx(len(r & h & a) / len(r))
+    assert out[1] == pytest.approx(len(r & h) / len(r)) and out[3] == pytest.approx(len(r & a) / len(r))
