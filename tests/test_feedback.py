@@ -237,3 +237,19 @@ def test_feature_edges_unknown_user_popularity_periods_and_shared_words(prepared
     out = f.text_dense([user], [item2], [hist_n], [reason])[0]
     assert len(r & h & a) > 0 and out[4] == pytest.approx(len(r & h & a) / len(r))
     assert out[1] == pytest.approx(len(r & h) / len(r)) and out[3] == pytest.approx(len(r & a) / len(r))
+
+
+def test_pairs_carry_the_reason_the_data_step_writes_and_follow_their_seed(prepared):
+    from mmreason.datasets.prompts import history_before
+    ctx = context.load_context(prepared / "data")
+    pairs = feedback_train.build_pairs(ctx, negatives=2, seed=0, progress=False)
+    items = ctx.items.set_index("article_id", drop=False)
+    inter = pd.read_parquet(prepared / "data" / "interactions.parquet")
+    aid, cids = ctx.items["article_id"].to_numpy(), ctx.users["customer_id"].to_numpy()
+    for r in pairs.itertuples():  # purchases and non-purchases alike
+        hist = history_before(inter, items, cids[r.user], pd.Timestamp(np.datetime64(int(r.day), "D")))
+        assert r.reason == feedback_train.silver_reason(items.loc[aid[r.item]].to_dict(), hist), r
+    assert pairs["reason"].str.contains("most recently").any()  # (hooks over two purchases: their order matters)
+    again = feedback_train.build_pairs(ctx, negatives=2, seed=0, progress=False)
+    pd.testing.assert_frame_equal(pairs, again)
+    assert not pairs.equals(feedback_train.build_pairs(ctx, negatives=2, seed=1, progress=False))
