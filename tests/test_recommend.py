@@ -93,6 +93,12 @@ def test_task_history_and_targets_stop_at_the_day():
     assert len(task.pool_item) == (ctx.i_split == "train").sum()  # val pool: train split only
 
 
+def test_a_customer_whose_first_purchase_is_on_the_day_is_cold_and_not_evaluated():
+    ctx = context.Context(hand_tables([("new", A, 10, "val")]))
+    task = ctx.task("val")
+    assert task.customers == ["x"] and task.n_cold == 1  # nothing before the day to rank from
+
+
 def test_popularity_counts_only_purchases_before_the_day():
     ctx = context.Context(hand_tables())
     task = ctx.task("val")
