@@ -59,7 +59,8 @@ class Report:
 
 
 def fingerprint(*parts) -> str:
-    """sha256 of a JSON dump of ``parts``: pass file contents' hashes (``sha256_file``), never paths or times."""
+    """sha256 of a JSON dump of ``parts``: pass file contents' hashes (``sha256_file``), never file times; a path
+    only where the artifact itself holds it (the H&M tables name their photos by absolute path)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
