@@ -233,6 +233,11 @@ def test_samples_of_a_slot_run_are_shown_and_rewarded_with_the_evidence_name(wor
     assert texts[0] == "Like the Luna skinny you bought. Soft jersey top."
     assert "name" not in texts[1]  # no name to fill it with: dropped, and the filter judges the rest
     assert credited == [[ids], [ids]]
+    # hook=True: the hook's ids are credited, and an empty sample is credited its stop (EOS), never nothing
+    hooked = type("P", (), {"names": [["Luna skinny"]], "retrieved": ["Soft jersey top."]})()
+    eos = token_id(tok, EOS)
+    texts, credited = reinforce.shown_samples(tok, hooked, [0], [[ids, []]], True, eos)
+    assert credited[0][0] == ids[:reinforce.hook_length(tok, ids)] and credited[0][1] == [eos]
 
 
 @pytest.mark.slow
