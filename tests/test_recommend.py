@@ -381,3 +381,45 @@ def test_a_customer_is_named_by_a_unique_prefix_of_six_characters_or_more():
     with pytest.raises(context.UnknownUser):
         context.Context(tables).resolve_user("a")
     assert context.Context(tables).resolve_user("abcdef") == "abcdef01"
+
+
+def test_two_tower_loss_corrects_for_popularity_and_masks_repeated_targets(monkeypatch):
+    """The first batch's logits, captured where the loss reads them: logQ subtracts each target's log training
+    frequency (column-wise), and another row with the same target is no negative (-inf)."""
+    extra = [("p", A, 1, "train"), ("p", C, 3, "train"), ("q", B, 1, "train"), ("q", C, 3, "train"),  # C again
+             ("r", C, 5, "train")]  # (one more C bought: its frequency is no longer B's)
+    ctx = context.Context(hand_tables(extra), fingerprint="hand")
+    seen = {}
+    real = twotower.F.cross_entropy
+
+    def capture(logits, labels):
+        seen.setdefault("logits", []).append(logits.detach().clone())
+        return real(logits, labels)
+    monkeypatch.setattr(twotower.F, "cross_entropy", capture)
+    first = {}
+    for logq in (True, False):
+        seen.clear()
+        cfg = twotower.TwoTowerConfig(dim=8, epochs=1, batch_size=64, logq=logq)
+        rec = twotower.TwoTowerRecommender(ctx, cfg, None)
+        rec.fit(progress=False)
+        first[logq] = seen["logits"][0]
+    _, _, targets = rec.training_pairs()
+    tgt = torch.from_numpy(targets[np.random.default_rng(cfg.seed).permutation(len(targets))])
+    same = (tgt[None] == tgt[:, None]) & ~torch.eye(len(tgt), dtype=torch.bool)
+    assert same.any() and torch.isinf(first[True][same]).all() and torch.isinf(first[False][same]).all()
+    assert torch.isfinite(first[True][~same]).all()
+    assert len(set(rec.log_freq[tgt].tolist())) > 1
+    diff = (first[False] - first[True])[~same]
+    expected = rec.log_freq[tgt][None].expand(len(tgt), -1)[~same]
+    torch.testing.assert_close(diff, expected)
+
+
+def test_the_user_tower_averages_only_the_real_history():
+    cfg = twotower.TwoTowerConfig(dim=4, max_history=3)
+    rec = twotower.TwoTowerRecommender(context.Context(hand_tables(), fingerprint="hand"), cfg, None)
+    seen = []
+    rec.model.user_mlp.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    hist = torch.randn(1, 3, 4)
+    mask = torch.tensor([[False, True, True]])
+    rec.model.user_vectors(hist, mask, torch.zeros(1, len(rec.model.user_emb), dtype=torch.long))
+    torch.testing.assert_close(seen[0][0, 4:8], hist[0, 1:].mean(0))  # [pooled, mean, profile]
