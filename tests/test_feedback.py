@@ -253,3 +253,17 @@ def test_pairs_carry_the_reason_the_data_step_writes_and_follow_their_seed(prepa
     again = feedback_train.build_pairs(ctx, negatives=2, seed=0, progress=False)
     pd.testing.assert_frame_equal(pairs, again)
     assert not pairs.equals(feedback_train.build_pairs(ctx, negatives=2, seed=1, progress=False))
+
+
+def test_scoring_a_reason_reads_every_purchase_up_to_the_day_it_is_asked_for(prepared):
+    """Without a day, as of the day after the data ends (the last day's purchases are history), and popularity
+    over every split ("next"): the RL reward and the server ask it that way."""
+    ctx = context.load_context(prepared / "data")
+    m = feedback.FeedbackModel(ctx)
+    calls = []
+    m.blocks = lambda users, items, days, reasons, pool: calls.append((days.tolist(), pool))
+    m.predict_blocks = lambda blocks: np.zeros(1)
+    m.score_batch(["a" * 64], [100000001], ["Soft jeans."])
+    m.score_batch(["a" * 64], [100000001], ["Soft jeans."], [pd.Timestamp("2019-02-10")])
+    assert calls == [([int(ctx.i_day.max()) + 1], "next"),
+                     (context.day_number([pd.Timestamp("2019-02-10")]).tolist(), "next")]
