@@ -374,6 +374,23 @@ def test_the_default_settings_are_the_committed_runs():
 def test_each_step_samples_its_own_stream_and_the_feedback_logit_is_not_capped_early(in_work):
     draw = lambda step: torch.rand(4, generator=reinforce.step_generator(0, step))  # noqa: E731
     assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
+    tok = load_run(in_work / "run")[1].tokenizer
+
+    class Drawn(Exception):
+        pass
+
+    class Fifty:  # the prompts a step draws, caught before anything is decoded
+        def __len__(self):
+            return 50
+
+        def batch(self, idx, pad_id):
+            raise Drawn(idx)
+
+    def prompts_of(step):
+        with pytest.raises(Drawn) as e:
+            reinforce.rl_step(None, None, None, Fifty(), None, reinforce.RLConfig(prompts=4), step, tok)
+        return e.value.args[0]
+    assert prompts_of(1) == prompts_of(1) and prompts_of(1) != prompts_of(2)  # each step its own prompts too
 
     class Sure:
         def score_batch(self, *args):
