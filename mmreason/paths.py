@@ -60,12 +60,8 @@ def resolve(path) -> Path:
 def shown(path) -> str:
     """How reports and answers name a path: ``artifacts/...`` inside the artifacts root (the form every command
     takes, ``resolve`` reads it back), anything else as given; a report then holds no machine's folders."""
-    p = Path(path)
-    root = artifacts_dir()
-    for a, r in ((p.absolute(), root.absolute()), (p.resolve(), root.resolve())):
-        if a.is_relative_to(r):
-            return Path("artifacts", a.relative_to(r)).as_posix()
-    return str(path)
+    inside = in_artifacts(path)["in_artifacts"]
+    return Path("artifacts", inside).as_posix() if inside is not None else str(path)
 
 
 def offline() -> None:

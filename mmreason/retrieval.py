@@ -117,9 +117,8 @@ def main(argv=None) -> int:
     if not args.compare:
         return 0
     report = compare(store, art.items, art.examples, interactions, art.photo_lookup, args.n, args.seed)
-    where = paths.in_artifacts(store.path)["in_artifacts"]  # a path readable on any machine
     report["meta"] = {"run": args.run, "n": args.n, "seed": args.seed, "store_rows": len(store),
-                      "store": f"artifacts/{where}" if where else store.path,
+                      "store": paths.shown(store.path),  # a path readable on any machine
                       "text_encoder": store.meta["text_encoder"], "photo_embeddings": Path(art.cache["path"]).name,
                       "tables": Path(art.data_dir).name, "seconds": round(time.time() - t0)}
     out = Path(args.out) if args.out else paths.results_dir("cpu")
