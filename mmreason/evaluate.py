@@ -85,6 +85,11 @@ TABLES = {
         ("top candidate rejected", "filter_rejection_rate"), ("shown passes", "shown_pass_rate"),
         ("hook repaired", "evidence_hook_share"),
         ("retrieved copy shown", "retrieved_copy_share")],
+    # metrics.detail_agreement: a retrieved copy is another product's and can state another product's details
+    "Details the copy states, against the article's own copy (sleeves, neckline, fabric)": [
+        ("copies scored", "detail_scored"), ("sleeves prec.", "detail_sleeves_precision"),
+        ("neckline prec.", "detail_neckline_precision"), ("fabric prec.", "detail_fabric_precision"),
+        ("detail prec.", "detail_precision"), ("contradicts its copy", "detail_contradiction")],
 }
 
 

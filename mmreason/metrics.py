@@ -259,6 +259,104 @@ def _grounding_stats(c: Counter) -> dict[str, float]:
     }
 
 
+# --------------------------------------------------------------------------- details a copy states
+# A shown copy is most often another product's (the retrieved neighbour's), so it can state sleeves, a
+# neckline or a fabric the article does not have: "airy chiffon ... flutter sleeves" for a satin blouse.
+# Colour, type and pattern are checked against the catalogue; these details exist only in the article's
+# own copy. Each facet's values as H&M's copy writes them (regexes on lowercased text; up to two modifiers,
+# none of them a length, between a length and "sleeves": "short, wide sleeves", "long raglan balloon
+# sleeves", but not the dress's length in "long dress, short sleeves").
+_MODS = r",? (?:(?!long\b|short\b|3/4)[a-z/\-]+,? ){0,2}"
+DETAIL_FACETS = {
+    "sleeves": {
+        "long": rf"\blong-sleeved\b|\blong{_MODS}sleeves?\b",
+        "short": rf"\bshort-sleeved\b|\bshort{_MODS}sleeves?\b|\bcap sleeves?\b",
+        "3/4-length": rf"\b3/4-length{_MODS}sleeves?\b|\b3/4-sleeved\b",
+        "sleeveless": r"\bsleeveless\b|\bstrapless\b",
+    },
+    "neckline": {
+        "round": r"\bround neck(?:line)?\b|\bcrew neck\b",
+        "v": r"\bv[- ]neck(?:line)?\b",
+        "square": r"\bsquare neck(?:line)?\b",
+        "boat": r"\bboat neck(?:line)?\b",
+        "stand-up collar": r"\bstand-up collar\b|\bgrandad collar\b|\bband collar\b",
+        "turtle or polo neck": r"\bturtle ?neck\b|\bpolo[- ]neck\b",
+        "turn-down collar": r"\bturn-down collar\b|\bbutton-down collar\b|\bresort collar\b|\bnotch lapels?\b",
+        "sweetheart": r"\bsweetheart neckline\b",
+        "off-the-shoulder": r"\boff-the-shoulder\b",
+    },
+    # read in the copy's first sentence only, where H&M names what the garment is made of ("Blouse in airy
+    # chiffon with ..."); later sentences name trims and linings ("Lace trim at the hem. Jersey lining.")
+    "fabric": {
+        "jersey": r"\bjersey\b",
+        "knit": r"\bknit(?:ted)?\b|\b(?:fine|rib|chunky|cable|loose|soft|moss)-knit\b",
+        "sweatshirt fabric": r"\bsweatshirt fabric\b",
+        "woven": r"\bwoven fabric\b|\bweave\b",
+        "denim": r"\bdenim\b",
+        "chiffon": r"\bchiffon\b",
+        "satin": r"\bsatin\b",
+        "crepe": r"\bcr[e\u00ea]pe\b",
+        "lace": r"\blace\b",
+        "mesh": r"\bmesh\b",
+        "crochet": r"\bcrochet(?:ed)?\b",
+        "velour or velvet": r"\bvelour\b|\bvelvet\b",
+        "corduroy": r"\bcorduroy\b",
+        "fleece or pile": r"\bfleece\b|\bpile\b|\bteddy\b",
+        "twill": r"\btwill\b",
+        "poplin": r"\bpoplin\b",
+        "tulle": r"\btulle\b",
+        "leather or suede": r"\bleather\b|\bsuede\b",
+        "linen": r"\blinen\b",
+        "sequins": r"\bsequin(?:s|ned)?\b",
+        "terry": r"\bterry\b",
+    },
+}
+_DETAIL_RES = {f: {v: re.compile(p) for v, p in values.items()} for f, values in DETAIL_FACETS.items()}
+FIRST_SENTENCE_FACETS = ("fabric",)
+# shoulder straps make a garment sleeveless unless the copy names its sleeves too (a cold-shoulder blouse)
+_STRAPS_RE = re.compile(r"\bshoulder straps\b|\bspaghetti straps\b")
+
+
+def stated_details(copy: str) -> dict[str, set[str]]:
+    """facet -> the values a product copy states (facets it does not state are absent)."""
+    text = copy.lower().replace("\u2019", "'")
+    sentences = split_sentences(text)
+    out = {}
+    for facet, values in _DETAIL_RES.items():
+        where = (sentences[0] if sentences else "") if facet in FIRST_SENTENCE_FACETS else text
+        found = {v for v, rx in values.items() if rx.search(where)}
+        if facet == "sleeves" and not found and _STRAPS_RE.search(where):
+            found = {"sleeveless"}
+        if found:
+            out[facet] = found
+    return out
+
+
+def detail_agreement(copies: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Do the details a copy states agree with the article's own copy (``refs``)?
+
+    Per facet and pooled, precision: of the values a copy states in a facet that the article's copy also
+    states, the share it states too (a facet either leaves out is not scored, as the grounding metrics skip
+    a missing attribute). ``detail_contradiction``: the share of all copies that state at least one value
+    the article's copy contradicts; ``detail_scored``: the share with at least one scored value.
+    """
+    _check_pairs(copies, refs)
+    ok, n, wrong, scored = Counter(), Counter(), 0, 0
+    for copy, ref in zip(copies, refs):
+        said, truth = stated_details(copy), stated_details(ref)
+        facets = [f for f in said if f in truth]
+        for f in facets:
+            n[f] += len(said[f])
+            ok[f] += len(said[f] & truth[f])
+        scored += bool(facets)
+        wrong += any(said[f] - truth[f] for f in facets)
+    out = {f"detail_{f}_precision": _ratio(ok[f], n[f]) for f in DETAIL_FACETS}
+    out["detail_precision"] = _ratio(sum(ok.values()), sum(n.values()))
+    out["detail_contradiction"] = _ratio(wrong, len(copies))
+    out["detail_scored"] = _ratio(scored, len(copies))
+    return out
+
+
 def history_claims(hyp: str, claim_patterns: Sequence[str] | None = None) -> list[str]:
     """Sentences of hyp (tokenised, space-joined) that claim knowledge of the user's past purchases."""
     patterns = [re.compile(p) for p in (claim_patterns or HISTORY_CLAIM_PATTERNS)]

@@ -120,13 +120,15 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
             assert r["hook_rougeL"] == pytest.approx(M.rouge(list(hooks), ref_hook)["rougeL"], **exact), system
             assert r["copy_rougeL"] == pytest.approx(M.rouge(list(copies), ref_copy)["rougeL"], **exact), system
             assert r["copy_cider"] == pytest.approx(M.cider(list(copies), ref_copy), **exact), system
+            detail = M.detail_agreement(list(copies), ref_copy)
+            assert r["detail_contradiction"] == pytest.approx(detail["detail_contradiction"], **exact), system
     # some retrieved copy shares words with its reference, so the checks above would see a cut one
     assert max(m["results"][split]["retrieval"]["copy_rougeL"] for split in ("temporal", "unseen")) > 0, \
         {split: m["results"][split]["retrieval"]["copy_rougeL"] for split in ("temporal", "unseen")}
     assert "probe_personalised_share" in m["results"]["temporal"]["full"]
     assert set(m["attribute_dropout"]) >= {"full, colour+pattern dropped", "text_only, colour+pattern dropped"}
     table = (out / "metrics.md").read_text()
-    assert "| unseen | retrieval |" in table and "Attribute dropout" in table
+    assert "| unseen | retrieval |" in table and "Attribute dropout" in table and "contradicts its copy" in table
     # The template baseline names the article's own attributes, so its colour grounding is perfect.
     assert m["results"]["unseen"]["template"]["grounding_colour_precision"] == 1.0
     # --stage val: the validation sets, here with serving's cascade; the samples are that decoding's reasons
@@ -158,6 +160,19 @@ def test_a_copy_equal_to_the_reference_gets_the_best_copy_score():
     assert m["copy_bleu4"] == pytest.approx(100.0) and m["copy_rougeL"] == pytest.approx(100.0)
     assert m["copy_cider"] == pytest.approx(best_cider) and best_cider > 5
     assert m["hook_bleu4"] == 0.0  # it wrote no hook
+    # details are read in the copy it wrote, against the article's own copy
+    assert m["detail_precision"] == 1.0 and m["detail_contradiction"] == 0.0 and m["detail_scored"] > 0
+    assert m["detail_fabric_precision"] == 1.0  # read in each copy's first sentence, and in its reference's
+    ids = frame["article_id"].tolist()
+    strap, tee = ids.index(200000001), ids.index(300000001)
+    wrong = copies.copy()
+    wrong[tee] = copies[strap]  # the strap top's copy ("narrow shoulder straps") for a tee with short sleeves
+    w = systems.score(wrong, frame, parts=[("", c) for c in wrong], **kw)
+    assert w["detail_contradiction"] == pytest.approx(1 / len(copies))
+    assert w["detail_sleeves_precision"] == 0.5  # the strap top itself right, the tee wrong
+    hook = "Long-sleeved picks for you."  # a hook is not the product's copy: not read for details
+    h = systems.score([f"{hook} {c}" for c in copies], frame, parts=[(hook, c) for c in copies], **kw)
+    assert h["detail_contradiction"] == 0.0
     # The generators' default: the first sentence is the hook, so the silver reason itself scores best on both.
     g = systems.score(frame["reason"].tolist(), frame, **kw)
     assert g["hook_bleu4"] == pytest.approx(100.0) and g["copy_bleu4"] == pytest.approx(100.0)

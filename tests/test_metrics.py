@@ -164,6 +164,63 @@ def test_attribute_grounding():
     assert g["overall"] == pytest.approx({"mention_rate": 0.75, "precision": 5 / 6, "contradiction": 1 / 6})
 
 
+@pytest.mark.parametrize("copy, details", [
+    ("Short, straight-cut dress in soft cotton jersey with 3/4-length sleeves.",
+     {"sleeves": {"3/4-length"}, "fabric": {"jersey"}}),
+    # a comma after the length, and up to two modifiers before "sleeves"
+    ("Blouse in a crepe weave with a V-neck. Short, wide sleeves.",
+     {"sleeves": {"short"}, "neckline": {"v"}, "fabric": {"crepe", "woven"}}),
+    ("Top with long raglan balloon sleeves.", {"sleeves": {"long"}}),
+    # the dress's length is not its sleeves'
+    ("Long dress, short sleeves.", {"sleeves": {"short"}}),
+    ("Short dress with long, wide sleeves.", {"sleeves": {"long"}}),
+    ("Long-sleeved top in jersey with a round neckline.",
+     {"sleeves": {"long"}, "neckline": {"round"}, "fabric": {"jersey"}}),
+    # shoulder straps alone make it sleeveless; with sleeves named (a cold-shoulder blouse) they do not
+    ("Jersey top with narrow shoulder straps.", {"sleeves": {"sleeveless"}, "fabric": {"jersey"}}),
+    ("Cold shoulder blouse with narrow shoulder straps and 3/4-length sleeves.", {"sleeves": {"3/4-length"}}),
+    # fabric is read in the first sentence only: later ones name trims and linings
+    ("Dress in airy chiffon with a stand-up collar. Lace trim at the hem. Jersey lining.",
+     {"neckline": {"stand-up collar"}, "fabric": {"chiffon"}}),
+    # whole words: "knitwear" names no knit, "satiny" no satin
+    ("Knitwear-style top in a satiny finish.", {}),
+    ("Fine-knit jumper with a polo neck.", {"neckline": {"turtle or polo neck"}, "fabric": {"knit"}}),
+    ("", {}),
+])
+def test_stated_details(copy, details):
+    assert M.stated_details(copy) == details
+
+
+def test_detail_agreement():
+    refs = [
+        "Blouse in satin with a stand-up collar and long sleeves.",
+        "Top in jersey with short sleeves.",
+        "Jeans in washed denim.",
+        "Padded bikini top.",  # states no detail: nothing about it is scored
+    ]
+    copies = [
+        "Blouse in airy chiffon with a stand-up collar and long sleeves.",  # fabric wrong, 2 right
+        "Top in jersey with long sleeves.",  # sleeves wrong, fabric right
+        "Jeans in washed denim with a V-neck.",  # a neckline its copy does not state: not scored
+        "Top in jersey with long sleeves.",  # nothing to hold it to
+    ]
+    d = M.detail_agreement(copies, refs)
+    assert d["detail_sleeves_precision"] == pytest.approx(1 / 2)
+    assert d["detail_fabric_precision"] == pytest.approx(2 / 3)
+    assert d["detail_neckline_precision"] == pytest.approx(1.0)
+    assert d["detail_precision"] == pytest.approx(4 / 6)
+    assert d["detail_contradiction"] == pytest.approx(2 / 4)
+    assert d["detail_scored"] == pytest.approx(3 / 4)
+    # a copy that keeps to its article's copy contradicts nothing; one that states nothing is never scored
+    same = M.detail_agreement(refs, refs)
+    assert same["detail_precision"] == 1.0 and same["detail_contradiction"] == 0.0
+    silent = M.detail_agreement(["A pick for you."] * 4, refs)
+    assert math.isnan(silent["detail_precision"]) and silent["detail_contradiction"] == 0.0
+    assert silent["detail_scored"] == 0.0
+    with pytest.raises(ValueError):
+        M.detail_agreement(copies[:3], refs)
+
+
 def test_history_claims():
     assert M.history_claims("Like the black jeans you loved. Slim fit.") == ["like the black jeans you loved"]
     assert M.history_claims("Back AGAIN in black!") == ["back again in black"]

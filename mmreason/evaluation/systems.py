@@ -172,6 +172,7 @@ def score(hyps, frame, items, hist, vocab, with_embedding=True, parts=None) -> d
     if len(parts) != len(hyps):
         raise ValueError(f"{len(parts)} (hook, copy) parts for {len(hyps)} hyps")
     hooks, copies = zip(*parts)
+    out.update(M.detail_agreement(list(copies), frame["item_copy"].tolist()))
     for part, hyp, ref in (("hook", hooks, frame["hook"]), ("copy", copies, frame["item_copy"])):
         out[f"{part}_bleu4"] = M.bleu(list(hyp), ref.tolist(), 4)
         out[f"{part}_rougeL"] = M.rouge(list(hyp), ref.tolist())["rougeL"]
