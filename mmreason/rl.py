@@ -19,6 +19,7 @@ from mmreason.decoding.shown import Decoding
 from mmreason.evaluation.systems import test_frame
 from mmreason.io import DataError, atomic_write_json, sha256_file, write_report
 from mmreason.policy.reinforce import (
+    KEY_METRICS,
     REWARD_VERSION,
     Prompts,
     Reward,
@@ -40,7 +41,8 @@ TABLE = [("reward", "reward"), ("P(buy)", "feedback"), ("grounding", "grounding"
          ("colour prec.", "grounding_colour_precision"), ("type prec.", "grounding_type_precision"),
          ("named-purchase prec.", "name_citation_precision"),
          ("Dist-2", "distinct2"), ("USR", "usr"), ("Self-BLEU-4", "self_bleu4"), ("CIDEr", "cider"),
-         ("copy BLEU-4", "copy_bleu4"), ("copy CIDEr", "copy_cider")]
+         ("copy BLEU-4", "copy_bleu4"), ("copy CIDEr", "copy_cider"), ("detail prec.", "detail_precision"),
+         ("contradicts its copy", "detail_contradiction")]
 
 
 def markdown(before: dict, after: dict, train_before: dict, train_after: dict, meta: dict) -> str:
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
 
     before_path = out / "before.json"  # the supervised model's scores; reused while the settings match
     key = {"run": str(base_path), "sha256": base_sha, "n_eval": args.n_eval, "n_val": args.n_val, "decode": args.decode,
-           "config": resumable(config), "reward": REWARD_VERSION}
+           "config": resumable(config), "reward": REWARD_VERSION, "metrics": KEY_METRICS}  # what it reports, too
     before = json.loads(before_path.read_text()) if before_path.exists() else None
     if not before or before.get("key", {}) | {"run": key["run"]} != key or not same_run(before["key"]["run"], base_path):
         print("[rl] scoring the supervised model (before)")
@@ -190,7 +192,8 @@ def main(argv=None) -> int:
     rewarded = ("the sampled hook followed by the prompt's first retrieved copy, as the deployed offer shows it "
                 "(the hook's tokens credited)" if train_prompts.hook_only(config.part) else "the whole sampled reason")
     meta = {"run": paths.shown(base_path), "out": paths.shown(out), "steps": config.steps, "config": asdict(config), "rewarded": rewarded,
-            "seconds": round(time.time() - t0), "n_eval": args.n_eval, "decode": args.decode}
+            "seconds": round(time.time() - t0), "train_seconds": round(sum(r.get("seconds", 0) for r in log)),
+            "n_eval": args.n_eval, "decode": args.decode}
     table = markdown(before["deployed"], after["deployed"], before["sampled"], after["sampled"], meta)
     results = Path(args.results or paths.results_dir("cpu"))
     write_report(results, "rl", {"meta": meta, "before": before, "after": after, "log_tail": log[-5:]}, table)

@@ -294,6 +294,18 @@ def test_rl_cli_runs_resumes_exactly_and_reports(in_work, capsys, monkeypatch):
     assert rl.main(args) == 0
     out = capsys.readouterr().out
     assert "another reward" in out and "starting afresh" in out and "scoring the supervised model" in out
+    # Code that reports another metric rescores before.json, so both sides of the table report it, and keeps the
+    # RL checkpoint: the metrics are no input of its training
+    assert rl.main(args) == 0 and "scoring the supervised model" not in capsys.readouterr().out
+    more = reinforce.KEY_METRICS + ["distinct1"]
+    monkeypatch.setattr(rl, "KEY_METRICS", more)
+    monkeypatch.setattr(reinforce, "KEY_METRICS", more)
+    assert rl.main(args) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "scoring the supervised model" in out
+    m = json.loads((in_work / "rl_c" / "results" / "rl.json").read_text())
+    assert "distinct1" in m["before"]["deployed"]["unseen"] and "distinct1" in m["after"]["deployed"]["unseen"]
+    assert m["meta"]["train_seconds"] == round(sum(r["seconds"] for r in m["log_tail"]))  # one step: all of the log
 
 
 def test_rl_cli_errors_in_one_line(in_work, tmp_path, capsys):

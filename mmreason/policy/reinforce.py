@@ -304,7 +304,7 @@ def sampled_reward(model, prompts: Prompts, reward: Reward, config: RLConfig, to
 
 KEY_METRICS = ["grounding_colour_precision", "grounding_type_precision", "grounding_colour_mention_rate",
                "history_claim_precision", "name_citation_precision", "distinct2", "usr", "self_bleu4", "bleu4", "cider", "hook_cider",
-               "copy_bleu4", "copy_cider"]
+               "copy_bleu4", "copy_cider", "detail_precision", "detail_contradiction"]
 
 
 def deployed_scores(module, data, prompts: Prompts, reward: Reward, items: pd.DataFrame, n_decode: str = "beam",
