@@ -267,6 +267,7 @@ def _grounding_stats(c: Counter) -> dict[str, float]:
 # none of them a length, between a length and "sleeves": "short, wide sleeves", "long raglan balloon
 # sleeves", but not the dress's length in "long dress, short sleeves").
 _MODS = r",? (?:(?!long\b|short\b|3/4)[a-z/\-]+,? ){0,2}"
+_NECK_MODS = r",? (?:[a-z\-]+,? ){0,2}"  # "a round, rib-trimmed neckline"
 DETAIL_FACETS = {
     "sleeves": {
         "long": rf"\blong-sleeved\b|\blong{_MODS}sleeves?\b",
@@ -275,9 +276,9 @@ DETAIL_FACETS = {
         "sleeveless": r"\bsleeveless\b|\bstrapless\b",
     },
     "neckline": {
-        "round": r"\bround neck(?:line)?\b|\bcrew neck\b",
+        "round": rf"\bround{_NECK_MODS}neck(?:line)?\b|\bcrew neck\b",
         "v": r"\bv[- ]neck(?:line)?\b",
-        "square": r"\bsquare neck(?:line)?\b",
+        "square": rf"\bsquare{_NECK_MODS}neck(?:line)?\b",
         "boat": r"\bboat neck(?:line)?\b",
         "stand-up collar": r"\bstand-up collar\b|\bgrandad collar\b|\bband collar\b",
         "turtle or polo neck": r"\bturtle ?neck\b|\bpolo[- ]neck\b",
@@ -311,8 +312,11 @@ DETAIL_FACETS = {
         "terry": r"\bterry\b",
     },
 }
-_DETAIL_RES = {f: {v: re.compile(p) for v, p in values.items()} for f, values in DETAIL_FACETS.items()}
 FIRST_SENTENCE_FACETS = ("fabric",)
+# a fabric named for a trim is no fabric of the garment: "pyjama bottoms in satin with lace-trimmed hems"
+_NOT_MADE_OF = r"(?![- ](?:trim|inserts?|panels?|details?|sections?|ribbons?|bows?|appliqu))"
+_DETAIL_RES = {f: {v: re.compile(f"(?:{p}){_NOT_MADE_OF}" if f in FIRST_SENTENCE_FACETS else p)
+                   for v, p in values.items()} for f, values in DETAIL_FACETS.items()}
 # shoulder straps make a garment sleeveless unless the copy names its sleeves too (a cold-shoulder blouse)
 _STRAPS_RE = re.compile(r"\bshoulder straps\b|\bspaghetti straps\b")
 
@@ -332,6 +336,12 @@ def stated_details(copy: str) -> dict[str, set[str]]:
     return out
 
 
+def detail_conflicts(said: dict[str, set[str]], truth: dict[str, set[str]]) -> dict[str, tuple[set[str], set[str]]]:
+    """facet -> (the values a copy states that the article's copy does not, the article's copy's values), for
+    each facet both state (``stated_details`` of each)."""
+    return {f: (said[f] - truth[f], truth[f]) for f in said if f in truth and said[f] - truth[f]}
+
+
 def detail_agreement(copies: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
     """Do the details a copy states agree with the article's own copy (``refs``)?
 
@@ -349,7 +359,7 @@ def detail_agreement(copies: Sequence[str], refs: Sequence[str]) -> dict[str, fl
             n[f] += len(said[f])
             ok[f] += len(said[f] & truth[f])
         scored += bool(facets)
-        wrong += any(said[f] - truth[f] for f in facets)
+        wrong += bool(detail_conflicts(said, truth))
     out = {f"detail_{f}_precision": _ratio(ok[f], n[f]) for f in DETAIL_FACETS}
     out["detail_precision"] = _ratio(sum(ok.values()), sum(n.values()))
     out["detail_contradiction"] = _ratio(wrong, len(copies))

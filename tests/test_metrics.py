@@ -174,6 +174,8 @@ def test_attribute_grounding():
     # the dress's length is not its sleeves'
     ("Long dress, short sleeves.", {"sleeves": {"short"}}),
     ("Short dress with long, wide sleeves.", {"sleeves": {"long"}}),
+    ("Blouse in airy chiffon with a round, gathered neckline and flutter sleeves.",
+     {"neckline": {"round"}, "fabric": {"chiffon"}}),
     ("Long-sleeved top in jersey with a round neckline.",
      {"sleeves": {"long"}, "neckline": {"round"}, "fabric": {"jersey"}}),
     # shoulder straps alone make it sleeveless; with sleeves named (a cold-shoulder blouse) they do not
@@ -182,6 +184,8 @@ def test_attribute_grounding():
     # fabric is read in the first sentence only: later ones name trims and linings
     ("Dress in airy chiffon with a stand-up collar. Lace trim at the hem. Jersey lining.",
      {"neckline": {"stand-up collar"}, "fabric": {"chiffon"}}),
+    # a trim's fabric is not the garment's
+    ("Pyjama bottoms in soft satin with lace-trimmed hems and mesh panels.", {"fabric": {"satin"}}),
     # whole words: "knitwear" names no knit, "satiny" no satin
     ("Knitwear-style top in a satiny finish.", {}),
     ("Fine-knit jumper with a polo neck.", {"neckline": {"turtle or polo neck"}, "fabric": {"knit"}}),

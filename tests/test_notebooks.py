@@ -156,17 +156,22 @@ def test_case_study_figure_with_missing_photos(tmp_path):
     case = {"customer_id": "a" * 64, "day": "2020-01-01", "recent": recent, "silver": "In black. " * 30,
             "article": {"prod_name": "Skinny jeans", "product_type_name": "Trousers", "colour_group_name": "Black",
                         "photo_path": ""},
-            "example": {"hook_kind": "colour", "user_profile": "age 25-34; 2 earlier purchases", "product": "name: x"},
+            "example": {"hook_kind": "colour", "user_profile": "age 25-34; 2 earlier purchases", "product": "name: x",
+                        "item_copy": "Skinny jeans in stretch denim."},
             "decoders": {"greedy": {"candidates": ["x"], "chosen": None, "rejected": [("Red jeans.", ["wrong_colour"])]},
-                         "beam": {"candidates": ["a", "b"], "chosen": "Black jeans.", "rejected": []}}}
+                         "beam": {"candidates": ["a", "b"], "chosen": "Black jeans.", "rejected": []},
+                         # a shown copy that says satin where the article's own copy says denim: flagged below it
+                         "sample": {"candidates": ["c"], "rejected": [],
+                                    "chosen": "For you in black. Skinny jeans in washed satin."}}}
     fig = plots.case_study(case)
     photos = [im.get_array().shape for ax in fig.axes for im in ax.get_images()]
     assert photos.count((48, 32, 3)) == 1 and len(photos) == 3  # the one readable photo; two grey boxes
     text = _texts(fig)
     assert text.count("no photo") == 2 and "3 days ago" in text and "RECOMMENDED: Skinny jeans" in text
     for line in ("greedy: no candidate passed the filter", "rejected (wrong_colour): Red jeans.", "beam: shown",
-                 "Black jeans."):
+                 "Black jeans.", "details its own copy states otherwise: fabric satin (its own copy: denim)"):
         assert line in text, line
+    assert text.count("states otherwise") == 1  # the other shown reason states no detail
     _png(fig, tmp_path, "case.png")
 
 

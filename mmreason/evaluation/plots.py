@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from mmreason import metrics as M
 from mmreason.features.clip import PhotoError, read_photo
 
 DPI = 120
@@ -423,6 +424,17 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, width) or [""]
 
 
+def detail_note(reason: str, own_copy: str) -> str:
+    """What a reason's copy says about sleeves, neckline or fabric that the article's own copy states otherwise
+    (``metrics.detail_conflicts``), as one line; "" when nothing conflicts."""
+    conflicts = M.detail_conflicts(M.stated_details(M.split_reason(reason)[1]), M.stated_details(own_copy))
+    if not conflicts:
+        return ""
+    parts = [f"{f} {' / '.join(sorted(said))} (its own copy: {' / '.join(sorted(truth))})"
+             for f, (said, truth) in conflicts.items()]
+    return "details its own copy states otherwise: " + "; ".join(parts)
+
+
 def case_study(case: dict, width: int = 190) -> Figure:
     """A user's recent purchases and the recommended article as photos; below, the silver reason and each
     decoder's reasons: the one shown (or that none passed) and the candidates the filter rejected, with why."""
@@ -435,6 +447,8 @@ def case_study(case: dict, width: int = 190) -> Figure:
         if d["chosen"] is not None:
             lines.append((f"{name}: shown", COLOURS[2], True))
             lines += [("    " + t, "black", False) for t in _wrap(d["chosen"], width)]
+            wrong = detail_note(d["chosen"], case["example"].get("item_copy") or "")
+            lines += [("    " + t, COLOURS[3], False) for t in (_wrap(wrong, width - 4) if wrong else [])]
         else:
             lines.append((f"{name}: no candidate passed the filter", COLOURS[3], True))
         for text, causes in d["rejected"]:
