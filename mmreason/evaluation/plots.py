@@ -328,6 +328,8 @@ ABLATION_METRICS = [  # (label, key in results, higher is better)
     ("colour precision", "grounding_colour_precision", True),
     # every shown hook is its evidence's (shown.py's repair): how often the rule, not the model, had to write it
     ("hook written by the rule", "evidence_hook_share", False),
+    # the copy states a sleeve length, neckline or fabric that the article's own copy states otherwise
+    ("copy contradicts the article's copy", "detail_contradiction", False),
 ]
 
 
