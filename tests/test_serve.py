@@ -342,3 +342,37 @@ def test_the_load_report_divides_with_by_without_batching_and_fails_on_errors(tm
     on, off = json.loads((tmp_path / "cpu.json").read_text())["rows"]
     assert on["batching"] and on["speedup_rps"] == 2.5 and "speedup_rps" not in off
     assert "| POST /explain (1 article) | 4 | on | 10 | 20.0 |" in (tmp_path / "cpu.md").read_text()
+
+
+def test_a_load_cell_reports_the_latencies_it_timed(monkeypatch):
+    """One closed-loop client on a fake clock: each request takes a known time, so the cell's count, rate,
+    percentiles and errors are those of the known latencies (10, 20, ..., 200 ms; the 4th request fails)."""
+    import types
+
+    import numpy as np
+
+    from mmreason.serving import loadtest
+
+    clock = [0.0]
+    monkeypatch.setattr(loadtest, "time", types.SimpleNamespace(monotonic=lambda: clock[0],
+                                                                perf_counter=lambda: clock[0]))
+    latencies = [0.01 * (i + 1) for i in range(20)]
+    sent = []
+
+    class Client:
+        async def post(self, path, json):
+            sent.append((path, json))
+            clock[0] += latencies[len(sent) - 1]
+            return types.SimpleNamespace(status_code=500 if len(sent) == 4 else 200)
+
+    # the 20th request starts just before the end and runs past it: the rate is over the wall time, not duration
+    duration = sum(latencies[:19]) + 1e-3
+    r = asyncio.run(loadtest.cell(Client(), "explain", 1, duration, [("c1", 1), ("c2", 2)]))
+    ms = np.array(latencies) * 1000
+    assert r["requests"] == 20 and r["errors"] == 1
+    assert sent[:2] == [("/explain", {"customer_id": "c1", "article_ids": [1]}),
+                        ("/explain", {"customer_id": "c2", "article_ids": [2]})]
+    for q in (50, 95, 99):
+        assert r[f"p{q}_ms"] == pytest.approx(np.percentile(ms, q), abs=0.05), q
+    assert r["rps"] == pytest.approx(20 / sum(latencies), abs=0.01)
+    assert r["seconds"] == pytest.approx(sum(latencies), abs=0.05)
