@@ -336,6 +336,11 @@ def stated_details(copy: str) -> dict[str, set[str]]:
     return out
 
 
+def names_a_fabric(value: str) -> bool:
+    """Does a catalogue value name one of DETAIL_FACETS' fabrics ("Denim", "Lace", "Sequin")?"""
+    return "fabric" in stated_details(value)
+
+
 def detail_conflicts(said: dict[str, set[str]], truth: dict[str, set[str]]) -> dict[str, tuple[set[str], set[str]]]:
     """facet -> (the values a copy states that the article's copy does not, the article's copy's values), for
     each facet both state (``stated_details`` of each)."""

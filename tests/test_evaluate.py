@@ -262,3 +262,21 @@ def test_test_frames_and_histories_see_only_what_their_split_allows():
     a, b = systems.histories(pd.DataFrame({"customer_id": ["a", "b"], "t_dat": [day, day]}), inter, items)
     assert (a["n"], a["names"], a["colours"]) == (1, {"luna skinny"}, {"black"})
     assert (b["n"], b["names"], b["types"]) == (0, set(), set())  # her one purchase is the example itself
+
+
+def test_a_fabric_filed_as_a_pattern_is_no_pattern_claim():
+    """H&M files denim, lace, mesh and sequins as patterns; a copy that says "denim" about a top filed Solid
+    makes no pattern claim (the detail metric reads fabrics), and a Denim article has no pattern to hold to."""
+    items = tiny_items()
+    frame = tiny_frame(items)
+    kw = dict(items=items, hist=no_history(len(frame)), vocab=vocab_from_items(items), with_embedding=False)
+    hyps = frame["item_copy"].tolist()
+    ids = frame["article_id"].tolist()
+    hyps[ids.index(200000001)] = "Jersey top in soft denim with narrow shoulder straps."  # pattern Solid
+    # pattern Stripe: a true claim, and "denim" beside it is no second, wrong one
+    hyps[ids.index(300000001)] = "T-shirt in cotton jersey with a stripe print and denim pockets."
+    m = systems.score(hyps, frame, parts=[("", h) for h in hyps], **kw)
+    assert m["grounding_pattern_precision"] == 1.0 and m["grounding_pattern_contradiction"] == 0.0
+    # one claim (the stripe) among the 2 articles held to a pattern, the tee and the melange sweater: Solid is
+    # generic, and both jeans are filed Denim (with Denim scored, 3 claims of 4: their copies say "denim")
+    assert m["grounding_pattern_mention_rate"] == pytest.approx(1 / 2)
