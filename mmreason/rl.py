@@ -155,8 +155,9 @@ def main(argv=None) -> int:
                   f"starting afresh (it will be overwritten)")
 
     before_path = out / "before.json"  # the supervised model's scores; reused while the settings match
-    key = {"run": paths.shown(base_path), "sha256": base_sha, "n_eval": args.n_eval, "n_val": args.n_val, "decode": args.decode,
-           "config": resumable(config), "reward": REWARD_VERSION, "metrics": KEY_METRICS}  # what it reports, too
+    key = {"run": paths.shown(base_path), "sha256": base_sha, "n_eval": args.n_eval, "n_val": args.n_val,
+           "decode": args.decode, "config": resumable(config), "reward": REWARD_VERSION,
+           "metrics": KEY_METRICS}  # what it reports, too
     before = json.loads(before_path.read_text()) if before_path.exists() else None
     if not before or before.get("key", {}) | {"run": key["run"]} != key or not same_run(before["key"]["run"], base_path):
         print("[rl] scoring the supervised model (before)")

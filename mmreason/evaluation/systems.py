@@ -160,8 +160,11 @@ def score(hyps, frame, items, hist, vocab, with_embedding=True, parts=None) -> d
     # true, so a fabric is no pattern claim here and no pattern truth; the detail metric reads fabrics
     vocab = specific_values(vocab)
     vocab["pattern"] = {v for v in vocab.get("pattern", ()) if not M.names_a_fabric(v)}
-    attrs = [{f: "" if is_generic(f, str(v).lower()) or (f == "pattern" and M.names_a_fabric(str(v))) else str(v).lower()
-              for f, v in zip(ATTR_FIELDS, row)} for row in arts[list(ATTR_FIELDS.values())].itertuples(index=False)]
+
+    def held_to(field: str, value: str) -> bool:
+        return not is_generic(field, value) and not (field == "pattern" and M.names_a_fabric(value))
+    attrs = [{f: str(v).lower() if held_to(f, str(v).lower()) else "" for f, v in zip(ATTR_FIELDS, row)}
+             for row in arts[list(ATTR_FIELDS.values())].itertuples(index=False)]
     history_values = [h["colours"] | h["types"] if h["n"] else set() for h in hist]
     # a cited purchase's name ("the Siri cardigan") is no claim about the article: grounding does not read it
     out = M.evaluate_all(hyps, refs, features=frame["features"].map(list).tolist(), attrs=attrs, vocab=vocab,
