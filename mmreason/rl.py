@@ -31,6 +31,7 @@ from mmreason.policy.reinforce import (
     same_run,
     sampled_reward,
     save,
+    scoring_code_sha256,
     write_log,
 )
 from mmreason.training.runs import find_checkpoint, load_run
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     before_path = out / "before.json"  # the supervised model's scores; reused while the settings match
     key = {"run": paths.shown(base_path), "sha256": base_sha, "n_eval": args.n_eval, "n_val": args.n_val,
            "decode": args.decode, "config": resumable(config), "reward": REWARD_VERSION,
-           "metrics": KEY_METRICS}  # what it reports, too
+           "metrics": KEY_METRICS, "scoring": scoring_code_sha256()}  # what it reports and how, too
     before = json.loads(before_path.read_text()) if before_path.exists() else None
     if not before or before.get("key", {}) | {"run": key["run"]} != key or not same_run(before["key"]["run"], base_path):
         print("[rl] scoring the supervised model (before)")

@@ -305,7 +305,25 @@ def test_rl_cli_runs_resumes_exactly_and_reports(in_work, capsys, monkeypatch):
     assert "resuming" in out and "scoring the supervised model" in out
     m = json.loads((in_work / "rl_c" / "results" / "rl.json").read_text())
     assert "distinct1" in m["before"]["deployed"]["unseen"] and "distinct1" in m["after"]["deployed"]["unseen"]
+    # and so does code that computes a metric anew (reinforce.scoring_code_sha256 moves with its files)
+    monkeypatch.setattr(rl, "scoring_code_sha256", lambda: "metrics.py as edited")
+    assert rl.main(args) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "scoring the supervised model" in out
     assert m["meta"]["train_seconds"] == round(sum(r["seconds"] for r in m["log_tail"]))  # one step: all of the log
+
+
+def test_the_scoring_code_fingerprint_moves_with_each_of_its_files(tmp_path, monkeypatch):
+    for rel in reinforce.SCORING_CODE:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes((reinforce.PACKAGE / rel).read_bytes())
+    monkeypatch.setattr(reinforce, "PACKAGE", tmp_path)
+    seen = {reinforce.scoring_code_sha256()}
+    for rel in reinforce.SCORING_CODE:
+        (tmp_path / rel).write_text((tmp_path / rel).read_text() + "\n# a definition changed\n")
+        seen.add(reinforce.scoring_code_sha256())
+    assert len(seen) == 1 + len(reinforce.SCORING_CODE)
+    assert {"metrics.py", "evaluation/systems.py"} <= set(reinforce.SCORING_CODE)
 
 
 def test_rl_cli_errors_in_one_line(in_work, tmp_path, capsys):

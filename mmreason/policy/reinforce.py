@@ -34,6 +34,7 @@ and ``results/cpu/rl.{json,md}`` (``--results``). A rerun resumes from the last 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -305,6 +306,17 @@ def sampled_reward(model, prompts: Prompts, reward: Reward, config: RLConfig, to
 KEY_METRICS = ["grounding_colour_precision", "grounding_type_precision", "grounding_colour_mention_rate",
                "history_claim_precision", "name_citation_precision", "distinct2", "usr", "self_bleu4", "bleu4", "cider", "hook_cider",
                "copy_bleu4", "copy_cider", "detail_precision", "detail_contradiction"]
+# The code that turns shown reasons into those metrics (under the package): the supervised model's scores
+# (rl.py's before.json) are reused only while it is the same, so a metric defined anew is rescored
+PACKAGE = Path(__file__).resolve().parents[1]
+SCORING_CODE = ("metrics.py", "evaluation/systems.py")
+
+
+def scoring_code_sha256() -> str:
+    h = hashlib.sha256()
+    for rel in SCORING_CODE:
+        h.update(rel.encode() + b"\0" + (PACKAGE / rel).read_bytes())
+    return h.hexdigest()
 
 
 def deployed_scores(module, data, prompts: Prompts, reward: Reward, items: pd.DataFrame, n_decode: str = "beam",
