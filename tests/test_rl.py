@@ -305,12 +305,12 @@ def test_rl_cli_runs_resumes_exactly_and_reports(in_work, capsys, monkeypatch):
     assert "resuming" in out and "scoring the supervised model" in out
     m = json.loads((in_work / "rl_c" / "results" / "rl.json").read_text())
     assert "distinct1" in m["before"]["deployed"]["unseen"] and "distinct1" in m["after"]["deployed"]["unseen"]
+    assert m["meta"]["train_seconds"] == round(sum(r["seconds"] for r in m["log_tail"]))  # one step: all of the log
     # and so does code that computes a metric anew (reinforce.scoring_code_sha256 moves with its files)
     monkeypatch.setattr(rl, "scoring_code_sha256", lambda: "metrics.py as edited")
     assert rl.main(args) == 0
     out = capsys.readouterr().out
     assert "resuming" in out and "scoring the supervised model" in out
-    assert m["meta"]["train_seconds"] == round(sum(r["seconds"] for r in m["log_tail"]))  # one step: all of the log
 
 
 def test_the_scoring_code_fingerprint_moves_with_each_of_its_files(tmp_path, monkeypatch):
