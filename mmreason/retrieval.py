@@ -26,7 +26,7 @@ FRAMES = (("validation", "temporal", "val"), ("validation", "unseen", "val"),
 COLUMNS = (("copy CIDEr", "copy_cider"), ("copy BLEU-4", "copy_bleu4"), ("copy ROUGE-L", "copy_rougeL"),
            ("colour named", "grounding_colour_mention_rate"), ("colour prec.", "grounding_colour_precision"),
            ("type named", "grounding_type_mention_rate"), ("type prec.", "grounding_type_precision"),
-           ("copy = reference", "identical_copy"))
+           ("copy = reference", "identical_copy"), ("contradicts its copy", "detail_contradiction"))
 
 
 def compare(store: Datastore, items, examples, interactions, photo_lookup, n: int = 300, seed: int = 0) -> dict:
@@ -62,7 +62,9 @@ def markdown(report: dict) -> str:
              f"products, `split_unseen == 'val'`). Store: {meta['store_rows']:,} articles of training products "
              f"(`{meta['store']}`), text encoder {meta['text_encoder']}, photo embeddings `{meta['photo_embeddings']}`. "
              "BLEU/ROUGE 0-100, CIDEr raw; `named`: share naming any colour (type); `prec.`: among those, share "
-             "naming the article's own; `copy = reference`: share of retrieved copies identical to the reference.", "",
+             "naming the article's own; `copy = reference`: share of retrieved copies identical to the reference; "
+             "`contradicts its copy`: share stating a sleeve length, neckline or fabric that the article's own copy "
+             "states otherwise (`metrics.detail_agreement`).", "",
              "| set | split | retriever | by | " + " | ".join(c for c, _ in COLUMNS) + " |",
              "|---|---|---|---|" + "---|" * len(COLUMNS)]
     for r in report["results"]:

@@ -212,3 +212,21 @@ def test_by_photo_only_rows_with_a_photo_and_by_type_every_own_type_row_first():
     idx, _ = retrieval.nearest(store, text[:1], None, [0], k=4, by="text_type", query_types=["Top"])
     assert idx.tolist() == [[2, 1, 0, 3]]  # a Top at cosine -0.9 still ranks above a Dress at 1.0
     assert retrieval.fallback_copy(store, "photo") == "b" and retrieval.fallback_copy(store, "text") == "x"
+
+
+def test_the_retrieval_report_has_a_column_per_metric_and_names_the_choice():
+    import math
+
+    from mmreason import retrieval as command
+
+    row = {"stage": "validation", "split": "unseen", "system": "retrieval_text", "by": "text", "n": 3}
+    values = {k: 0.25 * i for i, (_, k) in enumerate(command.COLUMNS)} | {"grounding_colour_precision": math.nan}
+    meta = {"n": 3, "seed": 0, "store_rows": 10, "store": "artifacts/retrieval/x/datastore.pt", "text_encoder": "t",
+            "photo_embeddings": "p.pt"}
+    table = command.markdown({"meta": meta, "results": [row | values], "validation_mean_copy_cider": {"retrieval_text": 0.0},
+                              "chosen": "retrieval_text"})
+    header = next(line for line in table.splitlines() if line.startswith("| set |"))
+    assert "| contradicts its copy |" in header and "| copy CIDEr |" in header
+    cells = next(line for line in table.splitlines() if line.startswith("| validation |")).strip("| ").split(" | ")
+    assert cells[4:] == ["–" if math.isnan(v) else f"{v:.3f}" for v in values.values()]  # in COLUMNS' order
+    assert "**retrieval_text**" in table
