@@ -34,7 +34,6 @@ and ``results/cpu/rl.{json,md}`` (``--results``). A rerun resumes from the last 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from mmreason.decoding.filters import Filter, vocab_from_items
 from mmreason.decoding.generate import DecodeConfig, decode
 from mmreason.decoding.shown import decoding, evidence_names, fill_slots, offered
 from mmreason.evaluation.systems import histories, model_reasons, score
-from mmreason.io import DataError
+from mmreason.io import DataError, fingerprint, sha256_file
 from mmreason.metrics import split_sentences
 from mmreason.model.collate import EOS, collate, encode_example, token_id
 from mmreason.model.network import SEG_REASON
@@ -308,15 +307,12 @@ KEY_METRICS = ["grounding_colour_precision", "grounding_type_precision", "ground
                "copy_bleu4", "copy_cider", "detail_precision", "detail_contradiction"]
 # The code that turns shown reasons into those metrics (under the package): the supervised model's scores
 # (rl.py's before.json) are reused only while it is the same, so a metric defined anew is rescored
-PACKAGE = Path(__file__).resolve().parents[1]
+PACKAGE = paths.REPO_ROOT / "mmreason"
 SCORING_CODE = ("metrics.py", "evaluation/systems.py")
 
 
 def scoring_code_sha256() -> str:
-    h = hashlib.sha256()
-    for rel in SCORING_CODE:
-        h.update(rel.encode() + b"\0" + (PACKAGE / rel).read_bytes())
-    return h.hexdigest()
+    return fingerprint({rel: sha256_file(PACKAGE / rel) for rel in SCORING_CODE})
 
 
 def deployed_scores(module, data, prompts: Prompts, reward: Reward, items: pd.DataFrame, n_decode: str = "beam",
