@@ -15,6 +15,8 @@ import pandas as pd
 from mmreason import cli, paths
 from mmreason.decoding.filters import vocab_from_items
 from mmreason.evaluation import systems as E
+from mmreason.features import photonet
+from mmreason.features.photodetails import K, TAU, DetailProbe, store_probe, vetted_copies
 from mmreason.features.retrieval import Datastore, ensure_store
 from mmreason.io import DataError, write_report
 from mmreason.training.runs import find_checkpoint, load_run
@@ -26,31 +28,48 @@ FRAMES = (("validation", "temporal", "val"), ("validation", "unseen", "val"),
 COLUMNS = (("copy CIDEr", "copy_cider"), ("copy BLEU-4", "copy_bleu4"), ("copy ROUGE-L", "copy_rougeL"),
            ("colour named", "grounding_colour_mention_rate"), ("colour prec.", "grounding_colour_precision"),
            ("type named", "grounding_type_mention_rate"), ("type prec.", "grounding_type_precision"),
-           ("copy = reference", "identical_copy"), ("contradicts its copy", "detail_contradiction"))
+           ("copy = reference", "identical_copy"), ("contradicts its copy", "detail_contradiction"),
+           ("changed by the photo", "vetoed"))
+VETTED = "retrieval_vetted"  # text, own type first, vetted by the photo's details (photodetails.py)
 
 
-def compare(store: Datastore, items, examples, interactions, photo_lookup, n: int = 300, seed: int = 0) -> dict:
-    """Each retrieval baseline scored by ``evaluate.score`` on validation and test frames (``evaluate.test_frame``)."""
+def compare(store: Datastore, items, examples, interactions, photo_lookup, n: int = 300, seed: int = 0,
+            photo_features: dict | None = None, probe: DetailProbe | None = None) -> dict:
+    """Each retrieval baseline scored by ``evaluate.score`` on validation and test frames (``evaluate.test_frame``);
+    with ``photo_features`` (``photonet.load_features``) and ``probe`` also ``VETTED``."""
     # evaluate's frames and score are the one implementation of the metrics; the library above imports no command
 
     vocab = vocab_from_items(items)
+    retrievers = dict(E.RETRIEVERS) | ({VETTED: "text_type, photo veto"} if probe is not None else {})
     results = []
     for stage, split, frame_stage in FRAMES:
         frame = E.test_frame(examples, split, n, seed, stage=frame_stage)
         hist = E.histories(frame, interactions, items)
-        for system, by in E.RETRIEVERS.items():
-            parts = E.baseline_parts(system, frame, items, photo_lookup, store)
+        for system, by in retrievers.items():
+            vetoed = float("nan")
+            if system == VETTED:
+                arts = items.set_index("article_id").loc[frame["article_id"]].reset_index()
+                copies, vetoed = vetted_copies(store, arts, probe, photo_features)
+                parts = [("", c) for c in copies]
+            else:
+                parts = E.baseline_parts(system, frame, items, photo_lookup, store)
             hyps = [f"{hook} {copy}".strip() for hook, copy in parts]
             m = E.score(hyps, frame, items, hist, vocab, with_embedding=False, parts=parts)
             m["identical_copy"] = float(np.mean([c == r for (_, c), r in zip(parts, frame["item_copy"])]))
+            m["vetoed"] = vetoed
             results.append({"stage": stage, "split": split, "system": system, "by": by, "n": len(frame),
                             **{k: m[k] for _, k in COLUMNS}})
             print(f"[retrieval] {stage} {split} {system}: copy CIDEr {m['copy_cider']:.3f}, "
                   f"copy BLEU-4 {m['copy_bleu4']:.1f}")
     val = pd.DataFrame([r for r in results if r["stage"] == "validation"])
     mean_val = val.groupby("system", sort=False)["copy_cider"].mean()
-    return {"results": results, "validation_mean_copy_cider": mean_val.round(4).to_dict(),
-            "chosen": str(mean_val.idxmax())}
+    return {"results": results, "validation_mean_copy_cider": mean_val.round(4).to_dict(), "chosen": choose(mean_val)}
+
+
+def choose(mean_val: pd.Series) -> str:
+    """The retriever with the best validation copy CIDEr among ``nearest``'s rankings: the choice is the prompt's
+    ``retrieval_by``; the vetted copies (``VETTED``) are reported beside it, not chosen."""
+    return str(mean_val[[s for s in mean_val.index if s in E.RETRIEVERS]].idxmax())
 
 
 def markdown(report: dict) -> str:
@@ -64,15 +83,23 @@ def markdown(report: dict) -> str:
              "BLEU/ROUGE 0-100, CIDEr raw; `named`: share naming any colour (type); `prec.`: among those, share "
              "naming the article's own; `copy = reference`: share of retrieved copies identical to the reference; "
              "`contradicts its copy`: share stating a sleeve length, neckline or fabric that the article's own copy "
-             "states otherwise (`metrics.detail_agreement`).", "",
+             "states otherwise (`metrics.detail_agreement`)."]
+    if "photo_details" in meta:
+        veto = meta["photo_details"]
+        lines[-1] += (f" `{VETTED}`: the first of the {veto['k']} nearest distinct copies by text, own type first, "
+                      f"whose every stated sleeve length, neckline and fabric the photo gives at least {veto['tau']} "
+                      f"(`photodetails.py`: a softmax per facet on {veto['encoder']} ImageNet features, trained on "
+                      f"the store's copies: " + ", ".join(f"{f} {c:,}" for f, c in veto["trained_on"].items()) +
+                      "); `changed by the photo`: the share where that is not the nearest copy.")
+    lines += ["",
              "| set | split | retriever | by | " + " | ".join(c for c, _ in COLUMNS) + " |",
              "|---|---|---|---|" + "---|" * len(COLUMNS)]
     for r in report["results"]:
         cells = ["–" if np.isnan(r[k]) else f"{r[k]:.3f}" if abs(r[k]) < 10 else f"{r[k]:.1f}" for _, k in COLUMNS]
         lines.append(f"| {r['stage']} | {r['split']} | {r['system']} | {r['by']} | " + " | ".join(cells) + " |")
     means = ", ".join(f"{s} {v:.3f}" for s, v in report["validation_mean_copy_cider"].items())
-    lines += ["", f"Chosen on validation (mean copy CIDEr of the two validation sets: {means}): "
-              f"**{report['chosen']}**.", ""]
+    lines += ["", f"Chosen on validation among `nearest`'s rankings (mean copy CIDEr of the two validation sets: "
+              f"{means}): **{report['chosen']}**.", ""]
     return "\n".join(lines)
 
 
@@ -87,6 +114,8 @@ class RetrievalOptions:
         out: results folder (default results/cpu)
         rebuild: recompute the datastore even if its keyed file exists
         compare: score the retrievers (--no-compare: only build or reuse the store)
+        photo_veto: also score the copies vetted by the photo's details (ImageNet photo features of every
+            article, computed once: ~15 min on 2 cores)
     """
     run: str = "artifacts/runs/cpu"
     n: int = 300
@@ -94,6 +123,7 @@ class RetrievalOptions:
     out: str | None = None
     rebuild: bool = False
     compare: bool = True
+    photo_veto: bool = True
 
 
 def get_parser() -> cli.ArgumentParser:
@@ -118,11 +148,19 @@ def main(argv=None) -> int:
     store = ensure_store(art.items, art.cache, rebuild=args.rebuild)
     if not args.compare:
         return 0
-    report = compare(store, art.items, art.examples, interactions, art.photo_lookup, args.n, args.seed)
+    features = probe = None
+    if args.photo_veto:
+        features = photonet.load_features(art.items)
+        probe = store_probe(store, features)
+    report = compare(store, art.items, art.examples, interactions, art.photo_lookup, args.n, args.seed,
+                     photo_features=features, probe=probe)
     report["meta"] = {"run": args.run, "n": args.n, "seed": args.seed, "store_rows": len(store),
                       "store": paths.shown(store.path),  # a path readable on any machine
                       "text_encoder": store.meta["text_encoder"], "photo_embeddings": Path(art.cache["path"]).name,
                       "tables": Path(art.data_dir).name, "seconds": round(time.time() - t0)}
+    if probe is not None:
+        report["meta"]["photo_details"] = {"encoder": photonet.MODEL, "features": Path(features["path"]).name,
+                                           "k": K, "tau": TAU, "trained_on": probe.trained_on}
     out = Path(args.out) if args.out else paths.results_dir("cpu")
     table = markdown(report)
     write_report(out, "retrieval", report, table)

@@ -230,3 +230,15 @@ def test_the_retrieval_report_has_a_column_per_metric_and_names_the_choice():
     cells = next(line for line in table.splitlines() if line.startswith("| validation |")).strip("| ").split(" | ")
     assert cells[4:] == ["–" if math.isnan(v) else f"{v:.3f}" for v in values.values()]  # in COLUMNS' order
     assert "**retrieval_text**" in table
+    assert "retrieval_vetted" not in table and "| changed by the photo |" in header
+
+    vetted = row | values | {"system": command.VETTED, "by": "text_type, photo veto", "vetoed": 0.125}
+    meta["photo_details"] = {"encoder": "efficientnet-lite0", "features": "f.pt", "k": 8, "tau": 0.05,
+                             "trained_on": {"sleeves": 6852, "fabric": 10615}}
+    table = command.markdown({"meta": meta, "results": [row | values, vetted], "chosen": "retrieval_text",
+                              "validation_mean_copy_cider": {"retrieval_text": 0.0, command.VETTED: 1.0}})
+    assert "`retrieval_vetted`: the first of the 8 nearest distinct copies" in table and "sleeves 6,852" in table
+    assert "| validation | unseen | retrieval_vetted | text_type, photo veto |" in table
+    assert next(line for line in table.splitlines() if "| retrieval_vetted |" in line).endswith("| 0.125 |")
+    # the choice is among nearest's rankings: the prompt's retrieval_by cannot be the vetted copies
+    assert command.choose(pd.Series({"retrieval_text": 2.0, command.VETTED: 3.0, "retrieval": 1.0})) == "retrieval_text"

@@ -1,0 +1,113 @@
+"""What a product photo says about the details a copy states, and a retriever that listens to it.
+
+The shown copy is most often a neighbour's (``retrieval.py``): the nearest training product by attribute
+text, own type first. The filter holds its colour, type and pattern to the catalogue, but not its sleeves,
+neckline or fabric, which the catalogue does not record: over a quarter of shown copies state one the
+article's own copy contradicts (``metrics.detail_agreement``). The photo shows them.
+
+``DetailProbe``: per facet of ``metrics.DETAIL_FACETS`` one softmax over its values on the ImageNet
+photo features (``photonet.py``), standardised; trained on the datastore's rows (training products only)
+whose copy states exactly one value of that facet, the copy read by ``metrics.stated_details``. No held-out
+product's copy is read.
+
+``vetted_copies``: among an article's ``k`` nearest distinct copies (``retrieval.nearest``, ``by``) of the
+nearest one's product type, the first whose every stated value the probe gives at least ``tau`` for this
+photo; the nearest where none does, or where the article has no photo. Measured on unseen products (``python -m mmreason.retrieval``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from mmreason.features import retrieval as R
+from mmreason.features.embed import lookup
+from mmreason.metrics import DETAIL_FACETS, stated_details
+
+TAU = 0.05  # a stated value the photo gives less than this is vetoed; chosen on validation (README)
+K = 8       # distinct copies considered, best first
+
+
+@dataclass
+class DetailProbe:
+    values: dict[str, list[str]]          # facet -> its values, in the heads' order
+    mean: torch.Tensor                    # (D,) feature standardisation
+    std: torch.Tensor                     # (D,)
+    weight: dict[str, torch.Tensor]       # facet -> (V, D)
+    bias: dict[str, torch.Tensor]         # facet -> (V,)
+    trained_on: dict[str, int]            # facet -> copies it was trained on
+
+    def probs(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(N, D) photo features -> facet -> (N, V) probabilities of each value, given the facet is stated."""
+        z = (feats.float() - self.mean) / self.std
+        return {f: (z @ self.weight[f].T + self.bias[f]).softmax(-1) for f in self.values}
+
+    def vetoes(self, details: dict[str, set[str]], probs: dict[str, torch.Tensor], row: int,
+               tau: float = TAU) -> bool:
+        """Does the photo (row ``row`` of ``probs``) give a value these ``details`` state less than ``tau``?"""
+        return any(float(probs[f][row, self.values[f].index(v)]) < tau
+                   for f, vs in details.items() if f in self.values for v in vs)
+
+
+def train_probe(feats: torch.Tensor, copies: list[str], steps: int = 300, lr: float = 1e-3,
+                weight_decay: float = 1e-2, seed: int = 0) -> DetailProbe:
+    """Fit each facet's softmax on the rows whose copy states exactly one of its values (full batch, AdamW)."""
+    if len(feats) != len(copies):
+        raise ValueError(f"{len(feats)} feature rows for {len(copies)} copies")
+    gen = torch.Generator().manual_seed(seed)
+    feats = feats.float()
+    mean, std = feats.mean(0), feats.std(0) + 1e-6
+    z = (feats - mean) / std
+    details = [stated_details(c) for c in copies]
+    values, weight, bias, trained_on = {}, {}, {}, {}
+    for facet, vals in DETAIL_FACETS.items():
+        vals = sorted(vals)
+        rows = [(i, vals.index(next(iter(d[facet])))) for i, d in enumerate(details)
+                if facet in d and len(d[facet]) == 1]
+        if not rows:
+            continue
+        x, y = z[[i for i, _ in rows]], torch.tensor([c for _, c in rows])
+        lin = torch.nn.Linear(z.shape[1], len(vals))
+        with torch.no_grad():
+            lin.weight.normal_(0, 0.01, generator=gen)
+            lin.bias.zero_()
+        opt = torch.optim.AdamW(lin.parameters(), lr=lr, weight_decay=weight_decay)
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(lin(x), y).backward()
+            opt.step()
+        values[facet], trained_on[facet] = vals, len(rows)
+        weight[facet], bias[facet] = lin.weight.detach().clone(), lin.bias.detach().clone()
+    return DetailProbe(values, mean, std, weight, bias, trained_on)
+
+
+def store_probe(store: R.Datastore, cache: dict, **kw) -> DetailProbe:
+    """The probe trained on the datastore's rows that have a photo (``cache``: ``photonet.load_features``)."""
+    feats, has = lookup(cache, store.article_id.tolist())
+    keep = has.numpy()
+    return train_probe(feats[has], [c for c, k in zip(store.copy, keep) if k], **kw)
+
+
+def vetted_copies(store: R.Datastore, articles: pd.DataFrame, probe: DetailProbe, cache: dict, by: str = "text_type",
+                  k: int = K, tau: float = TAU, encoder=None) -> tuple[list[str], float]:
+    """Per article the first of its ``k`` nearest distinct copies (of the nearest one's type) the photo does not
+    veto (``DetailProbe.vetoes``), else its nearest; and the share of articles whose copy the veto changed."""
+    text, _ = R.embed_articles(articles, encoder, text=True)
+    idx, _ = R.nearest(store, text, None, articles["product_code"].to_numpy(), k=k + 8, by=by,
+                       query_types=articles["product_type_name"].fillna("").astype(str).tolist())
+    feats, has = lookup(cache, articles["article_id"].tolist())
+    probs = probe.probs(feats)
+    fallback = R.fallback_copy(store, by)
+    out, changed = [], 0
+    for r, row in enumerate(idx.tolist()):
+        row = [i for i in row if i >= 0]
+        # the alternatives are of the nearest copy's product type: a veto never swaps a dress's copy for a swimsuit's
+        copies = list(dict.fromkeys(store.copy[i] for i in row if store.product_type[i] == store.product_type[row[0]])
+                      )[:k] if row else [fallback]
+        pick = copies[0]
+        if has[r]:
+            pick = next((c for c in copies if not probe.vetoes(stated_details(c), probs, r, tau)), copies[0])
+        changed += pick != copies[0]
+        out.append(pick)
+    return out, changed / max(len(out), 1)

