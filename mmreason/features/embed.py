@@ -162,6 +162,25 @@ def stale_reason(cache: dict | None, meta: dict) -> str | None:
     return f"stale ({', '.join(diff)} changed)" if diff else None
 
 
+def cached_embeddings(path: Path, meta: dict, compute, rebuild: bool = False, tag: str = "embed") -> dict:
+    """The cache at ``path`` if it was made with ``meta``; else ``compute()`` -> (article_id, embedding, skipped),
+    written there with ``meta`` and its time. One line says which, prefixed with ``tag``."""
+    cache = read_embeddings(path) if path.exists() and not rebuild else None
+    why = "rebuild requested" if rebuild else stale_reason(cache, meta)
+    if why is None:
+        print(f"{tag}: reusing {paths.shown(path)} ({len(cache['article_id']):,} x {cache['embedding'].shape[1]})")
+        return cache
+    print(f"{tag}: computing {path.name}: {why}")
+    t0 = time.time()
+    article_id, embedding, skipped = compute()
+    dt = time.time() - t0
+    cache = {"article_id": article_id, "embedding": embedding, "meta": meta, "skipped": skipped, "seconds": round(dt, 1)}
+    atomic_write_bytes(path, torch_bytes(cache))
+    print(f"{tag}: {len(article_id):,} photos -> {tuple(embedding.shape)} in {dt:.0f}s "
+          f"({len(article_id) / max(dt, 1e-9):.0f} img/s), {len(skipped)} skipped; wrote {paths.shown(path)}")
+    return cache
+
+
 def load_embeddings(items: pd.DataFrame, model_name: str = DEFAULT_MODEL, pretrained: str | None = None,
                     path: str | Path | None = None, *, batch_size: int = 256, workers: int = 2,
                     rebuild: bool = False, clip=None) -> dict:
@@ -180,20 +199,8 @@ def load_embeddings(items: pd.DataFrame, model_name: str = DEFAULT_MODEL, pretra
     meta = cache_meta(model_name, pretrained, preprocess, items)
     mid, keyed = model_id(model_name, pretrained), path is None
     path = Path(path) if path else keyed_cache_path(mid, meta)
-    cache = read_embeddings(path) if path.exists() and not rebuild else None
-    why = "rebuild requested" if rebuild else stale_reason(cache, meta)
-    if why is None:
-        print(f"embed: reusing {path} ({len(cache['article_id']):,} x {cache['embedding'].shape[1]})")
-    else:
-        print(f"embed: computing {path.name}: {why}")
-        t0 = time.time()
-        article_id, embedding, skipped = compute_embeddings(model, preprocess, items, batch_size, workers)
-        dt = time.time() - t0
-        cache = {"article_id": article_id, "embedding": embedding, "meta": meta, "skipped": skipped,
-                 "seconds": round(dt, 1)}
-        atomic_write_bytes(path, torch_bytes(cache))
-        print(f"embed: {len(article_id):,} photos -> {tuple(embedding.shape)} in {dt:.0f}s "
-              f"({len(article_id) / max(dt, 1e-9):.0f} img/s), {len(skipped)} skipped; wrote {path}")
+    cache = cached_embeddings(path, meta, lambda: compute_embeddings(model, preprocess, items, batch_size, workers),
+                              rebuild)
     if keyed:
         paths.point_latest(default_cache_path(mid), path)
     return cache | {"path": str(path)}

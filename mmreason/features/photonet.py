@@ -17,7 +17,6 @@ CPU core: the first call on the full catalogue takes ~15 minutes on 2 cores, eve
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,9 @@ import torch
 from tqdm import tqdm
 
 from mmreason import paths
-from mmreason.features.clip import PhotoError, read_photo, torch_bytes
-from mmreason.features.embed import lookup, photos_fingerprint, read_embeddings, stale_reason
-from mmreason.io import atomic_write_bytes, fingerprint, sha256_file
+from mmreason.features.clip import PhotoError, read_photo
+from mmreason.features.embed import cached_embeddings, lookup, photos_fingerprint
+from mmreason.io import fingerprint, sha256_file
 
 MODEL = "efficientnet-lite0"
 SIZE = (336, 224)          # (height, width): H&M's photos as they are
@@ -114,19 +113,8 @@ def load_features(items: pd.DataFrame, weights: str | Path | None = None, rebuil
     weights = Path(weights or weights_path())
     meta = cache_meta(items, weights)
     path = paths.keyed(paths.artifacts_dir() / "embeddings", MODEL, fingerprint(meta)[:10], ".pt")
-    cache = read_embeddings(path) if path.exists() and not rebuild else None
-    why = "rebuild requested" if rebuild else stale_reason(cache, meta)
-    if why is None:
-        print(f"photonet: reusing {paths.shown(path)} ({len(cache['article_id']):,} x {cache['embedding'].shape[1]})")
-    else:
-        print(f"photonet: computing {path.name}: {why}")
-        t0 = time.time()
-        article_id, feats, skipped = compute_features(model or load_encoder(weights), items, progress=progress)
-        cache = {"article_id": article_id, "embedding": feats, "meta": meta, "skipped": skipped,
-                 "seconds": round(time.time() - t0, 1)}
-        atomic_write_bytes(path, torch_bytes(cache))
-        print(f"photonet: {len(article_id):,} photos -> {tuple(feats.shape)} in {cache['seconds']:.0f}s, "
-              f"{len(skipped)} skipped; wrote {paths.shown(path)}")
+    cache = cached_embeddings(path, meta, lambda: compute_features(model or load_encoder(weights), items,
+                                                                   progress=progress), rebuild, tag="photonet")
     paths.point_latest(path.parent / f"{MODEL}.pt", path)
     return cache | {"path": str(path)}
 
