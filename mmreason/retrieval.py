@@ -115,7 +115,7 @@ class RetrievalOptions:
         rebuild: recompute the datastore even if its keyed file exists
         compare: score the retrievers (--no-compare: only build or reuse the store)
         photo_veto: also score the copies vetted by the photo's details (ImageNet photo features of every
-            article, computed once: ~15 min on 2 cores)
+            article, computed once: 28 min on 2 cores beside a training run)
     """
     run: str = "artifacts/runs/cpu"
     n: int = 300

@@ -10,7 +10,7 @@ from mmreason.features import photodetails, photonet
 from mmreason.features.retrieval import Datastore, encode_texts
 from mmreason.metrics import stated_details
 
-from conftest import REAL_HM, work_in
+from conftest import REAL_HM, work_in, write_photo
 
 LONG, SHORT, NONE = ("Short dress in jersey with long sleeves.", "Short dress in jersey with short sleeves.",
                      "Short dress in jersey.")
@@ -86,17 +86,23 @@ def test_the_encoder_is_the_wheel_imagenet_network_and_its_cache_is_keyed(tmp_pa
     x = photonet.to_input(np.array([[[[0, 127, 255]]]], dtype=np.uint8))
     assert x.flatten().tolist() == pytest.approx([-127 / 128, 0.0, 1.0])
 
-    items = pd.DataFrame({"article_id": ids, "photo_path": [str(p) for p in photo], "has_photo": True})
+    broken, small = tmp_path / "broken.jpg", tmp_path / "small.jpg"
+    broken.write_bytes(b"not a jpeg")
+    write_photo(small, (200, 30, 30))  # 32x48: resized to the network's 224x336
+    assert photonet.load_pixels(small).shape == (336, 224, 3)
+    items = pd.DataFrame({"article_id": ids + [6, 7], "photo_path": [str(p) for p in photo] + [str(broken), str(small)],
+                          "has_photo": True})
     items = pd.concat([items, pd.DataFrame({"article_id": [5], "photo_path": [""], "has_photo": [False]})])
     cache = photonet.load_features(items, progress=False, model=model)
-    assert cache["article_id"].tolist() == ids and cache["embedding"].shape == (2, 1280)
-    assert cache["skipped"] == [{"article_id": 5, "photo_path": "", "error": "no photo"}]
-    assert torch.allclose(cache["embedding"], photonet.encode(model, pixels), atol=1e-4)
+    assert cache["article_id"].tolist() == ids + [7] and cache["embedding"].shape == (3, 1280)
+    assert [s["article_id"] for s in cache["skipped"]] == [5, 6] and cache["skipped"][0]["error"] == "no photo"
+    assert cache["skipped"][1]["photo_path"] == str(broken)
+    assert torch.allclose(cache["embedding"][:2], photonet.encode(model, pixels), atol=1e-4)
     feats, has = photonet.features_of(cache, [878013001, 5])
     assert has.tolist() == [True, False] and torch.equal(feats[0], cache["embedding"][1])
     again = photonet.load_features(items, progress=False, model=model)
     assert again["path"] == cache["path"] and again["seconds"] == cache["seconds"]  # read back, not recomputed
-    fewer = photonet.load_features(items.iloc[:1], progress=False, model=model)
+    fewer = photonet.load_features(items.iloc[:1], progress=False, model=model)  # another photo set, another file
     assert fewer["path"] != cache["path"] and fewer["article_id"].tolist() == ids[:1]
     assert (tmp_path / "artifacts" / "embeddings" / "efficientnet-lite0.pt").resolve() == \
         (tmp_path / "artifacts" / "embeddings" / fewer["path"].split("/")[-1]).resolve()

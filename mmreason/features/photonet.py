@@ -11,8 +11,9 @@ The features are the pooled last feature map (1280 numbers), not normalised: a p
 Photos are read at their own 224x336 (H&M's portrait 2:3; another size is resized to it) and scaled as
 the TF Lite models were trained, ``(pixel - 127) / 128``. They are cached like the CLIP's
 (``embed.py``): ``artifacts/embeddings/efficientnet-lite0-<key>.pt`` keyed by the weights' sha256, the
-preprocessing and the photo set, ``efficientnet-lite0.pt`` linking to the newest. ~10 photos a second per
-CPU core: the first call on the full catalogue takes ~15 minutes on 2 cores, every later one reads the file.
+preprocessing and the photo set, ``efficientnet-lite0.pt`` linking to the newest. The first call on the full
+catalogue took 1,678 s (17,033 photos, ~10 a second, on 2 cores shared with a training run); later ones read
+the file.
 """
 from __future__ import annotations
 
