@@ -15,7 +15,9 @@ Systems, on two test sets (``temporal``: each user's last purchase day, products
 * ``full``       the generator with everything: photo prefix, profile, evidence, behaviour, product, the
   2 nearest other products' copies (``retrieval.py``) and the copy head (``model.CopyHead``), decoded as
   deployed: the 1st retrieved copy offered after its hook (``shown.OFFER_RETRIEVED``);
-* ``full_generated`` the same run's generated copy alone (nothing offered).
+* ``full_generated`` the same run's generated copy alone (nothing offered);
+* ``full_vetted`` (ablation, not in the default list) the same run offering the copy the photo vetted
+  (``features.photodetails.vetted_copies``) instead of its prompt's first retrieved one.
 
 Reasons from the generators come from the one shown-reason path (``shown.py``): beam search with the
 decoding constraint (``constraints.py``; ``--no-constrain`` turns it off for the ablation), then the
@@ -44,12 +46,15 @@ from mmreason import cli, paths
 from mmreason.decoding.filters import Filter, vocab_from_items
 from mmreason.decoding.generate import preset
 from mmreason.decoding.shown import Decoding, decoding
+from mmreason.features import photonet
+from mmreason.features.photodetails import store_probe, vetted_copies
 from mmreason.evaluation.systems import (
     ABLATION,
     OFFERED,
     RETRIEVERS,
     SYSTEMS,
     VARIANTS,
+    VETTED,
     baseline_parts,
     drop_attributes,
     dropout_scores,
@@ -177,7 +182,8 @@ def main(argv=None) -> int:
     paths.offline()
     torch.manual_seed(args.seed)
     variants = list(dict.fromkeys([s for s in args.systems if s in VARIANTS] +
-                                  [OFFERED[s][0] for s in args.systems if s in OFFERED]))
+                                  [OFFERED[s][0] for s in args.systems if s in OFFERED] +
+                                  [VETTED[s] for s in args.systems if s in VETTED]))
     if args.train:
         train_missing(variants, args.train_args)
     loaded = {name: load_variant(name) for name in variants}
@@ -203,7 +209,11 @@ def main(argv=None) -> int:
     results, dropout, samples = {}, {}, []
     # one datastore (keyed file) for the text retrievers; photo retrieval alone needs no sentence encoder
     text_retrievers = {s for s, by in RETRIEVERS.items() if by != "photo"}
-    store = retrieval.ensure_store(items, art.cache) if set(args.systems) & text_retrievers else None
+    store = retrieval.ensure_store(items, art.cache) if set(args.systems) & (text_retrievers | set(VETTED)) else None
+    features = probe = None
+    if set(args.systems) & set(VETTED):  # the photo's veto: ImageNet features and the probe trained on the store
+        features = photonet.load_features(items)
+        probe = store_probe(store, features)
     t0 = time.time()
     for split in ("temporal", "unseen"):
         frame = test_frame(examples, split, args.n, args.seed, stage=args.stage)
@@ -212,7 +222,14 @@ def main(argv=None) -> int:
         for system in args.systems:
             print(f"[evaluate] {split} / {system} ({len(frame)} examples)")
             report, parts = {}, None  # parts None: a generator's hook is its first sentence
-            if system in VARIANTS or system in OFFERED:
+            if system in VETTED:
+                module, vdata = loaded[VETTED[system]]
+                arts = items.set_index("article_id").loc[frame["article_id"]].reset_index()
+                copies, vetoed = vetted_copies(store, arts, probe, features)
+                hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode, constrain=args.constrain,
+                                             fallback=fallback, offer_copies=copies)
+                report["vetoed"] = vetoed
+            elif system in VARIANTS or system in OFFERED:
                 run, k = OFFERED.get(system, (system, None))  # None: as deployed
                 module, vdata = loaded[run]
                 hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode, constrain=args.constrain,
@@ -224,6 +241,8 @@ def main(argv=None) -> int:
             if report:
                 m["retrieved_copy_share"] = report.pop("retrieved_copy_share")
                 m["evidence_hook_share"] = report.pop("evidence_hook_share")
+                if "vetoed" in report:
+                    m["vetoed"] = report.pop("vetoed")  # the share of offered copies the photo changed
                 m["filter_rejection_rate"] = report["first_choice_rejected_rate"]  # the best candidate failed
                 m["shown_pass_rate"] = 1 - report["no_candidate_passed_rate"]  # after the fallback, if any
                 m["filter_report"] = report

@@ -310,6 +310,14 @@ def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
     with Script(model, tokenizer, " Red dress for you. A wrap dress."):  # no retrieved segment: nothing offered
         plain = shown_reasons(model, _data(tokenizer, False), rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)
     assert [s.reason for s in plain] == [s.reason for s in off] and all(s.source == "generated" for s in plain)
+    # offer_copies: these copies are offered instead of the prompt's (the photo's vetted ones); the prompt is unchanged
+    with Script(model, tokenizer, " Red dress for you. A wrap dress."):
+        given = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2, offer_copies=[wrong, fits])
+    assert [(s.reason, s.source) for s in given] == [(off[0].reason, "generated"), (f"{hook} {fits}", "retrieved")]
+    assert given[0].rejected[0] == (f"{hook} {wrong}", ["wrong_colour", "wrong_type"])
+    assert [s.candidates[1:] for s in given] == [s.candidates[1:] for s in on]  # the same generated candidates
+    with pytest.raises(ValueError, match="1 copies to offer for 2 rows"):
+        shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2, offer_copies=[fits])
 
 
 def test_cascade_decodes_again_only_where_the_first_reason_fails(monkeypatch):

@@ -130,7 +130,8 @@ def offered(reason: str, retrieved: str, k: int, hook: str | None = None) -> lis
 def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mapping], decode: DecodeConfig,
                   filt: Filter, histories: Sequence[Mapping | None] | None = None, constrain: bool = True,
                   photo=None, has_photo=None, batch_size: int = 48, progress: bool = False,
-                  offer_retrieved: int | None = None, fallback: DecodeConfig | None = None) -> list[Shown]:
+                  offer_retrieved: int | None = None, fallback: DecodeConfig | None = None,
+                  offer_copies: Sequence[str] | None = None) -> list[Shown]:
     """The shown reason for every row.
 
     model: a ``ReasonModel`` (or a module holding one as ``.model``); data: the run's ``ReasonDataModule``
@@ -143,6 +144,8 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
     docstring); needs a run whose prompt has the retrieved segment. None: the deployed OFFER_RETRIEVED where the
     run's prompt has that segment, else 0; 0: the generated candidates alone.
     fallback: rows whose shown reason failed the filter are decoded again with it, and its reason is shown.
+    offer_copies: row-aligned copies to offer instead of the prompt's retrieved ones (e.g. those the photo vetted:
+    ``features.photodetails.vetted_copies``); the prompt, hence the generated candidates, is unchanged.
     """
     model = getattr(model, "model", model)
     histories = list(histories) if histories is not None else [None] * len(rows)
@@ -159,6 +162,8 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
         constraints = [build_constraint(data.tokenizer, a, [NAME_SLOT] if (slots and n) else n, filt)
                        for a, n in zip(articles, names)]
     prompts = [data.prompt_example(dict(r)) for r in rows]
+    if offer_copies is not None and len(offer_copies) != len(rows):
+        raise ValueError(f"{len(offer_copies)} copies to offer for {len(rows)} rows")
     if offer_retrieved is None:
         offer_retrieved = OFFER_RETRIEVED if all("retrieved" in p for p in prompts) else 0
     if offer_retrieved and not all("retrieved" in p for p in prompts):
@@ -167,7 +172,8 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
                              decode, batch_size=batch_size, max_prompt_tokens=data.max_prompt_tokens,
                              progress=progress, constraints=constraints)
     out = []
-    for c, p, a, h, n, e in zip(cands, prompts, articles, histories, names, hooks):
+    offer_from = list(offer_copies) if offer_copies is not None else [p.get("retrieved", "") for p in prompts]
+    for c, a, h, n, e, r in zip(cands, articles, histories, names, hooks, offer_from):
         c = [fill_slots(t, n) for t in c]
         # no candidate at all (every beam ended under the constraint) is filtered as one empty reason, so
         # every caller sees why ("empty") instead of an empty rejection list
@@ -179,7 +185,7 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
             if chosen is not None:
                 shown = Shown(chosen, True, rejected + refused, c, hook="evidence")  # candidates: as decoded
         if offer_retrieved:
-            offers = offered(shown.reason, p["retrieved"], offer_retrieved, e)
+            offers = offered(shown.reason, r, offer_retrieved, e)
             pick, refused = filt.select(offers, a, h, e)
             whose = shown.hook if hook_span(shown.reason, e or "") is not None else "evidence"  # offered's lead
             shown = (Shown(pick, True, refused, offers + shown.candidates, "retrieved", whose) if pick is not None
@@ -190,7 +196,8 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
     if again:
         pick = lambda xs: [xs[i] for i in again]  # noqa: E731
         redo = shown_reasons(model, data, pick(rows), pick(articles), fallback, filt, pick(histories), constrain,
-                             photo[again], has_photo[again], batch_size, progress, offer_retrieved)
+                             photo[again], has_photo[again], batch_size, progress, offer_retrieved,
+                             offer_copies=pick(offer_copies) if offer_copies is not None else None)
         for i, s in zip(again, redo):
             out[i] = s
     return out

@@ -43,10 +43,13 @@ SYSTEMS = ["template", "retrieval", "retrieval_text", "retrieval_both", "retriev
            "photo_only", "full", "full_generated"]
 RETRIEVERS = {"retrieval": "photo", "retrieval_text": "text", "retrieval_both": "both",  # system -> nearest's by
               "retrieval_text_type": "text_type"}
-ABLATION = ["no_evidence", "names", "retrieval_k1"]
+ABLATION = ["no_evidence", "names", "retrieval_k1", "full_vetted"]
 # system -> (the run it decodes with, retrieved copies offered ahead of the generated ones: shown.shown_reasons);
 # the variants themselves decode as deployed (shown.OFFER_RETRIEVED where their prompt retrieves)
 OFFERED = {"full_generated": ("full", 0)}  # the generator's own copy, no retrieved copy offered
+# system -> the run it decodes with, offering the copy the photo vetted (features.photodetails.vetted_copies) in place
+# of its prompt's first retrieved one; the prompt is the run's own
+VETTED = {"full_vetted": "full"}
 ATTR_FIELDS = {"colour": "colour_group_name", "type": "product_type_name", "pattern": "graphical_appearance_name"}
 
 
@@ -125,7 +128,7 @@ def load_variant(name: str) -> tuple[ReasonModule, ReasonDataModule] | None:
 
 
 def model_reasons(module, data, frame, items, hist, filt: Filter, decode, product_override=None, progress=True,
-                  constrain=True, offer_retrieved=None, fallback=None):
+                  constrain=True, offer_retrieved=None, fallback=None, offer_copies=None):
     """The shown reasons (``shown.shown_reasons``) for ``frame``, the filter's rejection report, the share of
     shown reasons whose copy is a retrieved one (``offer_retrieved``) and the share whose hook is the evidence's
     own because none of the model's passed (``shown``'s repair)."""
@@ -135,7 +138,7 @@ def model_reasons(module, data, frame, items, hist, filt: Filter, decode, produc
             r["product"] = p
     arts = items.set_index("article_id").loc[frame["article_id"]].reset_index().to_dict("records")
     shown = shown_reasons(module, data, rows, arts, decode, filt, hist, constrain=constrain, progress=progress,
-                          offer_retrieved=offer_retrieved, fallback=fallback)
+                          offer_retrieved=offer_retrieved, fallback=fallback, offer_copies=offer_copies)
     report = rejection_report([s.selected for s in shown]) | {
         "retrieved_copy_share": float(np.mean([s.source == "retrieved" for s in shown])),
         "evidence_hook_share": float(np.mean([s.hook == "evidence" for s in shown]))}
