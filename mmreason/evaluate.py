@@ -58,6 +58,7 @@ from mmreason.evaluation.systems import (
     baseline_parts,
     drop_attributes,
     dropout_scores,
+    frame_articles,
     histories,
     load_variant,
     model_reasons,
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
             report, parts = {}, None  # parts None: a generator's hook is its first sentence
             if system in VETTED:
                 module, vdata = loaded[VETTED[system]]
-                arts = items.set_index("article_id").loc[frame["article_id"]].reset_index()
+                arts = frame_articles(frame, items)
                 copies, vetoed = vetted_copies(store, arts, probe, features)
                 hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode, constrain=args.constrain,
                                              fallback=fallback, offer_copies=copies)

@@ -48,7 +48,7 @@ def compare(store: Datastore, items, examples, interactions, photo_lookup, n: in
         for system, by in retrievers.items():
             vetoed = float("nan")
             if system == VETTED:
-                arts = items.set_index("article_id").loc[frame["article_id"]].reset_index()
+                arts = E.frame_articles(frame, items)
                 copies, vetoed = vetted_copies(store, arts, probe, photo_features)
                 parts = [("", c) for c in copies]
             else:

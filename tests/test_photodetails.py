@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mmreason.features import photodetails, photonet
+from mmreason.features.embed import lookup
 from mmreason.features.retrieval import Datastore, encode_texts
 from mmreason.metrics import stated_details
 
@@ -98,7 +99,7 @@ def test_the_encoder_is_the_wheel_imagenet_network_and_its_cache_is_keyed(tmp_pa
     assert [s["article_id"] for s in cache["skipped"]] == [5, 6] and cache["skipped"][0]["error"] == "no photo"
     assert cache["skipped"][1]["photo_path"] == str(broken)
     assert torch.allclose(cache["embedding"][:2], photonet.encode(model, pixels), atol=1e-4)
-    feats, has = photonet.features_of(cache, [878013001, 5])
+    feats, has = lookup(cache, [878013001, 5])
     assert has.tolist() == [True, False] and torch.equal(feats[0], cache["embedding"][1])
     again = photonet.load_features(items, progress=False, model=model)
     assert again["path"] == cache["path"] and again["seconds"] == cache["seconds"]  # read back, not recomputed

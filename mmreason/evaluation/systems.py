@@ -55,6 +55,11 @@ ATTR_FIELDS = {"colour": "colour_group_name", "type": "product_type_name", "patt
 
 # ----------------------------------------------------------------------------- evaluation sets
 
+def frame_articles(frame: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """The items' rows of the frame's articles, in the frame's order (one per example)."""
+    return items.set_index("article_id").loc[frame["article_id"]].reset_index()
+
+
 def test_frame(examples: pd.DataFrame, split: str, n: int, seed: int, stage: str = "test") -> pd.DataFrame:
     """``n`` examples of a split's ``stage`` ("test", or "val" for choices made before the test sets)."""
     if split == "temporal":  # new days, products seen in training
@@ -108,7 +113,7 @@ def retrieval_reasons(frame: pd.DataFrame, items: pd.DataFrame, lookup, by: str 
     built here from ``items`` (photo-only for ``by="photo"``)."""
     if store is None:
         store = retrieval.build_store(items, lookup, text=by != "photo", progress=False)
-    arts = items.set_index("article_id").loc[frame["article_id"]].reset_index()
+    arts = frame_articles(frame, items)
     return retrieval.retrieve_copies(store, arts, by, photo_lookup=lookup)
 
 
@@ -136,7 +141,7 @@ def model_reasons(module, data, frame, items, hist, filt: Filter, decode, produc
     if product_override is not None:
         for r, p in zip(rows, product_override):
             r["product"] = p
-    arts = items.set_index("article_id").loc[frame["article_id"]].reset_index().to_dict("records")
+    arts = frame_articles(frame, items).to_dict("records")
     shown = shown_reasons(module, data, rows, arts, decode, filt, hist, constrain=constrain, progress=progress,
                           offer_retrieved=offer_retrieved, fallback=fallback, offer_copies=offer_copies)
     report = rejection_report([s.selected for s in shown]) | {

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from mmreason import paths
 from mmreason.features.clip import PhotoError, read_photo
-from mmreason.features.embed import cached_embeddings, lookup, photos_fingerprint
+from mmreason.features.embed import cached_embeddings, photos_fingerprint
 from mmreason.io import fingerprint, sha256_file
 
 MODEL = "efficientnet-lite0"
@@ -110,7 +110,8 @@ def cache_meta(items: pd.DataFrame, weights: Path) -> dict:
 def load_features(items: pd.DataFrame, weights: str | Path | None = None, rebuild: bool = False,
                   progress: bool = True, model=None) -> dict:
     """The feature cache of these items' photos, computed if missing or stale: {"article_id", "embedding",
-    "meta", "skipped", "seconds", "path"} (``embed.lookup`` reads it)."""
+    "meta", "skipped", "seconds", "path"} (``embed.lookup`` reads it: (N, 1280) in any ids' order, zero rows where
+    a photo is missing)."""
     weights = Path(weights or weights_path())
     meta = cache_meta(items, weights)
     path = paths.keyed(paths.artifacts_dir() / "embeddings", MODEL, fingerprint(meta)[:10], ".pt")
@@ -119,7 +120,3 @@ def load_features(items: pd.DataFrame, weights: str | Path | None = None, rebuil
     paths.point_latest(path.parent / f"{MODEL}.pt", path)
     return cache | {"path": str(path)}
 
-
-def features_of(cache: dict, article_ids) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1280) features in ``article_ids``' order (zero rows where a photo is missing), has (N,)."""
-    return lookup(cache, article_ids)
