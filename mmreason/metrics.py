@@ -148,15 +148,21 @@ def rouge(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
 
 def cider(hyps: Sequence[str], refs: Sequence[str]) -> float:
     """Corpus CIDEr-D from pycocoevalcap (raw scale, ~0-10). Its IDF is over the refs: use many examples."""
+    return float(np.mean(cider_scores(hyps, refs))) if hyps else float("nan")
+
+
+def cider_scores(hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+    """Each hyp's CIDEr-D against its ref, (N,); ``cider`` is their mean. The IDF is the refs' alone, so scores
+    of other hyps against the same refs compare with these."""
     from pycocoevalcap.cider.cider import Cider
 
     _check_pairs(hyps, refs)
     if not hyps:
-        return float("nan")
+        return np.zeros(0)
     res = {i: [_joined(h)] for i, h in enumerate(hyps)}
     gts = {i: [_joined(r)] for i, r in enumerate(refs)}
-    score, _ = Cider().compute_score(gts, res)
-    return float(score)
+    _, per = Cider().compute_score(gts, res)
+    return np.asarray(per, dtype=float)
 
 
 # --------------------------------------------------------------------------- diversity

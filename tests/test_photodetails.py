@@ -70,6 +70,32 @@ def test_vetted_copies_skip_a_neighbour_the_photo_contradicts_and_keep_the_neare
     assert photodetails.vetted_copies(store, own, probe, cache, encoder=sentence_encoder)[0] == [LONG, LONG, LONG]
 
 
+def test_vetted_copies_reranked_by_the_photo_veto_in_the_photo_order(sentence_encoder):
+    texts = ["Short dress, Black, Dress, Solid", "Short dress, Black, Dress, Solid, Jersey Fancy",
+             "Short dress, Black, Dress, Solid, Jersey Fancy, Ladieswear"]
+    store = Datastore(article_id=torch.tensor([1, 2, 3]), product_code=torch.tensor([10, 20, 30]),
+                      copy=[SHORT, NONE, LONG], text=encode_texts(texts, sentence_encoder, progress=False),
+                      photo=torch.zeros(3, 1), product_type=["Dress"] * 3)
+    # a probe that reads long sleeves off feature 0; features 1-2 are the look the cosine compares
+    values = sorted(["long", "short", "3/4-length", "sleeveless"])
+    weight = torch.zeros(4, 3)
+    weight[values.index("long"), 0] = 1.0
+    probe = photodetails.DetailProbe({"sleeves": values}, torch.zeros(3), torch.ones(3), {"sleeves": weight},
+                                     {"sleeves": torch.zeros(4)}, {"sleeves": 1})
+    # the query's photo shows no long sleeves; row 3 looks just like it, row 2 nearly, row 1 not at all
+    q = torch.tensor([-5.0, 1.0, 0.0])
+    cache = {"article_id": torch.tensor([1, 2, 3, 7]),
+             "embedding": torch.stack([torch.tensor([5.0, 0.0, 1.0]), torch.tensor([-5.0, 0.5, 0.0]), q, q])}
+    query = pd.DataFrame({"article_id": [7], "product_code": [70], "product_type_name": "Dress", "product": texts[0]})
+    kw = dict(encoder=sentence_encoder)
+    assert photodetails.vetted_copies(store, query, probe, cache, **kw) == ([SHORT], 0.0)  # text order, no veto
+    # by the photo row 3 comes first, but its long sleeves are vetoed: row 2's copy shows, the photo's second
+    assert photodetails.vetted_copies(store, query, probe, cache, weight=10.0, **kw) == ([NONE], 1.0)
+    # without the veto's probe reading long sleeves, the photo's first would show
+    probe.weight["sleeves"] = torch.zeros(4, 3)
+    assert photodetails.vetted_copies(store, query, probe, cache, weight=10.0, **kw) == ([LONG], 1.0)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL_HM.exists(), reason="needs ../shared/data/hm")
 def test_the_encoder_is_the_wheel_imagenet_network_and_its_cache_is_keyed(tmp_path, monkeypatch):

@@ -12,17 +12,20 @@ product's copy is read.
 
 ``vetted_copies``: among an article's ``k`` nearest distinct copies (``retrieval.nearest``, ``by``) of the
 nearest one's product type, the first whose every stated value the probe gives at least ``tau`` for this
-photo; the nearest where none does, or where the article has no photo. Measured on unseen products (``python -m mmreason.retrieval``).
+photo; the nearest where none does, or where the article has no photo. With a ``weight`` the candidates are
+first ordered by text score + weight x the photos' cosine (``photochoice.py``). Measured on unseen products (``python -m mmreason.retrieval``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
 from mmreason.features import retrieval as R
 from mmreason.features.embed import lookup
+from mmreason.features.photochoice import Candidates, candidates, photo_cosines, reorder
 from mmreason.metrics import DETAIL_FACETS, stated_details
 
 TAU = 0.05  # a stated value the photo gives less than this is vetoed; chosen on validation (README)
@@ -90,24 +93,24 @@ def store_probe(store: R.Datastore, cache: dict, **kw) -> DetailProbe:
 
 
 def vetted_copies(store: R.Datastore, articles: pd.DataFrame, probe: DetailProbe, cache: dict, by: str = "text_type",
-                  k: int = K, tau: float = TAU, encoder=None) -> tuple[list[str], float]:
+                  k: int = K, tau: float = TAU, encoder=None, cand: Candidates | None = None,
+                  weight: float = 0.0) -> tuple[list[str], float]:
     """Per article the first of its ``k`` nearest distinct copies (of the nearest one's type) the photo does not
-    veto (``DetailProbe.vetoes``), else its nearest; and the share of articles whose copy the veto changed."""
-    text, _ = R.embed_articles(articles, encoder, text=True)
-    idx, _ = R.nearest(store, text, None, articles["product_code"].to_numpy(), k=k + 8, by=by,
-                       query_types=articles["product_type_name"].fillna("").astype(str).tolist())
+    veto (``DetailProbe.vetoes``), else the first; and the share of articles whose copy is not the text's nearest.
+    ``weight`` > 0 first orders them by text score + ``weight`` x photo cosine (``photochoice.reorder``); ``cand``
+    (``photochoice.candidates``) replaces the ``k`` nearest by ``by``."""
+    cand = cand if cand is not None else candidates(store, articles, k, by, encoder)
+    if len(cand.copies) != len(articles):
+        raise ValueError(f"candidates for {len(cand.copies)} articles, {len(articles)} given")
+    nearest = [copies[0] for copies in cand.copies]
+    if weight:
+        cand = reorder(cand, photo_cosines(store, articles, cand, cache), weight)
     feats, has = lookup(cache, articles["article_id"].tolist())
     probs = probe.probs(feats)
-    fallback = R.fallback_copy(store, by)
-    out, changed = [], 0
-    for r, row in enumerate(idx.tolist()):
-        row = [i for i in row if i >= 0]
-        # the alternatives are of the nearest copy's product type: a veto never swaps a dress's copy for a swimsuit's
-        copies = list(dict.fromkeys(store.copy[i] for i in row if store.product_type[i] == store.product_type[row[0]])
-                      )[:k] if row else [fallback]
+    out = []
+    for r, copies in enumerate(cand.copies):
         pick = copies[0]
         if has[r]:
             pick = next((c for c in copies if not probe.vetoes(stated_details(c), probs, r, tau)), copies[0])
-        changed += pick != copies[0]
         out.append(pick)
-    return out, changed / max(len(out), 1)
+    return out, float(np.mean([p != n for p, n in zip(out, nearest)])) if out else 0.0
