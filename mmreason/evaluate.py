@@ -17,7 +17,9 @@ Systems, on two test sets (``temporal``: each user's last purchase day, products
   deployed: the 1st retrieved copy offered after its hook (``shown.OFFER_RETRIEVED``);
 * ``full_generated`` the same run's generated copy alone (nothing offered);
 * ``full_vetted`` (ablation, not in the default list) the same run offering the copy the photo vetted
-  (``features.photodetails.vetted_copies``) instead of its prompt's first retrieved one.
+  (``features.photodetails.vetted_copies``) instead of its prompt's first retrieved one;
+  ``full_reranked_vetted`` the same among the text's candidates re-ranked by the photo first
+  (``features.photochoice.reorder``, weight ``photochoice.WEIGHT``).
 
 Reasons from the generators come from the one shown-reason path (``shown.py``): beam search with the
 decoding constraint (``constraints.py``; ``--no-constrain`` turns it off for the ablation), then the
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     variants = list(dict.fromkeys([s for s in args.systems if s in VARIANTS] +
                                   [OFFERED[s][0] for s in args.systems if s in OFFERED] +
-                                  [VETTED[s] for s in args.systems if s in VETTED]))
+                                  [VETTED[s][0] for s in args.systems if s in VETTED]))
     if args.train:
         train_missing(variants, args.train_args)
     loaded = {name: load_variant(name) for name in variants}
@@ -224,9 +226,10 @@ def main(argv=None) -> int:
             print(f"[evaluate] {split} / {system} ({len(frame)} examples)")
             report, parts = {}, None  # parts None: a generator's hook is its first sentence
             if system in VETTED:
-                module, vdata = loaded[VETTED[system]]
+                run, weight = VETTED[system]
+                module, vdata = loaded[run]
                 arts = frame_articles(frame, items)
-                copies, vetoed = vetted_copies(store, arts, probe, features)
+                copies, vetoed = vetted_copies(store, arts, probe, features, weight=weight)
                 hyps, report = model_reasons(module, vdata, frame, items, hist, filt, decode, constrain=args.constrain,
                                              fallback=fallback, offer_copies=copies)
                 report["vetoed"] = vetoed

