@@ -240,5 +240,14 @@ def test_the_retrieval_report_has_a_column_per_metric_and_names_the_choice():
     assert "`retrieval_vetted`: the first of the 8 nearest distinct copies" in table and "sleeves 6,852" in table
     assert "| validation | unseen | retrieval_vetted | text_type, photo veto |" in table
     assert next(line for line in table.splitlines() if "| retrieval_vetted |" in line).endswith("| 0.125 |")
-    # the choice is among nearest's rankings: the prompt's retrieval_by cannot be the vetted copies
+    # the choice is among nearest's rankings: the prompt's retrieval_by cannot be the vetted copies, nor the photo's
+    # choices, nor the ceiling
     assert command.choose(pd.Series({"retrieval_text": 2.0, command.VETTED: 3.0, "retrieval": 1.0})) == "retrieval_text"
+    assert command.choose(pd.Series({"retrieval_text": 2.0, command.RERANKED: 3.0, command.BEST_OF: 4.0,
+                                     command.PHOTO_NET: 5.0, command.RERANKED_VETTED: 6.0})) == "retrieval_text"
+    # the re-ranking's weight and the grid it was chosen from are named
+    table = command.markdown({"meta": meta, "results": [row | values], "chosen": "retrieval_text",
+                              "validation_mean_copy_cider": {"retrieval_text": 0.0},
+                              "rerank": {"k": 8, "weights": {"0.05": 2.2, "0.1": 2.33}, "chosen": 0.1}})
+    assert "w = 0.1 chosen on the validation sets' mean copy CIDEr (0.05 2.200, 0.1 2.330)" in table
+    assert "`best_of_k`: the one of the 8 with the best CIDEr" in table
