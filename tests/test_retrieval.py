@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -251,3 +252,50 @@ def test_the_retrieval_report_has_a_column_per_metric_and_names_the_choice():
                               "rerank": {"k": 8, "weights": {"0.05": 2.2, "0.1": 2.33}, "chosen": 0.1}})
     assert "w = 0.1 chosen on the validation sets' mean copy CIDEr (0.05 2.200, 0.1 2.330)" in table
     assert "`best_of_k`: the one of the 8 with the best CIDEr" in table
+
+
+def test_the_report_chooses_the_photo_weight_on_validation_and_scores_every_set_with_it(monkeypatch):
+    """The wiring of ``compare``'s photo rows, with the frames and the metric stubbed: on validation the photo's copy
+    B beats the text's A, on test A beats B by more; the weight must be the first that validation favours (0.1: B
+    first, 0.93 + 0.1 against 1.0; 0.05 keeps A), and every set's photo rows must use it."""
+    from mmreason import retrieval as command
+    from mmreason.features.photochoice import Candidates
+
+    def frame(examples, split, n, seed, stage):
+        return pd.DataFrame({"article_id": [1, 2], "item_copy": ["r", "r"], "stage": stage})
+
+    def score(hyps, frame, items, hist, vocab, with_embedding, parts):
+        good, worth = ("B", 1.0) if frame["stage"].iloc[0] == "val" else ("A", 2.0)
+        return {k: 0.0 for _, k in command.COLUMNS} | {"copy_cider": worth * float(np.mean([h == good for h in hyps]))}
+
+    cand = Candidates(copies=[["A", "B"], ["A", "B"]], rows=[[0, 1], [0, 1]], text=[[1.0, 0.93], [1.0, 0.93]])
+    monkeypatch.setattr(command, "vocab_from_items", lambda items: {})
+    monkeypatch.setattr(command.E, "test_frame", frame)
+    monkeypatch.setattr(command.E, "histories", lambda frame, interactions, items: None)
+    monkeypatch.setattr(command.E, "frame_articles", lambda frame, items: frame)
+    monkeypatch.setattr(command.E, "baseline_parts", lambda *a: [("", "A"), ("", "A")])
+    monkeypatch.setattr(command.E, "score", score)
+    monkeypatch.setattr(command, "candidates", lambda store, arts, k: cand)
+    monkeypatch.setattr(command, "photo_cosines", lambda store, arts, c, features: [[0.0, 1.0], [0.0, 1.0]])
+    monkeypatch.setattr(command, "photo_nearest", lambda store, arts, features: ["B", "B"])
+    monkeypatch.setattr(command, "best_of", lambda c, refs: ["A", "A"])
+    seen = []
+
+    def vetted(store, arts, probe, features, cand):
+        seen.append(cand.copies[0][0])
+        return [cs[0] for cs in cand.copies], 0.0
+
+    monkeypatch.setattr(command, "vetted_copies", vetted)
+    report = command.compare(None, None, None, None, None, photo_features={}, probe=object())
+    assert report["rerank"]["chosen"] == 0.1
+    assert report["rerank"]["weights"] == {"0.05": 0.0, "0.1": 1.0, "0.25": 1.0, "0.5": 1.0, "1.0": 1.0}
+    rows = {(r["stage"], r["split"], r["system"]): r for r in report["results"]}
+    for split in ("temporal", "unseen"):
+        assert rows["test", split, command.RERANKED]["copy_cider"] == 0.0      # B, with validation's weight
+        assert rows["validation", split, command.RERANKED]["copy_cider"] == 1.0
+        assert rows["test", split, command.RERANKED]["vetoed"] == 1.0          # moved off the text's nearest
+        assert rows["test", split, command.VETTED]["vetoed"] == 0.0
+        assert rows["test", split, command.BEST_OF]["copy_cider"] == 2.0
+    # per set: the vetted row on the text's order, then the re-ranked-then-vetted one on the photo's
+    assert seen == ["A", "B"] * 4
+    assert report["chosen"] == "retrieval"  # the stubbed retrievers tie; never a photo row
