@@ -165,8 +165,9 @@ class RetrievalOptions:
         out: results folder (default results/cpu)
         rebuild: recompute the datastore even if its keyed file exists
         compare: score the retrievers (--no-compare: only build or reuse the store)
-        photo_veto: also score the copies vetted by the photo's details (ImageNet photo features of every
-            article, computed once: 28 min on 2 cores beside a training run)
+        photo_veto: also score the copies vetted by the photo's details and the photo's other choices
+            (photochoice.py; ImageNet photo features of every article, computed once: 28 min on 2 cores beside a
+            training run)
     """
     run: str = "artifacts/runs/cpu"
     n: int = 300
