@@ -95,3 +95,13 @@ def test_cider_scores_are_per_hyp_and_average_to_the_corpus_cider():
     assert per.shape == (4,) and per[0] == per.max() and per[0] > per[2] > per[3]
     assert float(np.mean(per)) == pytest.approx(cider(hyps, refs))
     assert cider_scores([], []).shape == (0,)
+
+
+def test_candidates_break_equal_scores_in_store_order_whatever_topk_returns(store, monkeypatch):
+    # rows 0 and 2 tie (identical attribute texts); a topk that returns the later one first must not make it nearest
+    monkeypatch.setattr(P.R, "embed_articles", lambda articles, encoder, text: (torch.zeros(1, 384), None))
+    monkeypatch.setattr(P.R, "nearest", lambda *a, **kw: (torch.tensor([[2, 0, 1, -1]]),
+                                                           torch.tensor([[1.0, 1.0, 0.5, float("-inf")]])))
+    store.copy = ["Dress A.", "Dress B.", "Dress C.", "Dress D.", "Swimsuit."]
+    cand = P.candidates(store, query(), k=8)
+    assert cand.copies == [["Dress A.", "Dress C.", "Dress B."]] and cand.rows == [[0, 2, 1]]

@@ -48,10 +48,13 @@ def candidates(store: R.Datastore, articles: pd.DataFrame, k: int, by: str = "te
                            query_types=articles["product_type_name"].fillna("").astype(str).tolist())
     out = Candidates([], [], [])
     for ids, scores in zip(idx.tolist(), score.tolist()):
+        # equal scores (identical attribute texts) in store order, as ``nearest``'s k=1 breaks them: topk's order of
+        # ties is its own, and would make the text's nearest here differ from ``retrieve_copies``'
+        ranked = sorted(((s, i) for i, s in zip(ids, scores) if i >= 0), key=lambda p: (-p[0], p[1]))
         seen: dict[str, tuple[int, float]] = {}
-        for i, s in zip(ids, scores):
+        for s, i in ranked:
             # the alternatives are of the nearest copy's product type: never a swimsuit's copy for a dress
-            if i >= 0 and store.product_type[i] == store.product_type[ids[0]] and store.copy[i] not in seen:
+            if store.product_type[i] == store.product_type[ranked[0][1]] and store.copy[i] not in seen:
                 seen[store.copy[i]] = (i, s)
         if not seen:
             seen = {R.fallback_copy(store, by): (-1, float("-inf"))}
