@@ -17,7 +17,7 @@ the choices that ``python -m mmreason.retrieval`` scores on validation and test:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -92,19 +92,15 @@ def reranked(cand: Candidates, cosines: list[list[float]], weight: float) -> lis
 
 
 def photo_nearest(store: R.Datastore, articles: pd.DataFrame, cache: dict) -> list[str]:
-    """The copy of each article's nearest store row by its photo features (never its own product_code);
-    the store's most common copy for an article without a photo."""
-    q, q_has = lookup(cache, articles["article_id"].tolist())
-    s, s_has = lookup(cache, store.article_id.tolist())
-    q = torch.nn.functional.normalize(q.float(), dim=1)
-    s = torch.nn.functional.normalize(s.float(), dim=1)
-    sim = q @ s.T
-    sim[:, ~s_has] = float("-inf")
-    codes = torch.tensor(articles["product_code"].to_numpy(dtype=np.int64))
-    sim[codes[:, None] == store.product_code[None, :]] = float("-inf")
-    best = sim.argmax(1).tolist()
-    fallback = R.fallback_copy(store, "text")
-    return [store.copy[b] if h else fallback for b, h in zip(best, q_has.tolist())]
+    """The copy of each article's nearest store row by its photo features (``retrieval.nearest(by="photo")`` on the
+    store with these features as its photo column: never its own product_code, never a row without a photo); the
+    most common copy among rows with a photo for an article without one."""
+    unit = lambda ids: torch.nn.functional.normalize(lookup(cache, ids)[0].float(), dim=1)  # noqa: E731
+    imagenet = replace(store, photo=unit(store.article_id.tolist()))
+    idx, _ = R.nearest(imagenet, None, unit(articles["article_id"].tolist()), articles["product_code"].to_numpy(),
+                       k=1, by="photo")
+    fallback = R.fallback_copy(imagenet, "photo")
+    return [store.copy[i] if i >= 0 else fallback for i in idx[:, 0].tolist()]
 
 
 def best_of(cand: Candidates, references: list[str]) -> list[str]:
