@@ -14,12 +14,13 @@ Systems, on two test sets (``temporal``: each user's last purchase day, products
   (photo, profile, behaviour);
 * ``full``       the generator with everything: photo prefix, profile, evidence, behaviour, product, the
   2 nearest other products' copies (``retrieval.py``) and the copy head (``model.CopyHead``), decoded as
-  deployed: the 1st retrieved copy offered after its hook (``shown.OFFER_RETRIEVED``);
+  deployed: one retrieved copy offered after its hook (``shown.OFFER_RETRIEVED``), the one the photo chose
+  among the text's 8 nearest (``shown.photo_offer``: re-ranked by the photo, then vetted by it);
 * ``full_generated`` the same run's generated copy alone (nothing offered);
-* ``full_vetted`` (ablation, not in the default list) the same run offering the copy the photo vetted
-  (``features.photodetails.vetted_copies``) instead of its prompt's first retrieved one;
-  ``full_reranked_vetted`` the same among the text's candidates re-ranked by the photo first
-  (``features.photochoice.reorder``, weight ``photochoice.WEIGHT``).
+* ``full_nearest`` (ablation, not in the default list) the same run offering its prompt's first retrieved copy,
+  the text's nearest, as ``text_only`` does (the deployed offer before the photo chose it);
+  ``full_vetted`` the copy the photo vetted in the text's order, without re-ranking
+  (``features.photodetails.vetted_copies``, weight 0).
 
 Reasons from the generators come from the one shown-reason path (``shown.py``): beam search with the
 decoding constraint (``constraints.py``; ``--no-constrain`` turns it off for the ablation), then the

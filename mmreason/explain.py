@@ -25,8 +25,9 @@ class ExplainOptions:
         day: as of this day (default: the day after the data ends)
         run: generator run folder or checkpoint (default artifacts/runs/cpu)
         decode: decoding (default beam; greedy+beam: greedy, beam search where greedy's reason fails the filter)
-        offer_retrieved: offer the first K retrieved copies after the generated hook, ahead of the generated copy
-            (default: as deployed, shown.OFFER_RETRIEVED where the run retrieves; 0: the generated copy alone)
+        offer_retrieved: offer the prompt's first K retrieved copies after the generated hook, ahead of the generated
+            copy (default: as deployed, shown.OFFER_RETRIEVED where the run retrieves, the copy the photo chose
+            for a catalogue article when the run sees the photo; 0: the generated copy alone)
         out: also write the reasons here as JSON
     """
     articles: str

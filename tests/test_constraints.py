@@ -16,7 +16,7 @@ from mmreason import metrics as M
 from mmreason.decoding.constraints import build
 from mmreason.decoding.filters import Filter
 from mmreason.decoding.generate import DecodeConfig, decode
-from mmreason.decoding.shown import OFFER_RETRIEVED, fill_slots, rehooked, shown_reasons
+from mmreason.decoding.shown import OFFER_RETRIEVED, fill_slots, rehooked, sees_photo, shown_reasons
 from mmreason.model.collate import EOS, NAME_SLOT, collate, encode_example, token_id
 
 from conftest import tiny_tokenizer
@@ -283,7 +283,8 @@ def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
     """offer_retrieved=1: the generated hook + the first retrieved copy is shown when it passes the filter
     for this article; a retrieved copy naming another colour (a neighbour's) is refused and the generated
     reason is shown; with offer_retrieved=0 the retrieved copy is never shown. The default (None) offers
-    shown.OFFER_RETRIEVED copies where the prompts have the retrieved segment, none where they do not."""
+    shown.OFFER_RETRIEVED copies where the prompts have the retrieved segment, none where they do not; a run that
+    sees the photo offers the copy its photo chose (``artifacts.photo_offers``), a text-only run the prompt's."""
     tokenizer = tiny_tokenizer(SENTENCES)
     model = tiny_model(tokenizer)
     fits, wrong = "Soft cotton jersey with a round neckline.", "Black trousers in navy blue."
@@ -291,7 +292,9 @@ def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
     data = _data(tokenizer, False)
     data.prompt_example = lambda r: {k: r.get(k, "") for k in ("user_profile", "evidence", "behaviour", "product",
                                                                 "retrieved")} | {"article_id": r["article_id"]}
+    data.artifacts.photo_offers = {}  # no article of these rows: the prompt's first retrieved copy is offered
     decode_cfg = DecodeConfig("greedy", max_new_tokens=30)
+    assert sees_photo(model) and not sees_photo(tiny_model(tokenizer, use_photo=False))
     with Script(model, tokenizer, " Red dress for you. A wrap dress."):
         off = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2, offer_retrieved=0)
     with Script(model, tokenizer, " Red dress for you. A wrap dress."):
@@ -318,6 +321,24 @@ def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
     assert [s.candidates[1:] for s in given] == [s.candidates[1:] for s in on]  # the same generated candidates
     with pytest.raises(ValueError, match="1 copies to offer for 2 rows"):
         shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2, offer_copies=[fits])
+    # deployed, a run that sees the photo offers the copy the photo chose for the article, in place of the prompt's
+    data.artifacts.photo_offers = {rows[0]["article_id"]: wrong}
+    with Script(model, tokenizer, " Red dress for you. A wrap dress."):
+        photo = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)
+    assert all(s.source == "generated" and s.rejected[0] == (f"{hook} {wrong}", ["wrong_colour", "wrong_type"])
+               for s in photo)
+    data.artifacts.photo_offers = {rows[0]["article_id"]: fits}
+    with Script(model, tokenizer, " Red dress for you. A wrap dress."):
+        photo = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)
+    with Script(model, tokenizer, " Red dress for you. A wrap dress."):
+        explicit = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2, offer_retrieved=1)
+    assert [(s.reason, s.source) for s in photo] == [(f"{hook} {fits}", "retrieved")] * 2
+    assert [(s.reason, s.source) for s in explicit] == [(s.reason, s.source) for s in on]  # 1: the prompt's first
+    text_model = tiny_model(tokenizer, use_photo=False)
+    with Script(text_model, tokenizer, " Red dress for you. A wrap dress."):
+        text = shown_reasons(text_model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)
+    assert [s.source for s in text] == ["retrieved", "generated"]  # the prompt's first copies: fits, then wrong
+    assert text[1].rejected[0][0].endswith(wrong)
 
 
 def test_cascade_decodes_again_only_where_the_first_reason_fails(monkeypatch):

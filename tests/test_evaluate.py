@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from mmreason import evaluate
-from mmreason.features import photochoice
 from mmreason import metrics as M
 from mmreason.datasets.prompts import product_text
 from mmreason.decoding.filters import Filter, vocab_from_items
@@ -158,19 +157,24 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(evaluate, "vetted_copies", own_copies)
     vet = tmp_path / "vetted"
     assert evaluate.main(["--out", str(vet), "--n", "0", "--decode", "greedy", "--no-embedding",
-                          "--systems", "full_vetted", "full_reranked_vetted"]) == 0
-    # full_vetted keeps the text's order; full_reranked_vetted re-ranks by the photo first
-    assert weights == [0.0, photochoice.WEIGHT] * 2 and photochoice.WEIGHT > 0
+                          "--systems", "full_vetted", "full_nearest"]) == 0
+    assert weights == [0.0] * 2  # full_vetted keeps the text's order (full re-ranks by the photo first)
     fv = json.loads((vet / "metrics.json").read_text())
     for split in ("temporal", "unseen"):
         frame = systems.test_frame(art.examples, split, 0, 0)
+        hist = systems.histories(frame, interactions, items)
         copies = items.set_index("article_id").loc[frame["article_id"], "detail_desc"].fillna("").astype(str).tolist()
-        hyps, _ = systems.model_reasons(*loaded["full"], frame, items, systems.histories(frame, interactions, items),
-                                         filt, preset("greedy"), progress=False, offer_copies=copies)
-        for system in ("full_vetted", "full_reranked_vetted"):
-            got = [s["generated"] for s in fv["samples"] if (s["split"], s["system"]) == (split, system)]
-            assert got == hyps[:5] and fv["results"][split][system]["vetoed"] == 0.5
+        hyps, _ = systems.model_reasons(*loaded["full"], frame, items, hist, filt, preset("greedy"), progress=False,
+                                         offer_copies=copies)
+        got = [s["generated"] for s in fv["samples"] if (s["split"], s["system"]) == (split, "full_vetted")]
+        assert got == hyps[:5] and fv["results"][split]["full_vetted"]["vetoed"] == 0.5
         assert got != [s["generated"] for s in m["samples"] if (s["split"], s["system"]) == (split, "full")]
+        # full_nearest: the prompt's first retrieved copy, as text_only offers it (explicitly 1)
+        hyps, _ = systems.model_reasons(*loaded["full"], frame, items, hist, filt, preset("greedy"), progress=False,
+                                         offer_retrieved=1)
+        assert [s["generated"] for s in fv["samples"] if (s["split"], s["system"]) == (split, "full_nearest")] == hyps[:5]
+    # full, as deployed, offered the copies its photo chose: a table of every article of the run's tables
+    assert set(art.photo_offers) == set(items["article_id"].astype(int))
 
 
 # ----------------------------------------------------------------------------- hook / copy scoring

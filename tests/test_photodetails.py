@@ -1,6 +1,8 @@
 """The ImageNet photo encoder (``photonet.py``) and the photo's veto on retrieved copies (``photodetails.py``)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,6 +96,36 @@ def test_vetted_copies_reranked_by_the_photo_veto_in_the_photo_order(sentence_en
     # without the veto's probe reading long sleeves, the photo's first would show
     probe.weight["sleeves"] = torch.zeros(4, 3)
     assert photodetails.vetted_copies(store, query, probe, cache, weight=10.0, **kw) == ([LONG], 1.0)
+
+
+def test_the_offers_table_is_the_reranked_vetted_copy_of_every_article_keyed_and_reused(sentence_encoder, tmp_path,
+                                                                                          monkeypatch):
+    """``ensure_offers``: what a run that sees the photo offers (``shown.photo_offer``): ``vetted_copies`` with the
+    photo's re-ranking and the probe trained on the store, for every article, written once under its key."""
+    work_in(monkeypatch, tmp_path)
+    feats, copies = two_looks(6)  # the store: 6 long-sleeved dresses, 6 short-sleeved, 1 that states no sleeves
+    n = len(copies)
+    texts = ["Short dress, Black, Dress, Solid"] * n
+    store = Datastore(article_id=torch.arange(1, n + 1), product_code=torch.arange(1, n + 1) * 10, copy=copies,
+                      text=encode_texts(texts, sentence_encoder, progress=False), photo=torch.zeros(n, 1),
+                      product_type=["Dress"] * n)
+    long, short = LOOKS
+    # two new dresses of the same attribute text: a short-sleeved photo and a long-sleeved one; and one without
+    cache = {"article_id": torch.tensor([*range(1, n + 1), 1001, 1002]), "embedding": torch.cat([feats, torch.stack(
+             [short, long])]), "meta": {"model": "stub"}}
+    items = pd.DataFrame({"article_id": [1, 8, 1001, 1002, 1003], "product_code": [10, 80, 10010, 10020, 10030],
+                          "product_type_name": "Dress", "product": texts[0]})
+    want, _ = photodetails.vetted_copies(store, items, photodetails.store_probe(store, cache), cache,
+                                         weight=photodetails.WEIGHT, encoder=sentence_encoder)
+    offers, f = photodetails.ensure_offers(store, items, cache, encoder=sentence_encoder)
+    assert offers == dict(zip(items["article_id"], want))
+    assert [offers[a] for a in (1001, 1002, 1003)] == [SHORT, LONG, LONG]  # the text's nearest is LONG
+    assert f.is_file() and f.parent.parent == tmp_path / "artifacts" / "retrieval"
+    assert json.loads((f.parent / "meta.json").read_text())["weight"] == photodetails.WEIGHT
+    monkeypatch.setattr(photodetails, "vetted_copies", lambda *a, **k: pytest.fail("recomputed"))
+    assert photodetails.ensure_offers(store, items, cache, encoder=sentence_encoder) == (offers, f)  # read back
+    with pytest.raises(pytest.fail.Exception, match="recomputed"):  # another weight, or other features: another key
+        photodetails.ensure_offers(store, items, cache | {"meta": {"model": "other"}}, encoder=sentence_encoder)
 
 
 @pytest.mark.slow

@@ -22,6 +22,10 @@
                copy, ``retrieval.neighbour_texts``) is filtered first, ahead of the generated candidates: the
                retrieved copy is shown where it passes the filter for this article (no contradicting colour /
                type / pattern), the generated one where it does not. A candidate's ``source`` says which.
+               A run that sees the photo (``use_photo``) offers, as deployed, the copy its photo chose instead
+               of the prompt's first (``Artifacts.photo_offers``: the text's 8 nearest distinct copies
+               re-ranked by the photo, the first whose sleeves, neckline and fabric the photo does not veto;
+               ``features.photodetails``); an article outside that table keeps the prompt's first.
     fallback   (a cascade, e.g. ``decoding("greedy+beam")``) the rows whose candidates all fail the filter
                are decoded again with the fallback config and shown as it decodes them: greedy's speed
                where greedy's reason passes, beam search's reason where it does not (serving).
@@ -71,6 +75,24 @@ DECODINGS = get_args(Decoding)
 # own mean log-probability (measured on the test sets, not kept) showed the retrieved copy in 9% of reasons only:
 # unseen 1.780.
 OFFER_RETRIEVED = 1
+# ... and for a run that sees the photo, the copy the photo chose among the text's candidates (``photo_offer``).
+# Chosen on the validation sets (``python -m mmreason.retrieval``, results/cpu/retrieval.md: mean copy CIDEr 2.312
+# against 2.236 for the text's nearest, contradictions of the article's own copy 12.0% / 20.3% against 25.7% /
+# 35.3%); measured with the default run on the test sets in the README (Evaluation, the photo's copy).
+PHOTO_OFFER = True
+
+
+def sees_photo(model) -> bool:
+    """Does the generator read the photo prefix (``ReasonConfig.use_photo``)?"""
+    return bool(getattr(getattr(getattr(model, "model", model), "config", None), "use_photo", False))
+
+
+def photo_offer(data, rows: Sequence[Mapping], prompts: Sequence[Mapping]) -> list[str]:
+    """Per row the copy its article's photo chose (``data.artifacts.photo_offers``), else its prompt's first
+    retrieved copy (an article the table does not hold: a new one)."""
+    offers = data.artifacts.photo_offers
+    return [offers.get(int(r["article_id"])) or (p.get("retrieved") or "").split(RETRIEVED_SEPARATOR)[0]
+            for r, p in zip(rows, prompts)]
 
 
 @dataclass
@@ -142,7 +164,8 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
     photo / has_photo: row-aligned embeddings, looked up by article_id when not given.
     offer_retrieved: how many of the prompt's retrieved copies to offer after the generated hook (module
     docstring); needs a run whose prompt has the retrieved segment. None: the deployed OFFER_RETRIEVED where the
-    run's prompt has that segment, else 0; 0: the generated candidates alone.
+    run's prompt has that segment, else 0, and a run that sees the photo offers the copy its photo chose
+    (``photo_offer``; explicitly 1: the prompt's first retrieved copy); 0: the generated candidates alone.
     fallback: rows whose shown reason failed the filter are decoded again with it, and its reason is shown.
     offer_copies: row-aligned copies to offer instead of the prompt's retrieved ones (e.g. those the photo vetted:
     ``features.photodetails.vetted_copies``); the prompt, hence the generated candidates, is unchanged.
@@ -166,6 +189,8 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
         raise ValueError(f"{len(offer_copies)} copies to offer for {len(rows)} rows")
     if offer_retrieved is None:
         offer_retrieved = OFFER_RETRIEVED if all("retrieved" in p for p in prompts) else 0
+        if offer_retrieved and offer_copies is None and PHOTO_OFFER and sees_photo(model):
+            offer_copies = photo_offer(data, rows, prompts)
     if offer_retrieved and not all("retrieved" in p for p in prompts):
         raise ValueError("offer_retrieved needs a run whose prompt_fields include 'retrieved'")
     cands = generate_reasons(model, data.tokenizer, prompts, photo, has_photo,

@@ -15,7 +15,6 @@ from mmreason.decoding.filters import Filter, hook_span, is_generic, rejection_r
 from mmreason.decoding.generate import preset
 from mmreason.decoding.shown import history_sets, shown_reasons
 from mmreason.features import retrieval
-from mmreason.features.photochoice import WEIGHT
 from mmreason.training.datamodule import ReasonDataModule
 from mmreason.training.module import ReasonModule
 from mmreason.training.runs import find_checkpoint, load_run
@@ -44,14 +43,15 @@ SYSTEMS = ["template", "retrieval", "retrieval_text", "retrieval_both", "retriev
            "photo_only", "full", "full_generated"]
 RETRIEVERS = {"retrieval": "photo", "retrieval_text": "text", "retrieval_both": "both",  # system -> nearest's by
               "retrieval_text_type": "text_type"}
-ABLATION = ["no_evidence", "names", "retrieval_k1", "full_vetted", "full_reranked_vetted"]
+ABLATION = ["no_evidence", "names", "retrieval_k1", "full_nearest", "full_vetted"]
 # system -> (the run it decodes with, retrieved copies offered ahead of the generated ones: shown.shown_reasons);
 # the variants themselves decode as deployed (shown.OFFER_RETRIEVED where their prompt retrieves)
-OFFERED = {"full_generated": ("full", 0)}  # the generator's own copy, no retrieved copy offered
+OFFERED = {"full_generated": ("full", 0),  # the generator's own copy, no retrieved copy offered
+           "full_nearest": ("full", 1)}   # the prompt's first retrieved copy (the text's nearest), not the photo's
 # system -> (the run it decodes with, the photo cosine's weight): offering the copy the photo vetted
 # (features.photodetails.vetted_copies) among the text's candidates, first re-ranked by the photo where the weight is
 # not 0, in place of its prompt's first retrieved one; the prompt is the run's own
-VETTED = {"full_vetted": ("full", 0.0), "full_reranked_vetted": ("full", WEIGHT)}
+VETTED = {"full_vetted": ("full", 0.0)}  # (full itself offers the re-ranked and vetted copy: shown.photo_offer)
 ATTR_FIELDS = {"colour": "colour_group_name", "type": "product_type_name", "pattern": "graphical_appearance_name"}
 
 

@@ -14,18 +14,25 @@ product's copy is read.
 nearest one's product type, the first whose every stated value the probe gives at least ``tau`` for this
 photo; the nearest where none does, or where the article has no photo. With a ``weight`` the candidates are
 first ordered by text score + weight x the photos' cosine (``photochoice.py``). Measured on unseen products (``python -m mmreason.retrieval``).
+
+``ensure_offers``: that copy, re-ranked by the photo (``photochoice.WEIGHT``) and vetted, for every article
+of the tables, in a keyed file: what a run that sees the photo offers after its hook (``shown.py``).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from mmreason import paths
 from mmreason.features import retrieval as R
 from mmreason.features.embed import lookup
-from mmreason.features.photochoice import Candidates, candidates, photo_cosines, reorder
+from mmreason.features.photochoice import WEIGHT, Candidates, candidates, photo_cosines, reorder
+from mmreason.io import atomic_dir, atomic_write_json, fingerprint
 from mmreason.metrics import DETAIL_FACETS, stated_details
 
 TAU = 0.05  # a stated value the photo gives less than this is vetoed; chosen on validation (README)
@@ -114,3 +121,32 @@ def vetted_copies(store: R.Datastore, articles: pd.DataFrame, probe: DetailProbe
             pick = next((c for c in copies if not probe.vetoes(stated_details(c), probs, r, tau)), copies[0])
         out.append(pick)
     return out, float(np.mean([p != n for p, n in zip(out, nearest)])) if out else 0.0
+
+
+OFFERS, OFFERS_FILE = "offers", "offers.parquet"
+OFFERS_VERSION = 1  # bump when the probe's training or the choice changes
+
+
+def ensure_offers(store: R.Datastore, items: pd.DataFrame, cache: dict, weight: float = WEIGHT, k: int = K,
+                  tau: float = TAU, encoder=None) -> tuple[dict[int, str], Path]:
+    """``vetted_copies`` (re-ranked by the photo with ``weight``) of every article in the tables, with the probe
+    trained on the store (``store_probe``), from its keyed file or computed and written there
+    (``artifacts/retrieval/offers-<key>/offers.parquet``, keyed by the store, the articles, the photo features
+    (``cache``: ``photonet.load_features``), k, tau and weight). -> ({article_id: copy}, the file)."""
+    meta = {"version": OFFERS_VERSION, "store": fingerprint(store.meta), "items_sha256": R.items_sha256(items),
+            "features": fingerprint(cache["meta"]), "k": k, "tau": tau, "weight": weight}
+    d = paths.keyed(paths.artifacts_dir() / "retrieval", OFFERS, fingerprint(meta)[:10])
+    f = d / OFFERS_FILE
+    if not f.exists():
+        t0 = time.time()
+        copies, changed = vetted_copies(store, items, store_probe(store, cache), cache, k=k, tau=tau,
+                                        encoder=encoder, weight=weight)
+        with atomic_dir(d) as tmp:
+            pd.DataFrame({"article_id": items["article_id"].to_numpy(np.int64), "copy": copies}).to_parquet(
+                tmp / OFFERS_FILE, index=False)
+            atomic_write_json(tmp / "meta.json", meta | {"changed_by_photo": round(changed, 4),
+                                                         "seconds": round(time.time() - t0, 1)})
+        print(f"photodetails: the photo's copy of {len(items):,} articles ({changed:.1%} not the text's nearest) "
+              f"-> {f} in {time.time() - t0:.0f}s")
+    df = pd.read_parquet(f)
+    return dict(zip(df["article_id"].astype(int), df["copy"].astype(str))), f

@@ -324,15 +324,20 @@ def neighbour_texts(store: Datastore, articles: pd.DataFrame, k: int, by: str = 
     return out
 
 
+def items_sha256(items: pd.DataFrame) -> str:
+    """The articles a per-article table is computed for: ids, product codes and attribute texts."""
+    h = hashlib.sha256()
+    for a, c, t in zip(items["article_id"], items["product_code"], article_texts(items)):
+        h.update(f"{int(a)}\t{int(c)}\t{t}\n".encode())
+    return h.hexdigest()
+
+
 def ensure_neighbours(store: Datastore, items: pd.DataFrame, k: int, by: str = "text", encoder=None,
                       photo_lookup=None) -> tuple[dict[int, str], Path]:
     """``neighbour_texts`` of every article in the tables, from its keyed file or computed and written there
     (``artifacts/retrieval/neighbours-<key>/neighbours.parquet``, keyed by the store, the articles, k and by).
     -> ({article_id: retrieved text}, the file)."""
-    h = hashlib.sha256()
-    for a, c, t in zip(items["article_id"], items["product_code"], article_texts(items)):
-        h.update(f"{int(a)}\t{int(c)}\t{t}\n".encode())
-    meta = {"version": STORE_VERSION, "store": fingerprint(store.meta), "items_sha256": h.hexdigest(), "k": k,
+    meta = {"version": STORE_VERSION, "store": fingerprint(store.meta), "items_sha256": items_sha256(items), "k": k,
             "by": by, "separator": RETRIEVED_SEPARATOR}
     d = paths.keyed(paths.artifacts_dir() / "retrieval", NEIGHBOURS, fingerprint(meta)[:10])
     f = d / NEIGHBOURS_FILE

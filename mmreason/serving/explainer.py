@@ -32,7 +32,7 @@ from mmreason.datasets.hm import load_tables
 from mmreason.datasets.prompts import evidence_fields, price_cuts, product_text, user_context
 from mmreason.decoding.filters import Filter, vocab_from_items
 from mmreason.decoding.generate import DecodeConfig
-from mmreason.decoding.shown import decoding, history_sets, shown_reasons
+from mmreason.decoding.shown import OFFER_RETRIEVED, decoding, history_sets, shown_reasons
 from mmreason.features import clip as clip_lib
 from mmreason.features import embed as embed_lib
 from mmreason.features import retrieval
@@ -102,7 +102,8 @@ class Explainer:
         self.decode_name = decode if isinstance(decode, str) else decode.strategy
         decode, self.fallback = decoding(decode) if isinstance(decode, str) else (decode, None)
         self.decode, self.batch_size, self.constrain = decode, batch_size, constrain
-        # shown.shown_reasons: retrieved copies offered after the hook (None: as deployed, shown.OFFER_RETRIEVED)
+        # shown.shown_reasons: retrieved copies offered after the hook (None: as deployed, shown.OFFER_RETRIEVED,
+        # the photo's choice for a catalogue article: shown.photo_offer)
         self.offer_retrieved = offer_retrieved
         self._next_day = pd.Timestamp(self.tables["interactions"]["t_dat"].max()) + pd.Timedelta(days=1)
         self._contexts = OrderedDict()
@@ -166,7 +167,9 @@ class Explainer:
     def explain_new(self, customer_id: str, articles: pd.DataFrame, day=None, progress: bool = False) -> list[Explanation]:
         """One reason per row of ``articles`` (``read_new_articles``' frame: H&M's columns, photo_path, has_photo)
         for articles that were not in the prepared tables: product segment from their attributes, photo embedded
-        by the run's CLIP (no photo: the model's no-photo vector), retrieved copies from the current datastore."""
+        by the run's CLIP (no photo: the model's no-photo vector), retrieved copies from the current datastore. The
+        copy offered is the prompt's first retrieved one (the text's nearest): the photo's choice
+        (``shown.photo_offer``) is a table of the catalogue's articles."""
         art = self.data.artifacts
         arts = articles.reset_index(drop=True)
         model, preprocess, _ = clip_lib.load_clip(art.clip_model, art.clip_pretrained)
@@ -187,7 +190,8 @@ class Explainer:
         shown = shown_reasons(self.module, self.data, rows, dicts, self.decode, self.filter,
                               [hist] * len(rows), constrain=self.constrain, photo=photo,
                               has_photo=has_photo, batch_size=self.batch_size, progress=progress,
-                              offer_retrieved=self.offer_retrieved, fallback=self.fallback)
+                              offer_retrieved=(self.offer_retrieved if self.offer_retrieved is not None or
+                                               retrieved is None else OFFER_RETRIEVED), fallback=self.fallback)
         return [Explanation(int(a["article_id"]), s.reason, s.passed, s.rejected, s.source, s.hook)
                 for a, s in zip(dicts, shown)]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, is_dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from mmreason.features import cliptrain
 from mmreason.datasets import prepare, hm
 from mmreason.features import embed as embed_lib
 from mmreason import paths
-from mmreason.features import retrieval
+from mmreason.features import photodetails, photonet, retrieval
 from mmreason.features import tokenizer as tok_lib
 from mmreason.io import DataError, sha256_file
 
@@ -47,6 +48,14 @@ class Artifacts:
     def photo_lookup(self, article_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, D) photo embeddings in the order of ``article_ids`` and has_photo (N,)."""
         return embed_lib.lookup(self.cache, article_ids)
+
+    @cached_property
+    def photo_offers(self) -> dict[int, str]:
+        """{article_id: the copy a run that sees the photo offers after its hook} (``photodetails.ensure_offers``:
+        the text's nearest copies re-ranked by the photo and vetted by it), built once per artifacts folder and
+        read once per run; not part of ``record()``: it chooses what is shown, never what is trained."""
+        store = retrieval.ensure_store(self.items, self.cache)
+        return photodetails.ensure_offers(store, self.items, photonet.load_features(self.items))[0]
 
     def record(self) -> dict:
         """The exact artifacts (resolved paths) and their checksums: what a trained run depends on."""
