@@ -17,10 +17,10 @@ Systems, on two test sets (``temporal``: each user's last purchase day, products
   deployed: one retrieved copy offered after its hook (``shown.OFFER_RETRIEVED``), the one the photo chose
   among the text's 8 nearest (``shown.photo_offer``: re-ranked by the photo, then vetted by it);
 * ``full_generated`` the same run's generated copy alone (nothing offered);
-* ``full_nearest`` (ablation, not in the default list) the same run offering its prompt's first retrieved copy,
-  the text's nearest, as ``text_only`` does (the deployed offer before the photo chose it);
-  ``full_vetted`` the copy the photo vetted in the text's order, without re-ranking
-  (``features.photodetails.vetted_copies``, weight 0).
+* ``full_nearest`` the same run offering its prompt's first retrieved copy, the text's nearest, as ``text_only``
+  does (the deployed offer before the photo chose it): what the photo's choice of copy changes;
+* ``full_vetted`` (ablation, not in the default list) the copy the photo vetted in the text's order, without
+  re-ranking (``features.photodetails.vetted_copies``, weight 0).
 
 Reasons from the generators come from the one shown-reason path (``shown.py``): beam search with the
 decoding constraint (``constraints.py``; ``--no-constrain`` turns it off for the ablation), then the

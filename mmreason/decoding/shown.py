@@ -83,7 +83,7 @@ PHOTO_OFFER = True
 
 
 def sees_photo(model) -> bool:
-    """Does the generator read the photo prefix (``ReasonConfig.use_photo``)?"""
+    """Does the generator read the photo prefix (``ModelConfig.use_photo``)?"""
     return bool(getattr(getattr(getattr(model, "model", model), "config", None), "use_photo", False))
 
 

@@ -40,10 +40,10 @@ VARIANTS = {
                                                      "retrieved: 64}"]),
 }
 SYSTEMS = ["template", "retrieval", "retrieval_text", "retrieval_both", "retrieval_text_type", "no_retrieval", "text_only",
-           "photo_only", "full", "full_generated"]
+           "photo_only", "full", "full_nearest", "full_generated"]
 RETRIEVERS = {"retrieval": "photo", "retrieval_text": "text", "retrieval_both": "both",  # system -> nearest's by
               "retrieval_text_type": "text_type"}
-ABLATION = ["no_evidence", "names", "retrieval_k1", "full_nearest", "full_vetted"]
+ABLATION = ["no_evidence", "names", "retrieval_k1", "full_vetted"]
 # system -> (the run it decodes with, retrieved copies offered ahead of the generated ones: shown.shown_reasons);
 # the variants themselves decode as deployed (shown.OFFER_RETRIEVED where their prompt retrieves)
 OFFERED = {"full_generated": ("full", 0),  # the generator's own copy, no retrieved copy offered

@@ -18,8 +18,9 @@ specific (unique-sentence ratio 0.73 -> 0.36, copy CIDEr 0.45 -> 0.38 on unseen 
 
 ``part`` says what is rewarded. "reason" (the default): the whole sampled reason. "hook": what the deployed
 offer shows for a run whose prompt retrieves copies, i.e. the sample's first sentence followed by the prompt's
-first retrieved copy (``shown.offered``); the reward scores that text and the gradient and the KL credit the
-hook's tokens only. Measured on the default run (README): neither moves the deployed reward beyond noise
+first retrieved copy (``shown.offered``; a run that sees the photo now shows the copy its photo chose,
+``shown.photo_offer``, which this option does not use yet); the reward scores that text and the gradient and the
+KL credit the hook's tokens only. Measured on the default run (README): neither moves the deployed reward beyond noise
 ("reason", on the slot default: unseen 0.535 -> 0.539, temporal 0.620 -> 0.622; "hook", before the hook check:
 -0.009 unseen); "reason" raises the sampled reward (0.237 -> 0.342), "hook" does not (0.447 -> 0.434): the
 supervised hooks already match their evidence's (95% of shown ones), so the reward has little left to find in them.
