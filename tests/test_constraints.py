@@ -334,6 +334,14 @@ def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
         explicit = shown_reasons(model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2, offer_retrieved=1)
     assert [(s.reason, s.source) for s in photo] == [(f"{hook} {fits}", "retrieved")] * 2
     assert [(s.reason, s.source) for s in explicit] == [(s.reason, s.source) for s in on]  # 1: the prompt's first
+    # a run that sees the photo but whose prompt retrieves nothing (no_retrieval, photo_only: ``prompt_example``
+    # gives the segment as "") offers nothing, whatever the table holds
+    bare = _data(tokenizer, False)
+    bare.prompt_example = lambda r: data.prompt_example(r) | {"retrieved": ""}
+    bare.artifacts.photo_offers = {rows[0]["article_id"]: fits}
+    with Script(model, tokenizer, " Red dress for you. A wrap dress."):
+        none = shown_reasons(model, bare, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)
+    assert [(s.reason, s.source) for s in none] == [(s.reason, s.source) for s in off]
     text_model = tiny_model(tokenizer, use_photo=False)
     with Script(text_model, tokenizer, " Red dress for you. A wrap dress."):
         text = shown_reasons(text_model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)

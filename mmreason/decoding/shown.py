@@ -89,10 +89,13 @@ def sees_photo(model) -> bool:
 
 def photo_offer(data, rows: Sequence[Mapping], prompts: Sequence[Mapping]) -> list[str]:
     """Per row the copy its article's photo chose (``data.artifacts.photo_offers``), else its prompt's first
-    retrieved copy (an article the table does not hold: a new one)."""
+    retrieved copy (an article the table does not hold: a new one); nothing where the prompt retrieves nothing
+    (a run without the retrieved segment: ``prompt_example`` gives it as "")."""
+    if not any(p.get("retrieved") for p in prompts):
+        return [""] * len(prompts)  # no table is built for a run that offers nothing
     offers = data.artifacts.photo_offers
-    return [offers.get(int(r["article_id"])) or (p.get("retrieved") or "").split(RETRIEVED_SEPARATOR)[0]
-            for r, p in zip(rows, prompts)]
+    return [(offers.get(int(r["article_id"])) or p["retrieved"].split(RETRIEVED_SEPARATOR)[0]) if p.get("retrieved")
+            else "" for r, p in zip(rows, prompts)]
 
 
 @dataclass
