@@ -49,6 +49,9 @@ def test_the_probe_learns_a_facet_from_the_photo_and_vetoes_only_a_stated_value_
     assert not probe.vetoes(stated_details(SHORT), p, 0, tau=0.0)
     with pytest.raises(ValueError, match="feature rows"):
         photodetails.train_probe(feats[:3], copies)
+    with torch.no_grad():  # a shown reason builds the offers table lazily, under the decoder's no_grad
+        again = photodetails.train_probe(feats, copies)
+    assert all(torch.equal(again.weight[f], probe.weight[f]) for f in probe.weight)
 
 
 def test_vetted_copies_skip_a_neighbour_the_photo_contradicts_and_keep_the_nearest_otherwise(sentence_encoder):

@@ -60,6 +60,7 @@ class DetailProbe:
                    for f, vs in details.items() if f in self.values for v in vs)
 
 
+@torch.enable_grad()  # also under torch.no_grad: a shown reason builds the offers table lazily (Artifacts.photo_offers)
 def train_probe(feats: torch.Tensor, copies: list[str], steps: int = 300, lr: float = 1e-3,
                 weight_decay: float = 1e-2, seed: int = 0) -> DetailProbe:
     """Fit each facet's softmax on the rows whose copy states exactly one of its values (full batch, AdamW)."""
