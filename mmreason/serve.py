@@ -227,7 +227,9 @@ def create_app(service: Service, batching: bool = True, max_batch: int = 32, max
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception):  # logged here, never shown to the client
-        log.exception("error serving %s %s", request.method, request.url.path)
+        # the route's template ("/customers/{customer_id}/recommendations"): a customer id never reaches the log
+        route = getattr(request.scope.get("route"), "path", "(no route)")
+        log.exception("error serving %s %s", request.method, route)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
     @app.get("/health")

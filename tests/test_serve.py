@@ -149,7 +149,7 @@ def test_photo_is_the_articles_file(client, work):
 
 # ----------------------------------------------------------------------------- bad input
 
-def test_every_bad_input_class_in_one_run_and_the_server_keeps_serving(client, service, monkeypatch):
+def test_every_bad_input_class_in_one_run_and_the_server_keeps_serving(client, service, monkeypatch, caplog):
     good = {"customer_id": A, "article_ids": [TEE]}
     rec = f"/customers/{A}/recommendations"
     # unknown customer or article -> 404
@@ -194,6 +194,11 @@ def test_every_bad_input_class_in_one_run_and_the_server_keeps_serving(client, s
     with monkeypatch.context() as m:
         m.setattr(service, "explain_many", lambda requests: 1 / 0)
         one_line_error(client.post("/explain", json=good), 500, "internal error")
+        m.setattr(service, "rank", lambda *a: 1 / 0)
+        with caplog.at_level("ERROR", logger="mmreason.serve"):
+            one_line_error(client.get(rec), 500, "internal error")
+        # the log names the route, never the customer in its path
+        assert "GET /customers/{customer_id}/recommendations" in caplog.text and A not in caplog.text
     # and it still serves
     assert client.get("/health").json()["status"] == "ok"
     r = client.post("/explain", json=good)
