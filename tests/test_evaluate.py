@@ -173,7 +173,7 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
         hyps, _ = systems.model_reasons(*loaded["full"], frame, items, hist, filt, preset("greedy"), progress=False,
                                          offer_retrieved=1)
         assert [s["generated"] for s in fv["samples"] if (s["split"], s["system"]) == (split, "full_nearest")] == hyps[:5]
-    # full, as deployed, offered the copies its photo chose: a table of every article of the run's tables
+    # the table of the photo's copies that full offers (shown.photo_offer) holds every article of the run's tables
     assert set(art.photo_offers) == set(items["article_id"].astype(int))
 
 
