@@ -16,7 +16,7 @@ from mmreason import metrics as M
 from mmreason.decoding.constraints import build
 from mmreason.decoding.filters import Filter
 from mmreason.decoding.generate import DecodeConfig, decode
-from mmreason.decoding.shown import OFFER_RETRIEVED, fill_slots, rehooked, sees_photo, shown_reasons
+from mmreason.decoding.shown import OFFER_RETRIEVED, fill_slots, rehooked, sees_photo, shown_reasons, uses_photo_offers
 from mmreason.model.collate import EOS, NAME_SLOT, collate, encode_example, token_id
 
 from conftest import tiny_tokenizer
@@ -342,6 +342,13 @@ def test_retrieved_copy_is_offered_after_the_generated_hook_and_filtered():
     with Script(model, tokenizer, " Red dress for you. A wrap dress."):
         none = shown_reasons(model, bare, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)
     assert [(s.reason, s.source) for s in none] == [(s.reason, s.source) for s in off]
+    with pytest.raises(ValueError, match="retrieved"):  # asked for explicitly, it is refused, not silently dropped
+        shown_reasons(model, bare, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2, offer_retrieved=1)
+    # the Explainer reads the table when it starts exactly where the deployed offer will read it
+    data.prompt_fields = ["user_profile", "product", "retrieved"]
+    assert uses_photo_offers(model, data) and not uses_photo_offers(model, data, 1)
+    assert not uses_photo_offers(tiny_model(tokenizer, use_photo=False), data)
+    assert not uses_photo_offers(model, SimpleNamespace(prompt_fields=["user_profile", "product"]))
     text_model = tiny_model(tokenizer, use_photo=False)
     with Script(text_model, tokenizer, " Red dress for you. A wrap dress."):
         text = shown_reasons(text_model, data, rows, [ARTICLE] * 2, decode_cfg, FILTER, [None] * 2)

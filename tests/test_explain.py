@@ -63,6 +63,10 @@ def test_new_articles_prompt_parts(work, monkeypatch):
     assert arts["has_photo"].tolist() == [True, False]
     ex = explainer.Explainer(work / "run", decode="greedy")
     assert "retrieved" in ex.data.prompt_fields and ex._retrieval()[0] > 0  # the default config retrieves
+    # the photo's copies (shown.photo_offer) are read when the Explainer starts, not on its first request ...
+    assert "photo_offers" in vars(ex.data.artifacts) and set(ex.data.artifacts.photo_offers) == set(ex.items.index)
+    # ... and only where they will be offered
+    assert "photo_offers" not in vars(explainer.Explainer(work / "run", offer_retrieved=1).data.artifacts)
     store = retrieval.ensure_store(ex.data.artifacts.items, ex.data.artifacts.cache, progress=False)
     texts = retrieval.neighbour_texts(store, arts, k=2, progress=False)
     own = "Skinny jeans in stretch denim."

@@ -98,6 +98,13 @@ def photo_offer(data, rows: Sequence[Mapping], prompts: Sequence[Mapping]) -> li
             else "" for r, p in zip(rows, prompts)]
 
 
+def uses_photo_offers(model, data, offer_retrieved: int | None = None) -> bool:
+    """Will ``shown_reasons`` (with this ``offer_retrieved``) read ``Artifacts.photo_offers`` for this run's
+    catalogue articles? The deployed offer of a run that sees the photo and whose prompt retrieves copies."""
+    return (offer_retrieved is None and PHOTO_OFFER and sees_photo(getattr(model, "model", model))
+            and "retrieved" in (getattr(data, "prompt_fields", None) or ()))
+
+
 @dataclass
 class Shown:
     reason: str                  # what is shown: the first candidate that passes, else the best-ranked one
@@ -190,11 +197,13 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
     prompts = [data.prompt_example(dict(r)) for r in rows]
     if offer_copies is not None and len(offer_copies) != len(rows):
         raise ValueError(f"{len(offer_copies)} copies to offer for {len(rows)} rows")
+    # a run without the retrieved segment: ``prompt_example`` gives it as "" (a stand-in may leave it out)
+    retrieves = all(p.get("retrieved") for p in prompts)
     if offer_retrieved is None:
-        offer_retrieved = OFFER_RETRIEVED if all("retrieved" in p for p in prompts) else 0
+        offer_retrieved = OFFER_RETRIEVED if retrieves else 0
         if offer_retrieved and offer_copies is None and PHOTO_OFFER and sees_photo(model):
             offer_copies = photo_offer(data, rows, prompts)
-    if offer_retrieved and not all("retrieved" in p for p in prompts):
+    if offer_retrieved and not retrieves:
         raise ValueError("offer_retrieved needs a run whose prompt_fields include 'retrieved'")
     cands = generate_reasons(model, data.tokenizer, prompts, photo, has_photo,
                              decode, batch_size=batch_size, max_prompt_tokens=data.max_prompt_tokens,

@@ -139,6 +139,8 @@ def ensure_offers(store: R.Datastore, items: pd.DataFrame, cache: dict, weight: 
     d = paths.keyed(paths.artifacts_dir() / "retrieval", OFFERS, fingerprint(meta)[:10])
     f = d / OFFERS_FILE
     if not f.exists():
+        print(f"photodetails: choosing the photo's copy of {len(items):,} articles, once (minutes on a CPU; "
+              f"then read from {paths.shown(f)})")
         t0 = time.time()
         copies, changed = vetted_copies(store, items, store_probe(store, cache), cache, k=k, tau=tau,
                                         encoder=encoder, weight=weight)

@@ -32,7 +32,7 @@ from mmreason.datasets.hm import load_tables
 from mmreason.datasets.prompts import evidence_fields, price_cuts, product_text, user_context
 from mmreason.decoding.filters import Filter, vocab_from_items
 from mmreason.decoding.generate import DecodeConfig
-from mmreason.decoding.shown import OFFER_RETRIEVED, decoding, history_sets, shown_reasons
+from mmreason.decoding.shown import OFFER_RETRIEVED, decoding, history_sets, shown_reasons, uses_photo_offers
 from mmreason.features import clip as clip_lib
 from mmreason.features import embed as embed_lib
 from mmreason.features import retrieval
@@ -105,6 +105,8 @@ class Explainer:
         # shown.shown_reasons: retrieved copies offered after the hook (None: as deployed, shown.OFFER_RETRIEVED,
         # the photo's choice for a catalogue article: shown.photo_offer)
         self.offer_retrieved = offer_retrieved
+        if uses_photo_offers(self.module, self.data, offer_retrieved):
+            art.photo_offers  # read (or, on a fresh checkout, built once) now, not on the first request
         self._next_day = pd.Timestamp(self.tables["interactions"]["t_dat"].max()) + pd.Timedelta(days=1)
         self._contexts = OrderedDict()
 
