@@ -6,10 +6,12 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from test_serve import tiny_run
 
 from mmreason import explain
-from mmreason.features import retrieval
+from mmreason.features import photochoice, retrieval
+from mmreason.features.embed import lookup
 from mmreason.io import DataError
 from mmreason.model.collate import RETRIEVED_SEPARATOR
 from mmreason.serving import explainer
@@ -140,3 +142,36 @@ def test_new_articles_read_both_photo_layouts_blank_cells_and_refuse_a_bad_id(tm
     pd.DataFrame([row | {"article_id": "abc"}]).to_csv(tmp_path / "b.csv", index=False)
     with pytest.raises(DataError, match="article_id 'abc' is not a number"):
         explainer.read_new_articles(tmp_path / "b.csv")
+
+
+def test_new_articles_get_the_copy_their_photo_chooses(work, monkeypatch):
+    """As deployed, a run that sees the photo offers a new article the copy its photo chooses
+    (``photodetails.new_offers``: the offers table's choice, with the table's probe), not its prompt's first
+    retrieved copy; an explicit offer_retrieved keeps the prompt's. The choice is the table's: a catalogue
+    article passed as new, with its own photo features, gets the copy the table holds for it."""
+    from mmreason.features import photodetails, photonet
+
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MMREASON_ARTIFACTS", str(work / "artifacts"))
+    arts = explainer.read_new_articles(work / "new.csv", work / "photos")
+    ex = explainer.Explainer(work / "run", decode="greedy")
+    art = ex.data.artifacts
+    store = retrieval.ensure_store(art.items, art.cache, progress=False)
+    cache = photonet.load_features(art.items, progress=False)
+    assert torch.equal(photodetails.ensure_probe(store, cache).weight["sleeves"],  # read back as trained
+                       photodetails.store_probe(store, cache).weight["sleeves"])
+    some = art.items[art.items["has_photo"].astype(bool)].head(6)
+    feats, _ = lookup(cache, some["article_id"].tolist())
+    mine = photodetails.new_offers(store, some, {"article_id": torch.as_tensor(some["article_id"].to_numpy()),
+                                                 "embedding": feats}, cache)
+    assert mine == [art.photo_offers[int(a)] for a in some["article_id"]]
+    # the shirt has no photo: the text's nearest copy, as the table gives an article without one
+    chosen = ex._new_offers(store, arts)
+    assert chosen[1] == photochoice.candidates(store, arts.iloc[[1]], photodetails.K).copies[0][0]
+    # what explain_new offers is that choice: a copy stood in for it is shown after the hook where it passes
+    fits = ["Soft and comfortable for every day.", "Made to be worn for every day."]
+    monkeypatch.setattr(photodetails, "new_offers", lambda *a, **kw: fits)
+    got = ex.explain_new(CUSTOMERS[0], arts)
+    assert [g.source for g in got] == ["retrieved"] * 2 and all(g.reason.endswith(" " + f) for g, f in zip(got, fits))
+    explicit = explainer.Explainer(work / "run", decode="greedy", offer_retrieved=1).explain_new(CUSTOMERS[0], arts)
+    assert not any(g.reason.endswith(" " + f) for g, f in zip(explicit, fits))

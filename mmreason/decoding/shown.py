@@ -25,7 +25,9 @@
                A run that sees the photo (``use_photo``) offers, as deployed, the copy its photo chose instead
                of the prompt's first (``Artifacts.photo_offers``: the text's 8 nearest distinct copies
                re-ranked by the photo, the first whose sleeves, neckline and fabric the photo does not veto;
-               ``features.photodetails``); an article outside that table keeps the prompt's first.
+               ``features.photodetails``); an article outside that table keeps the prompt's first, unless
+               the caller offers the photo's choice for it (``offer_copies``: the Explainer's new articles,
+               ``photodetails.new_offers``).
     fallback   (a cascade, e.g. ``decoding("greedy+beam")``) the rows whose candidates all fail the filter
                are decoded again with the fallback config and shown as it decodes them: greedy's speed
                where greedy's reason passes, beam search's reason where it does not (serving).

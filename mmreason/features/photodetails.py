@@ -16,12 +16,13 @@ photo; the nearest where none does, or where the article has no photo. With a ``
 first ordered by text score + weight x the photos' cosine (``photochoice.py``). Measured on unseen products (``python -m mmreason.retrieval``).
 
 ``ensure_offers``: that copy, re-ranked by the photo (``photochoice.WEIGHT``) and vetted, for every article
-of the tables, in a keyed file: what a run that sees the photo offers after its hook (``shown.py``).
+of the tables, in a keyed file: what a run that sees the photo offers after its hook (``shown.py``), with its
+probe kept beside it (``ensure_probe``); ``new_offers``: the same choice for articles outside the tables.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,25 @@ def store_probe(store: R.Datastore, cache: dict, **kw) -> DetailProbe:
     return train_probe(feats[has], [c for c, k in zip(store.copy, keep) if k], **kw)
 
 
+PROBE, PROBE_FILE = "probe", "probe.pt"
+PROBE_VERSION = 1  # bump when train_probe or store_probe changes
+
+
+def ensure_probe(store: R.Datastore, cache: dict) -> DetailProbe:
+    """``store_probe``, from its keyed file or trained and written there (``artifacts/retrieval/probe-<key>/
+    probe.pt``, keyed by the store and the photo features): the offers table's probe, kept for the articles
+    outside it (``new_offers``)."""
+    meta = {"version": PROBE_VERSION, "store": fingerprint(store.meta), "features": fingerprint(cache["meta"])}
+    d = paths.keyed(paths.artifacts_dir() / "retrieval", PROBE, fingerprint(meta)[:10])
+    if (d / PROBE_FILE).exists():
+        return DetailProbe(**torch.load(d / PROBE_FILE, map_location="cpu", weights_only=True))
+    probe = store_probe(store, cache)
+    with atomic_dir(d) as tmp:
+        torch.save(asdict(probe), tmp / PROBE_FILE)
+        atomic_write_json(tmp / "meta.json", meta)
+    return probe
+
+
 def vetted_copies(store: R.Datastore, articles: pd.DataFrame, probe: DetailProbe, cache: dict, by: str = "text_type",
                   k: int = K, tau: float = TAU, encoder=None, cand: Candidates | None = None,
                   weight: float = 0.0) -> tuple[list[str], float]:
@@ -142,7 +162,7 @@ def ensure_offers(store: R.Datastore, items: pd.DataFrame, cache: dict, weight: 
         print(f"photodetails: choosing the photo's copy of {len(items):,} articles, once (minutes on a CPU; "
               f"then read from {paths.shown(f)})")
         t0 = time.time()
-        copies, changed = vetted_copies(store, items, store_probe(store, cache), cache, k=k, tau=tau,
+        copies, changed = vetted_copies(store, items, ensure_probe(store, cache), cache, k=k, tau=tau,
                                         encoder=encoder, weight=weight)
         with atomic_dir(d) as tmp:
             pd.DataFrame({"article_id": items["article_id"].to_numpy(np.int64), "copy": copies}).to_parquet(
@@ -153,3 +173,17 @@ def ensure_offers(store: R.Datastore, items: pd.DataFrame, cache: dict, weight: 
               f"-> {f} in {time.time() - t0:.0f}s")
     df = pd.read_parquet(f)
     return dict(zip(df["article_id"].astype(int), df["copy"].astype(str))), f
+
+
+def new_offers(store: R.Datastore, articles: pd.DataFrame, features: dict, cache: dict, weight: float = WEIGHT,
+               k: int = K, tau: float = TAU, encoder=None) -> list[str]:
+    """``ensure_offers``' choice for articles outside the tables (``explain``'s new articles): ``features`` their
+    photo features ({"article_id", "embedding"}: ``photonet.compute_features``; an article without one keeps the
+    text's order, unvetted), ``cache`` the catalogue's (``photonet.load_features``), the table's probe."""
+    ids = torch.as_tensor(articles["article_id"].to_numpy(np.int64))
+    keep = ~torch.isin(torch.as_tensor(cache["article_id"], dtype=torch.long), ids)  # these ids are the new ones
+    both = {"article_id": torch.cat([torch.as_tensor(cache["article_id"], dtype=torch.long)[keep],
+                                     torch.as_tensor(features["article_id"], dtype=torch.long)]),
+            "embedding": torch.cat([cache["embedding"][keep].float(), features["embedding"].float()])}
+    return vetted_copies(store, articles, ensure_probe(store, cache), both, k=k, tau=tau, encoder=encoder,
+                         weight=weight)[0]

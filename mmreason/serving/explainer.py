@@ -35,6 +35,7 @@ from mmreason.decoding.generate import DecodeConfig
 from mmreason.decoding.shown import OFFER_RETRIEVED, decoding, history_sets, shown_reasons, uses_photo_offers
 from mmreason.features import clip as clip_lib
 from mmreason.features import embed as embed_lib
+from mmreason.features import photodetails, photonet
 from mmreason.features import retrieval
 from mmreason.io import DataError
 from mmreason.training.runs import load_run
@@ -107,6 +108,7 @@ class Explainer:
         self.offer_retrieved = offer_retrieved
         if uses_photo_offers(self.module, self.data, offer_retrieved):
             art.photo_offers  # read (or, on a fresh checkout, built once) now, not on the first request
+        self._imagenet = None  # (encoder, the catalogue's features): the photo's choice for new articles
         self._next_day = pd.Timestamp(self.tables["interactions"]["t_dat"].max()) + pd.Timedelta(days=1)
         self._contexts = OrderedDict()
 
@@ -165,24 +167,36 @@ class Explainer:
         get = pc.get if isinstance(pc, dict) else (lambda k, d: getattr(pc, k, d))
         return int(get("retrieval_k", 0) or 0), str(get("retrieval_by", "text") or "text")
 
+    def _new_offers(self, store, articles: pd.DataFrame) -> list[str]:
+        """The copy each new article's photo chooses (``photodetails.new_offers``: as the offers table chooses
+        for the catalogue's articles), its ImageNet features computed here (~0.1 s a photo on CPU)."""
+        if self._imagenet is None:
+            self._imagenet = (photonet.load_encoder(), photonet.load_features(self.data.artifacts.items, progress=False))
+        encoder, cache = self._imagenet
+        ids, feats, _ = photonet.compute_features(encoder, articles, progress=False)
+        return photodetails.new_offers(store, articles, {"article_id": ids, "embedding": feats}, cache)
+
     @torch.no_grad()
     def explain_new(self, customer_id: str, articles: pd.DataFrame, day=None, progress: bool = False) -> list[Explanation]:
         """One reason per row of ``articles`` (``read_new_articles``' frame: H&M's columns, photo_path, has_photo)
         for articles that were not in the prepared tables: product segment from their attributes, photo embedded
-        by the run's CLIP (no photo: the model's no-photo vector), retrieved copies from the current datastore. The
-        copy offered is the prompt's first retrieved one (the text's nearest): the photo's choice
-        (``shown.photo_offer``) is a table of the catalogue's articles."""
+        by the run's CLIP (no photo: the model's no-photo vector), retrieved copies from the current datastore. As
+        deployed, a run that sees the photo offers the copy the new article's photo chooses (``_new_offers``), as
+        it does for the catalogue's (``shown.photo_offer``); a text-only run, or an explicit ``offer_retrieved``,
+        the prompt's retrieved copies."""
         art = self.data.artifacts
         arts = articles.reset_index(drop=True)
         model, preprocess, _ = clip_lib.load_clip(art.clip_model, art.clip_pretrained)
         got_ids, got, _ = embed_lib.compute_embeddings(model, preprocess, arts, workers=0)
         photo, has_photo = embed_lib.lookup({"article_id": got_ids, "embedding": got}, arts["article_id"].to_numpy())
-        retrieved = None
+        retrieved = offers = None
         k, by = self._retrieval()
         if "retrieved" in self.data.prompt_fields and k:
             store = retrieval.ensure_store(art.items, art.cache, progress=progress)
             retrieved = retrieval.neighbour_texts(store, arts, k, by, photo_lookup=lambda ids: (photo, has_photo),
                                                   progress=progress)
+            if uses_photo_offers(self.module, self.data, self.offer_retrieved):
+                offers = self._new_offers(store, arts)
         day = pd.Timestamp(day) if day is not None else self.next_day()
         ctx, hist = self.context(customer_id, day)
         dicts = arts.to_dict("records")
@@ -193,7 +207,8 @@ class Explainer:
                               [hist] * len(rows), constrain=self.constrain, photo=photo,
                               has_photo=has_photo, batch_size=self.batch_size, progress=progress,
                               offer_retrieved=(self.offer_retrieved if self.offer_retrieved is not None or
-                                               retrieved is None else OFFER_RETRIEVED), fallback=self.fallback)
+                                               retrieved is None else OFFER_RETRIEVED), fallback=self.fallback,
+                              offer_copies=offers)
         return [Explanation(int(a["article_id"]), s.reason, s.passed, s.rejected, s.source, s.hook)
                 for a, s in zip(dicts, shown)]
 
