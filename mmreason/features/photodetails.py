@@ -180,7 +180,7 @@ def new_offers(store: R.Datastore, articles: pd.DataFrame, features: dict, cache
     """``ensure_offers``' choice for articles outside the tables (``explain``'s new articles): ``features`` their
     photo features ({"article_id", "embedding"}: ``photonet.compute_features``; an article without one keeps the
     text's order, unvetted), ``cache`` the catalogue's (``photonet.load_features``), the table's probe."""
-    ids = torch.as_tensor(articles["article_id"].to_numpy(np.int64))
+    ids = torch.tensor(articles["article_id"].astype("int64").tolist(), dtype=torch.long)
     keep = ~torch.isin(torch.as_tensor(cache["article_id"], dtype=torch.long), ids)  # these ids are the new ones
     both = {"article_id": torch.cat([torch.as_tensor(cache["article_id"], dtype=torch.long)[keep],
                                      torch.as_tensor(features["article_id"], dtype=torch.long)]),
