@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmreason import cli, paths
-from mmreason.decoding.shown import Decoding
+from mmreason.decoding.shown import Decoding, uses_photo_offers
 from mmreason.evaluation.systems import test_frame
 from mmreason.io import DataError, atomic_write_json, sha256_file, write_report
 from mmreason.policy.reinforce import (
@@ -127,11 +127,12 @@ def main(argv=None) -> int:
     reward = Reward(feedback, items, config)
     tok = data.tokenizer
 
-    train_prompts = Prompts(data, data.frame("train"), interactions, items)
+    photo = config.part == "hook" and uses_photo_offers(policy, data)  # the copy a sampled hook is shown with
+    train_prompts = Prompts(data, data.frame("train"), interactions, items, offer_photo=photo)
     val_frame = data.frame("val")
     val_prompts = Prompts(data, val_frame.sample(n=min(args.n_val, len(val_frame)), random_state=config.seed)
-                          .sort_index(), interactions, items)
-    evals = {s: Prompts(data, test_frame(examples, s, args.n_eval, config.seed), interactions, items)
+                          .sort_index(), interactions, items, offer_photo=photo)
+    evals = {s: Prompts(data, test_frame(examples, s, args.n_eval, config.seed), interactions, items, offer_photo=photo)
              for s in ("unseen", "temporal")}
     print(f"[rl] {len(train_prompts)} training prompts, {len(val_prompts)} validation prompts, "
           f"{', '.join(f'{s} {len(p)}' for s, p in evals.items())} test examples; config {asdict(config)}")
@@ -191,7 +192,8 @@ def main(argv=None) -> int:
     policy.eval()
     after = {"sampled": sampled_reward(policy.model, val_prompts, reward, config, tok),
              "deployed": {s: deployed_scores(policy, data, p, reward, items, args.decode, args.progress) for s, p in evals.items()}}
-    rewarded = ("the sampled hook followed by the prompt's first retrieved copy, as the deployed offer shows it "
+    copy = "the copy its photo chose" if photo else "the prompt's first retrieved copy"
+    rewarded = (f"the sampled hook followed by {copy}, as the deployed offer shows it "
                 "(the hook's tokens credited)" if train_prompts.hook_only(config.part) else "the whole sampled reason")
     meta = {"run": paths.shown(base_path), "out": paths.shown(out), "steps": config.steps, "config": asdict(config), "rewarded": rewarded,
             "seconds": round(time.time() - t0), "train_seconds": round(sum(r.get("seconds", 0) for r in log)),

@@ -234,7 +234,7 @@ def test_samples_of_a_slot_run_are_shown_and_rewarded_with_the_evidence_name(wor
     assert "name" not in texts[1]  # no name to fill it with: dropped, and the filter judges the rest
     assert credited == [[ids], [ids]]
     # hook=True: the hook's ids are credited, and an empty sample is credited its stop (EOS), never nothing
-    hooked = type("P", (), {"names": [["Luna skinny"]], "retrieved": ["Soft jersey top."]})()
+    hooked = type("P", (), {"names": [["Luna skinny"]], "retrieved": ["Soft jersey top."], "offer": ["Soft jersey top."]})()
     eos = token_id(tok, EOS)
     texts, credited = reinforce.shown_samples(tok, hooked, [0], [[ids, []]], True, eos)
     assert credited[0][0] == ids[:reinforce.hook_length(tok, ids)] and credited[0][1] == [eos]
@@ -432,7 +432,7 @@ def test_each_step_samples_its_own_stream_and_the_feedback_logit_is_not_capped_e
     assert r["feedback_logit"][0] == pytest.approx(np.log(0.9999 / 0.0001))
 
 
-def test_prompts_keep_each_rows_hook_and_photo(in_work):
+def test_prompts_keep_each_rows_hook_and_photo(in_work, monkeypatch):
     _, data = load_run(in_work / "run")
     interactions = pd.read_parquet(data.artifacts.data_dir / "interactions.parquet")
     frame = data.frame("train").iloc[:3]
@@ -441,7 +441,19 @@ def test_prompts_keep_each_rows_hook_and_photo(in_work):
     b = prompts.batch([2, 0], 0)
     assert torch.equal(b["photo_embedding"], prompts.photo[[2, 0]]) and torch.equal(b["has_photo"], prompts.has_photo[[2, 0]])
     assert not torch.equal(prompts.photo[2], prompts.photo[0])  # (two photos, so a mix-up would show)
+    assert prompts.offer == [r.split(" | ")[0] for r in prompts.retrieved]  # the prompt's first copy
+    # offer_photo (rl's part="hook" on a run that sees the photo): the copy the photo chose, as deployed
+    data.artifacts.__dict__["photo_offers"] = {int(frame["article_id"].iloc[0]): "Planted copy."}
+    photo = reinforce.Prompts(data, frame, interactions, data.artifacts.items, offer_photo=True)
+    assert photo.offer == ["Planted copy."] + prompts.offer[1:] and photo.retrieved == prompts.retrieved
+    ids = data.tokenizer.encode("You bought it. Anything else.", add_special_tokens=False)
+    texts, _ = reinforce.shown_samples(data.tokenizer, photo, [0, 1], [[ids], [ids]], True, 0)
+    assert texts == ["You bought it. Planted copy.", f"You bought it. {prompts.offer[1]}"]
     prompts.retrieved[1] = None  # one example without retrieved copies: the hook alone cannot be rewarded
     with pytest.raises(ValueError, match="retrieved"):
         prompts.hook_only("hook")
     assert prompts.hook_only("reason") is False
+    # a run whose prompt retrieves nothing gives the segment as "" (prompt_example): refused, not rewarded bare
+    monkeypatch.setattr(data, "prompt_example", lambda r, real=data.prompt_example: real(r) | {"retrieved": ""})
+    with pytest.raises(ValueError, match="retrieved"):
+        reinforce.Prompts(data, frame, interactions, data.artifacts.items).hook_only("hook")

@@ -17,10 +17,10 @@ hooks that make no history claim, pass the filter and cannot be wrong; reasons t
 specific (unique-sentence ratio 0.73 -> 0.36, copy CIDEr 0.45 -> 0.38 on unseen products).
 
 ``part`` says what is rewarded. "reason" (the default): the whole sampled reason. "hook": what the deployed
-offer shows for a run whose prompt retrieves copies, i.e. the sample's first sentence followed by the prompt's
-first retrieved copy (``shown.offered``; a run that sees the photo now shows the copy its photo chose,
-``shown.photo_offer``, which this option does not use yet); the reward scores that text and the gradient and the
-KL credit the hook's tokens only. Measured on the default run (README): neither moves the deployed reward beyond noise
+offer shows for a run whose prompt retrieves copies, i.e. the sample's first sentence followed by the copy it
+offers (``shown.offered``): the copy the photo chose for a run that sees the photo (``shown.photo_offer``, as
+deployed; ``Prompts(offer_photo=True)``), else the prompt's first retrieved copy; the reward scores that text and
+the gradient and the KL credit the hook's tokens only (the README's "hook" run predates the photo's copy). Measured on the default run (README): neither moves the deployed reward beyond noise
 ("reason", on the slot default: unseen 0.535 -> 0.539, temporal 0.620 -> 0.622; "hook", before the hook check:
 -0.009 unseen); "reason" raises the sampled reward (0.237 -> 0.342), "hook" does not (0.447 -> 0.434): the
 supervised hooks already match their evidence's (95% of shown ones), so the reward has little left to find in them.
@@ -47,11 +47,11 @@ from mmreason import metrics as M
 from mmreason import paths
 from mmreason.decoding.filters import Filter, vocab_from_items
 from mmreason.decoding.generate import DecodeConfig, decode
-from mmreason.decoding.shown import decoding, evidence_names, fill_slots, offered
+from mmreason.decoding.shown import decoding, evidence_names, fill_slots, offered, photo_offer
 from mmreason.evaluation.systems import histories, model_reasons, score
 from mmreason.io import DataError, fingerprint, sha256_file
 from mmreason.metrics import split_sentences
-from mmreason.model.collate import EOS, collate, encode_example, token_id
+from mmreason.model.collate import EOS, RETRIEVED_SEPARATOR, collate, encode_example, token_id
 from mmreason.model.network import SEG_REASON
 from mmreason.recsys.feedback import FeedbackModel
 from mmreason.recsys.feedback_train import FeedbackRun, run as train_feedback
@@ -147,7 +147,10 @@ class Reward:
 class Prompts:
     """Examples of one frame, encoded once: prompt ids, photo embeddings, rows and histories."""
 
-    def __init__(self, data, frame: pd.DataFrame, interactions: pd.DataFrame, items: pd.DataFrame):
+    def __init__(self, data, frame: pd.DataFrame, interactions: pd.DataFrame, items: pd.DataFrame,
+                 offer_photo: bool = False):
+        """offer_photo: the copy offered after a sampled hook (``part="hook"``) is the one the photo chose
+        (``shown.photo_offer``), as deployed for a run that sees the photo (``shown.uses_photo_offers``)."""
         self.frame = frame.reset_index(drop=True)
         # "hook": the evidence's hook sentence, which the filter holds a reason's hook to (filters.hook_span)
         self.rows = self.frame[["customer_id", "article_id", "t_dat", "reason", "hook"]].to_dict("records")
@@ -156,7 +159,10 @@ class Prompts:
         self.hists = histories(self.frame, interactions, items)
         examples = [data.prompt_example(r) for r in self.frame.to_dict("records")]
         self.encoded = [encode_example(data.tokenizer, e, data.max_prompt_tokens, with_reason=False) for e in examples]
-        self.retrieved = [e.get("retrieved") for e in examples]  # the copies offered after the hook; None: no segment
+        self.retrieved = [e.get("retrieved") or None for e in examples]  # the prompt's retrieved copies; None: none
+        # the copy offered after a sampled hook (part="hook"), as the deployed offer chooses it; None: nothing to offer
+        self.offer = ([c or None for c in photo_offer(data, self.frame.to_dict("records"), examples)] if offer_photo
+                      else [r.split(RETRIEVED_SEPARATOR)[0] if r else None for r in self.retrieved])
         self.photo, self.has_photo = data.artifacts.photo_lookup(self.frame["article_id"].to_numpy())
 
     def __len__(self):
@@ -164,7 +170,7 @@ class Prompts:
 
     def hook_only(self, part: str) -> bool:
         """Whether ``part`` ("reason", "hook") rewards the hook + the retrieved copy (module docstring)."""
-        if part == "hook" and not all(r is not None for r in self.retrieved):
+        if part == "hook" and not (all(self.retrieved) and all(self.offer)):
             raise ValueError('part="hook" needs a run whose prompt_fields include "retrieved"')
         return part == "hook"
 
@@ -208,7 +214,7 @@ def shown_samples(tokenizer, prompts: Prompts, idx, samples: list[list[list[int]
     """What each sample would be shown as (flat, prompt-major) and the ids the policy is credited for (nested like
     ``samples``), a slot run's ``collate.NAME_SLOT`` filled as ``shown`` fills it. hook=False: the sampled reason,
     and its ids (``sequence_batch`` adds EOS where it stopped).
-    hook=True: the reason's first sentence followed by the prompt's first retrieved copy (``shown.offered``), and
+    hook=True: the reason's first sentence followed by the copy offered (``Prompts.offer``, ``shown.offered``), and
     the hook's ids alone, or EOS for an empty sample (stopping at once was the policy's only choice)."""
     texts, credited = [], []
     for i, cands in zip(idx, samples):
@@ -217,7 +223,7 @@ def shown_samples(tokenizer, prompts: Prompts, idx, samples: list[list[list[int]
             text = fill_slots(tokenizer.decode(ids, skip_special_tokens=True).strip(), prompts.names[i])
             if hook:
                 # the sampled hook, never the evidence's (offered's repair): the reward must score what was sampled
-                text = (offered(text, prompts.retrieved[i], 1) or [text])[0]
+                text = (offered(text, prompts.offer[i], 1) or [text])[0]
                 ids = ids[:hook_length(tokenizer, ids)] or [eos_id]
             texts.append(text)
             credited[-1].append(ids)
