@@ -166,6 +166,19 @@ def cider_scores(hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- diversity
+def paired_ratio(new: Sequence[float], base: Sequence[float], n_boot: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """mean(new) / mean(base) - 1 for per-example scores of two systems on the same examples, and its paired
+    bootstrap interval at ``level`` (each resample draws the same examples for both): (ratio, low, high)."""
+    new, base = np.asarray(new, dtype=float), np.asarray(base, dtype=float)
+    if new.shape != base.shape or new.ndim != 1 or not len(new):
+        raise ValueError(f"paired scores of one non-empty shape needed, got {new.shape} and {base.shape}")
+    idx = np.random.default_rng(seed).integers(0, len(new), (n_boot, len(new)))
+    boots = new[idx].mean(1) / base[idx].mean(1) - 1
+    low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return float(new.mean() / base.mean() - 1), float(low), float(high)
+
+
 def usr(hyps: Sequence[str]) -> float:
     """PETER's unique sentence ratio: distinct token sequences / hyps."""
     return _ratio(len({tuple(tokenize(h)) for h in hyps}), len(hyps))

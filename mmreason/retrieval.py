@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from mmreason import cli, paths
+from mmreason import metrics as M
 from mmreason.decoding.filters import vocab_from_items
 from mmreason.evaluation import systems as E
 from mmreason.features import photonet
@@ -35,6 +36,7 @@ VETTED = "retrieval_vetted"  # text, own type first, vetted by the photo's detai
 # can the photo choose a better copy than the text? (features/photochoice.py; reported, never chosen)
 PHOTO_NET, RERANKED, RERANKED_VETTED, BEST_OF = ("retrieval_photo_imagenet", "retrieval_reranked",
                                                  "retrieval_reranked_vetted", "best_of_k")
+BASE = "retrieval_text_type"  # what each row's copy CIDEr is set against (the prompt's retriever; text_only offers it)
 WEIGHTS = (0.05, 0.1, 0.25, 0.5, 1.0)  # the photo cosine's weight in the re-ranking, chosen on validation
 
 
@@ -74,7 +76,7 @@ def compare(store: Datastore, items, examples, interactions, photo_lookup, n: in
                                         RERANKED: f"text_type, + {weight} x photo cosine",
                                         RERANKED_VETTED: "the same, photo veto",
                                         BEST_OF: f"ceiling: best of {K} by CIDEr"} if photo else {})
-    results = []
+    results, per = [], {}
     for stage, split, frame, hist in sets:
         for system, by in retrievers.items():
             if system in E.RETRIEVERS:
@@ -92,6 +94,7 @@ def compare(store: Datastore, items, examples, interactions, photo_lookup, n: in
                 else:
                     copies = best_of(cand, frame["item_copy"].tolist())
             m = scored(copies, frame, hist)
+            per[stage, split, system] = M.cider_scores([c.strip() for c in copies], frame["item_copy"].tolist())
             # the share the photo moved off the text's nearest copy (own type first)
             m["vetoed"] = (float(np.mean([c != cs[0] for c, cs in zip(copies, cands[stage, split][1].copies)]))
                            if system in (VETTED, RERANKED, RERANKED_VETTED) else float("nan"))
@@ -99,6 +102,10 @@ def compare(store: Datastore, items, examples, interactions, photo_lookup, n: in
                             **{k: m[k] for _, k in COLUMNS}})
             print(f"[retrieval] {stage} {split} {system}: copy CIDEr {m['copy_cider']:.3f}, "
                   f"copy BLEU-4 {m['copy_bleu4']:.1f}")
+    for r in results:  # each row's copy CIDEr against the text's nearest (own type first) on the same examples
+        ratio, low, high = M.paired_ratio(per[r["stage"], r["split"], r["system"]],
+                                          per[r["stage"], r["split"], BASE])
+        r |= {"vs_text_type": ratio, "vs_text_type_low": low, "vs_text_type_high": high}
     val = pd.DataFrame([r for r in results if r["stage"] == "validation"])
     mean_val = val.groupby("system", sort=False)["copy_cider"].mean()
     out = {"results": results, "validation_mean_copy_cider": mean_val.round(4).to_dict(), "chosen": choose(mean_val)}
@@ -142,11 +149,15 @@ def markdown(report: dict) -> str:
                       f"the photo does not veto. `{BEST_OF}`: the one of the {rr['k']} with the best CIDEr against "
                       "the article's own copy, which it reads: a ceiling, no system. `changed by the photo` counts, for "
                       "these rows too, the copies that are not the text's nearest.")
+    lines[-1] += (f" `copy CIDEr vs {BASE}`: the row's mean copy CIDEr over `{BASE}`'s on the same examples, - 1, "
+                  "with its 95% paired bootstrap interval (2,000 resamples of the examples, `metrics.paired_ratio`).")
     lines += ["",
-             "| set | split | retriever | by | " + " | ".join(c for c, _ in COLUMNS) + " |",
-             "|---|---|---|---|" + "---|" * len(COLUMNS)]
+             "| set | split | retriever | by | " + " | ".join(c for c, _ in COLUMNS) + f" | copy CIDEr vs {BASE} |",
+             "|---|---|---|---|" + "---|" * (len(COLUMNS) + 1)]
     for r in report["results"]:
         cells = ["–" if np.isnan(r[k]) else f"{r[k]:.3f}" if abs(r[k]) < 10 else f"{r[k]:.1f}" for _, k in COLUMNS]
+        cells.append(f"{r['vs_text_type']:+.1%} [{r['vs_text_type_low']:+.1%}, {r['vs_text_type_high']:+.1%}]"
+                     if "vs_text_type" in r else "–")
         lines.append(f"| {r['stage']} | {r['split']} | {r['system']} | {r['by']} | " + " | ".join(cells) + " |")
     means = ", ".join(f"{s} {v:.3f}" for s, v in report["validation_mean_copy_cider"].items())
     lines += ["", f"Chosen on validation among `nearest`'s rankings (mean copy CIDEr of the two validation sets: "

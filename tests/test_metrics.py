@@ -2,6 +2,7 @@
 import math
 import random
 
+import numpy as np
 import pytest
 import sacrebleu
 from pycocoevalcap.cider.cider import Cider
@@ -327,3 +328,20 @@ def test_grounding_does_not_read_a_cited_purchase_name_as_a_claim():
     assert after["mention_rate"] == 0.0
     honest = "You bought the Siri cardigan. A sweater in black."
     assert M.attribute_grounding([honest], attrs, vocab, names=[["Siri cardigan"]])["type"]["precision"] == 1.0
+
+
+def test_paired_ratio_is_the_ratio_of_means_with_a_paired_interval():
+    rng = np.random.default_rng(1)
+    base = rng.gamma(2.0, 1.0, 300)
+    assert M.paired_ratio(base, base) == (0.0, 0.0, 0.0)          # the same examples: no spread at all
+    r, lo, hi = M.paired_ratio(1.2 * base, base)                   # a uniform 20% gain is exact in every resample
+    assert r == pytest.approx(0.2) and lo == pytest.approx(0.2) and hi == pytest.approx(0.2)
+    shifted = base * 1.15 + rng.normal(0, 0.3, 300)                # a clear gain: the interval excludes 0
+    r, lo, hi = M.paired_ratio(shifted, base)
+    assert lo < r < hi and lo > 0
+    noise = base + rng.normal(0, 1.0, 300)                         # noise alone: the interval holds 0 and is wide
+    r, lo, hi = M.paired_ratio(noise, base)
+    assert lo < 0 < hi and hi - lo > 0.05
+    assert M.paired_ratio(noise, base, seed=3) != (r, lo, hi) and M.paired_ratio(noise, base) == (r, lo, hi)
+    with pytest.raises(ValueError, match="paired"):
+        M.paired_ratio(base[:5], base)

@@ -229,7 +229,13 @@ def test_the_retrieval_report_has_a_column_per_metric_and_names_the_choice():
     header = next(line for line in table.splitlines() if line.startswith("| set |"))
     assert "| contradicts its copy |" in header and "| copy CIDEr |" in header
     cells = next(line for line in table.splitlines() if line.startswith("| validation |")).strip("| ").split(" | ")
-    assert cells[4:] == ["–" if math.isnan(v) else f"{v:.3f}" for v in values.values()]  # in COLUMNS' order
+    assert cells[4:-1] == ["–" if math.isnan(v) else f"{v:.3f}" for v in values.values()]  # in COLUMNS' order
+    assert cells[-1] == "–" and header.endswith("| copy CIDEr vs retrieval_text_type |")
+    ratio = {"vs_text_type": -0.027, "vs_text_type_low": -0.081, "vs_text_type_high": 0.03}
+    table = command.markdown({"meta": meta, "results": [row | values | ratio], "chosen": "retrieval_text",
+                              "validation_mean_copy_cider": {"retrieval_text": 0.0}})
+    assert next(line for line in table.splitlines() if line.startswith("| validation |")).endswith(
+        "| -2.7% [-8.1%, +3.0%] |")
     assert "**retrieval_text**" in table
     assert "retrieval_vetted" not in table and "| changed by the photo |" in header
 
@@ -240,7 +246,7 @@ def test_the_retrieval_report_has_a_column_per_metric_and_names_the_choice():
                               "validation_mean_copy_cider": {"retrieval_text": 0.0, command.VETTED: 1.0}})
     assert "`retrieval_vetted`: the first of the 8 nearest distinct copies" in table and "sleeves 6,852" in table
     assert "| validation | unseen | retrieval_vetted | text_type, photo veto |" in table
-    assert next(line for line in table.splitlines() if "| retrieval_vetted |" in line).endswith("| 0.125 |")
+    assert next(line for line in table.splitlines() if "| retrieval_vetted |" in line).endswith("| 0.125 | – |")
     # the choice is among nearest's rankings: the prompt's retrieval_by cannot be the vetted copies, nor the photo's
     # choices, nor the ceiling
     assert command.choose(pd.Series({"retrieval_text": 2.0, command.VETTED: 3.0, "retrieval": 1.0})) == "retrieval_text"
@@ -286,6 +292,8 @@ def test_the_report_chooses_the_photo_weight_on_validation_and_scores_every_set_
         return [cs[0] for cs in cand.copies], 0.0
 
     monkeypatch.setattr(command, "vetted_copies", vetted)
+    # per-example copy CIDEr: 1 for a copy "A", 2 for "B" (the real one needs a corpus); the ratio is M.paired_ratio's
+    monkeypatch.setattr(command.M, "cider_scores", lambda hyps, refs: np.array([1.0 if h == "A" else 2.0 for h in hyps]))
     report = command.compare(None, None, None, None, None, photo_features={}, probe=object())
     assert report["rerank"]["chosen"] == 0.1
     assert report["rerank"]["weights"] == {"0.05": 0.0, "0.1": 1.0, "0.25": 1.0, "0.5": 1.0, "1.0": 1.0}
@@ -299,3 +307,7 @@ def test_the_report_chooses_the_photo_weight_on_validation_and_scores_every_set_
     # per set: the vetted row on the text's order, then the re-ranked-then-vetted one on the photo's
     assert seen == ["A", "B"] * 4
     assert report["chosen"] == "retrieval"  # the stubbed retrievers tie; never a photo row
+    # each row's copy CIDEr against the text's nearest (own type first), per example on the same examples
+    photo_b = {command.RERANKED, command.RERANKED_VETTED, command.PHOTO_NET}  # the rows that show B
+    assert all(r["vs_text_type"] == (1.0 if r["system"] in photo_b else 0.0) for r in report["results"])
+    assert all(r["vs_text_type_low"] == r["vs_text_type_high"] == r["vs_text_type"] for r in report["results"])
