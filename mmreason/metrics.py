@@ -173,9 +173,14 @@ def paired_ratio(new: Sequence[float], base: Sequence[float], n_boot: int = 2000
     new, base = np.asarray(new, dtype=float), np.asarray(base, dtype=float)
     if new.shape != base.shape or new.ndim != 1 or not len(new):
         raise ValueError(f"paired scores of one non-empty shape needed, got {new.shape} and {base.shape}")
+    if base.mean() == 0:
+        return float("nan"), float("nan"), float("nan")  # no ratio to a base that scores nothing
     idx = np.random.default_rng(seed).integers(0, len(new), (n_boot, len(new)))
-    boots = new[idx].mean(1) / base[idx].mean(1) - 1
-    low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample of the base's zeros alone: inf, kept in the tail
+        boots = new[idx].mean(1) / base[idx].mean(1) - 1
+    # the order statistics outside the interval's ends (no interpolation, which an inf would turn into nan)
+    low = np.quantile(boots, (1 - level) / 2, method="lower")
+    high = np.quantile(boots, (1 + level) / 2, method="higher")
     return float(new.mean() / base.mean() - 1), float(low), float(high)
 
 

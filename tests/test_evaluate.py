@@ -92,6 +92,7 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
         assert set(m["results"][split]) == set(systems.SYSTEMS)
         frame = systems.test_frame(art.examples, split, 0, 0)
         hist = systems.histories(frame, interactions, items)
+        copies_of = {}
         for system, r in m["results"][split].items():
             if system in loaded:  # greedy decoding is deterministic: the same reasons again
                 hyps, _ = systems.model_reasons(*loaded[system], frame, items, hist, filt, preset("greedy"),
@@ -122,6 +123,14 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
             assert r["copy_cider"] == pytest.approx(M.cider(list(copies), ref_copy), **exact), system
             detail = M.detail_agreement(list(copies), ref_copy)
             assert r["detail_contradiction"] == pytest.approx(detail["detail_contradiction"], **exact), system
+            copies_of[system] = list(copies)
+        # each system's copy CIDEr against text_only's on the same examples (issue 13), with its paired interval
+        base = M.cider_scores(copies_of["text_only"], ref_copy)
+        for system, r in m["results"][split].items():
+            want = M.paired_ratio(M.cider_scores(copies_of[system], ref_copy), base)
+            got = tuple(r[k] for k in evaluate.VS_BASE)
+            assert got == pytest.approx(want, abs=1e-9, nan_ok=True), system
+        assert m["results"][split]["text_only"][evaluate.VS_BASE[0]] in (0.0, pytest.approx(float("nan"), nan_ok=True))
     # some retrieved copy shares words with its reference, so the checks above would see a cut one
     assert max(m["results"][split]["retrieval"]["copy_rougeL"] for split in ("temporal", "unseen")) > 0, \
         {split: m["results"][split]["retrieval"]["copy_rougeL"] for split in ("temporal", "unseen")}
@@ -129,6 +138,7 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
     assert set(m["attribute_dropout"]) >= {"full, colour+pattern dropped", "text_only, colour+pattern dropped"}
     table = (out / "metrics.md").read_text()
     assert "| unseen | retrieval |" in table and "Attribute dropout" in table and "contradicts its copy" in table
+    assert "## Copy CIDEr against text_only's on the same examples" in table
     # The template baseline names the article's own attributes, so its colour grounding is perfect.
     assert m["results"]["unseen"]["template"]["grounding_colour_precision"] == 1.0
     # --stage val: the validation sets, here with serving's cascade; the samples are that decoding's reasons

@@ -345,3 +345,9 @@ def test_paired_ratio_is_the_ratio_of_means_with_a_paired_interval():
     assert M.paired_ratio(noise, base, seed=3) != (r, lo, hi) and M.paired_ratio(noise, base) == (r, lo, hi)
     with pytest.raises(ValueError, match="paired"):
         M.paired_ratio(base[:5], base)
+
+
+def test_paired_ratio_to_a_base_that_scores_nothing_is_nan():
+    assert all(math.isnan(v) for v in M.paired_ratio([1.0, 2.0], [0.0, 0.0]))
+    r, lo, hi = M.paired_ratio([1.0, 1.0, 1.0], [0.0, 0.0, 3.0])  # some resamples hold the zeros alone: inf
+    assert r == 0.0 and lo <= r and hi == float("inf")
