@@ -55,7 +55,6 @@ from mmreason.features.photodetails import store_probe, vetted_copies
 from mmreason.evaluation.systems import (
     ABLATION,
     OFFERED,
-    first_sentence_split,
     RETRIEVERS,
     SYSTEMS,
     VARIANTS,
@@ -63,6 +62,7 @@ from mmreason.evaluation.systems import (
     baseline_parts,
     drop_attributes,
     dropout_scores,
+    first_sentence_split,
     frame_articles,
     histories,
     load_variant,

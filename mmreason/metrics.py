@@ -165,7 +165,6 @@ def cider_scores(hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
     return np.asarray(per, dtype=float)
 
 
-# --------------------------------------------------------------------------- diversity
 def paired_ratio(new: Sequence[float], base: Sequence[float], n_boot: int = 2000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float, float]:
     """mean(new) / mean(base) - 1 for per-example scores of two systems on the same examples, and its paired
@@ -184,6 +183,7 @@ def paired_ratio(new: Sequence[float], base: Sequence[float], n_boot: int = 2000
     return float(new.mean() / base.mean() - 1), float(low), float(high)
 
 
+# --------------------------------------------------------------------------- diversity
 def usr(hyps: Sequence[str]) -> float:
     """PETER's unique sentence ratio: distinct token sequences / hyps."""
     return _ratio(len({tuple(tokenize(h)) for h in hyps}), len(hyps))
