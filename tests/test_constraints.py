@@ -481,3 +481,27 @@ def test_every_multi_candidate_decoding_offers_four_and_the_history_holds_names(
     assert sets == {"n": 1, "colours": {"black"}, "types": {"trousers"}, "patterns": {"denim"}, "names": {"luna skinny"}}
     assert evidence_names({"cited_name": "Luna Skinny"}) == ["Luna Skinny"]
     assert evidence_names({"cited_name": ""}) == evidence_names({"cited_name": float("nan")}) == evidence_names({}) == []
+
+
+def test_training_samples_never_build_the_photos_table(monkeypatch):
+    """sample_reasons (training's samples): a run that sees the photo offers its prompt's first copy, so
+    ``python -m mmreason.train`` never builds the photo's table (the ImageNet features of every photo) midway;
+    photo=True asks for the deployed offer; a run without retrieval keeps the deployed default (nothing)."""
+    import pandas as pd
+
+    import mmreason.decoding.shown as shown_mod
+
+    seen = []
+    monkeypatch.setattr(shown_mod, "shown_reasons", lambda *a, **kw: seen.append(kw["offer_retrieved"]) or [])
+    tokenizer = tiny_tokenizer(SENTENCES)
+    items = pd.DataFrame([dict(ARTICLE, article_id=1)])
+    data = SimpleNamespace(prompt_fields=["user_profile", "product", "retrieved"],
+                           artifacts=SimpleNamespace(items=items))
+    frame = pd.DataFrame([{"article_id": 1}])
+    shown_mod.sample_reasons(tiny_model(tokenizer), data, frame, DecodeConfig("greedy"))
+    shown_mod.sample_reasons(tiny_model(tokenizer), data, frame, DecodeConfig("greedy"), photo=True)
+    shown_mod.sample_reasons(tiny_model(tokenizer), data, frame, DecodeConfig("greedy"), offer_retrieved=0)
+    shown_mod.sample_reasons(tiny_model(tokenizer, use_photo=False), data, frame, DecodeConfig("greedy"))
+    data.prompt_fields = ["user_profile", "product"]
+    shown_mod.sample_reasons(tiny_model(tokenizer), data, frame, DecodeConfig("greedy"))
+    assert seen == [OFFER_RETRIEVED, None, 0, None, None]

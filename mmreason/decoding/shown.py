@@ -27,7 +27,7 @@
                re-ranked by the photo, the first whose sleeves, neckline and fabric the photo does not veto;
                ``features.photodetails``); an article outside that table keeps the prompt's first, unless
                the caller offers the photo's choice for it (``offer_copies``: the Explainer's new articles,
-               ``photodetails.new_offers``).
+               ``photodetails.new_offers``). Training's samples offer the prompt's first (``sample_reasons``).
     fallback   (a cascade, e.g. ``decoding("greedy+beam")``) the rows whose candidates all fail the filter
                are decoded again with the fallback config and shown as it decodes them: greedy's speed
                where greedy's reason passes, beam search's reason where it does not (serving).
@@ -243,10 +243,15 @@ def shown_reasons(model, data, rows: Sequence[Mapping], articles: Sequence[Mappi
 
 
 def sample_reasons(model, data, frame, decode: DecodeConfig, constrain: bool = True,
-                   offer_retrieved: int | None = None) -> list[Shown]:
+                   offer_retrieved: int | None = None, photo: bool = False) -> list[Shown]:
     """Shown reasons for a few rows of a data module's frame (training samples): articles from the run's
     items table, history claims unchecked (the training tables carry no purchase lists). ``offer_retrieved``:
-    as ``shown_reasons`` (0: the generated candidates alone)."""
+    as ``shown_reasons`` (0: the generated candidates alone), except that a run that sees the photo offers its
+    prompt's first retrieved copy unless ``photo`` asks for the photo's: a training run's samples must not build
+    the photo's table (``Artifacts.photo_offers``: the ImageNet features of every photo first, tens of minutes
+    on a fresh checkout, in the middle of ``python -m mmreason.train``)."""
+    if offer_retrieved is None and not photo and uses_photo_offers(model, data):
+        offer_retrieved = OFFER_RETRIEVED
     items = data.artifacts.items
     by_id = items.set_index("article_id")
     rows = frame.to_dict("records")
