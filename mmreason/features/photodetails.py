@@ -176,14 +176,15 @@ def ensure_offers(store: R.Datastore, items: pd.DataFrame, cache: dict, weight: 
 
 
 def new_offers(store: R.Datastore, articles: pd.DataFrame, features: dict, cache: dict, weight: float = WEIGHT,
-               k: int = K, tau: float = TAU, encoder=None) -> list[str]:
+               k: int = K, tau: float = TAU, encoder=None, probe: DetailProbe | None = None) -> list[str]:
     """``ensure_offers``' choice for articles outside the tables (``explain``'s new articles): ``features`` their
     photo features ({"article_id", "embedding"}: ``photonet.compute_features``; an article without one keeps the
-    text's order, unvetted), ``cache`` the catalogue's (``photonet.load_features``), the table's probe."""
+    text's order, unvetted), ``cache`` the catalogue's (``photonet.load_features``), ``probe`` the table's
+    (``ensure_probe``, read here when not given)."""
     ids = torch.tensor(articles["article_id"].astype("int64").tolist(), dtype=torch.long)
     keep = ~torch.isin(torch.as_tensor(cache["article_id"], dtype=torch.long), ids)  # these ids are the new ones
     both = {"article_id": torch.cat([torch.as_tensor(cache["article_id"], dtype=torch.long)[keep],
                                      torch.as_tensor(features["article_id"], dtype=torch.long)]),
             "embedding": torch.cat([cache["embedding"][keep].float(), features["embedding"].float()])}
-    return vetted_copies(store, articles, ensure_probe(store, cache), both, k=k, tau=tau, encoder=encoder,
+    return vetted_copies(store, articles, probe or ensure_probe(store, cache), both, k=k, tau=tau, encoder=encoder,
                          weight=weight)[0]

@@ -108,7 +108,7 @@ class Explainer:
         self.offer_retrieved = offer_retrieved
         if uses_photo_offers(self.module, self.data, offer_retrieved):
             art.photo_offers  # read (or, on a fresh checkout, built once) now, not on the first request
-        self._imagenet = None  # (encoder, the catalogue's features): the photo's choice for new articles
+        self._imagenet = None  # (encoder, the catalogue's features, the table's probe): the photo's choice for new articles
         self._next_day = pd.Timestamp(self.tables["interactions"]["t_dat"].max()) + pd.Timedelta(days=1)
         self._contexts = OrderedDict()
 
@@ -170,11 +170,12 @@ class Explainer:
     def _new_offers(self, store, articles: pd.DataFrame) -> list[str]:
         """The copy each new article's photo chooses (``photodetails.new_offers``: as the offers table chooses
         for the catalogue's articles), its ImageNet features computed here (~0.1 s a photo on CPU)."""
-        if self._imagenet is None:
-            self._imagenet = (photonet.load_encoder(), photonet.load_features(self.data.artifacts.items, progress=False))
-        encoder, cache = self._imagenet
+        if self._imagenet is None:  # read once per Explainer, not per request
+            cache = photonet.load_features(self.data.artifacts.items, progress=False)
+            self._imagenet = (photonet.load_encoder(), cache, photodetails.ensure_probe(store, cache))
+        encoder, cache, probe = self._imagenet
         ids, feats, _ = photonet.compute_features(encoder, articles, progress=False)
-        return photodetails.new_offers(store, articles, {"article_id": ids, "embedding": feats}, cache)
+        return photodetails.new_offers(store, articles, {"article_id": ids, "embedding": feats}, cache, probe=probe)
 
     @torch.no_grad()
     def explain_new(self, customer_id: str, articles: pd.DataFrame, day=None, progress: bool = False) -> list[Explanation]:
