@@ -226,6 +226,26 @@ def test_detail_agreement():
         M.detail_agreement(copies[:3], refs)
 
 
+def test_a_generic_fabric_is_true_of_the_specific_fabrics_that_imply_it_and_not_the_reverse():
+    satin, woven = "Blouse in satin with long sleeves.", "Blouse in woven fabric with long sleeves."
+    d = M.detail_agreement([woven], [satin])  # satin is woven: not a contradiction, a correct value
+    assert d["detail_fabric_precision"] == 1.0 and d["detail_contradiction"] == 0.0
+    assert M.detail_conflicts(M.stated_details(woven), M.stated_details(satin)) == {}
+    # the specific claim for a generic copy is not backed by it; the note names the copy's own value only
+    assert M.detail_conflicts(M.stated_details(satin), M.stated_details(woven)) == {"fabric": ({"satin"}, {"woven"})}
+    assert M.detail_agreement([satin], [woven])["detail_contradiction"] == 1.0
+    # denim is a twill, and woven; a twill is no denim
+    assert M.detail_agreement(["Jeans in twill.", "Jeans in woven fabric."], ["Jeans in denim."] * 2)[
+        "detail_contradiction"] == 0.0
+    assert M.detail_agreement(["Jeans in denim."], ["Trousers in twill."])["detail_contradiction"] == 1.0
+    # a knitted article implies no weave ("satin jersey"), and jersey is still not woven
+    assert M.implied_details({"fabric": {"satin", "jersey"}}) == {"fabric": {"satin", "jersey"}}
+    assert M.detail_agreement([woven], ["Top in satin jersey."])["detail_contradiction"] == 1.0
+    assert M.detail_agreement([woven], ["Top in jersey."])["detail_contradiction"] == 1.0
+    assert M.implied_details({"sleeves": {"long"}}) == {"sleeves": {"long"}}
+    assert M.IMPLIED_BY["twill"] == {"denim"} and "denim" in M.IMPLIED_BY["woven"]
+
+
 def test_history_claims():
     assert M.history_claims("Like the black jeans you loved. Slim fit.") == ["like the black jeans you loved"]
     assert M.history_claims("Back AGAIN in black!") == ["back again in black"]

@@ -54,6 +54,18 @@ def test_the_probe_learns_a_facet_from_the_photo_and_vetoes_only_a_stated_value_
     assert all(torch.equal(again.weight[f], probe.weight[f]) for f in probe.weight)
 
 
+def test_the_veto_holds_a_generic_fabric_to_the_fabrics_that_imply_it():
+    fabrics = ["chiffon", "jersey", "satin", "woven"]  # sorted, as train_probe orders a facet's values
+    probe = photodetails.DetailProbe({"fabric": fabrics}, torch.zeros(2), torch.ones(2), {}, {}, {})
+    p = {"fabric": torch.tensor([[0.5, 0.01, 0.45, 0.04]])}  # a satin or chiffon photo, rarely called "woven"
+    woven = stated_details("Blouse in woven fabric.")
+    assert not probe.vetoes(woven, p, 0)                         # 0.04 + 0.45 + 0.5: woven, most likely
+    assert probe.vetoes(stated_details("Top in jersey."), p, 0)  # 0.01: jersey is no weave
+    knit_photo = {"fabric": torch.tensor([[0.02, 0.9, 0.02, 0.06]])}
+    assert probe.vetoes(woven, knit_photo, 0, tau=0.1)          # 0.06 + 0.02 + 0.02 < 0.1
+    assert probe.vetoes(stated_details("Blouse in satin."), p, 0, tau=0.5)  # a specific value has its own only
+
+
 def test_vetted_copies_skip_a_neighbour_the_photo_contradicts_and_keep_the_nearest_otherwise(sentence_encoder):
     texts = ["Short dress, Black, Dress, Solid", "Short dress, Black, Dress, Solid, Jersey Fancy", "Swimsuit, Red, Swimsuit"]
     store = Datastore(article_id=torch.tensor([1, 2, 3]), product_code=torch.tensor([10, 20, 30]),

@@ -34,7 +34,7 @@ from mmreason.features import retrieval as R
 from mmreason.features.embed import lookup
 from mmreason.features.photochoice import WEIGHT, Candidates, candidates, photo_cosines, reorder
 from mmreason.io import atomic_dir, atomic_write_json, fingerprint
-from mmreason.metrics import DETAIL_FACETS, stated_details
+from mmreason.metrics import DETAIL_FACETS, IMPLIED_BY, stated_details
 
 TAU = 0.05  # a stated value the photo gives less than this is vetoed; chosen on validation (README)
 K = 8       # distinct copies considered, best first
@@ -56,9 +56,13 @@ class DetailProbe:
 
     def vetoes(self, details: dict[str, set[str]], probs: dict[str, torch.Tensor], row: int,
                tau: float = TAU) -> bool:
-        """Does the photo (row ``row`` of ``probs``) give a value these ``details`` state less than ``tau``?"""
-        return any(float(probs[f][row, self.values[f].index(v)]) < tau
-                   for f, vs in details.items() if f in self.values for v in vs)
+        """Does the photo (row ``row`` of ``probs``) give a value these ``details`` state less than ``tau``? A
+        generic fabric gets its own probability and those of the fabrics that imply it (``metrics.IMPLIED_BY``:
+        "woven fabric" is true of a satin blouse), as the metric holds a copy to them."""
+        def prob(f: str, v: str) -> float:
+            held = {v} | (IMPLIED_BY.get(v, set()) if f == "fabric" else set())
+            return sum(float(probs[f][row, i]) for i, u in enumerate(self.values[f]) if u in held)
+        return any(prob(f, v) < tau for f, vs in details.items() if f in self.values for v in vs)
 
 
 @torch.enable_grad()  # also under torch.no_grad: a shown reason builds the offers table lazily (Artifacts.photo_offers)
@@ -145,7 +149,7 @@ def vetted_copies(store: R.Datastore, articles: pd.DataFrame, probe: DetailProbe
 
 
 OFFERS, OFFERS_FILE = "offers", "offers.parquet"
-OFFERS_VERSION = 1  # bump when the probe's training or the choice changes
+OFFERS_VERSION = 2  # bump when the probe's training or the choice changes (2: a generic fabric's veto, IMPLIED_BY)
 
 
 def ensure_offers(store: R.Datastore, items: pd.DataFrame, cache: dict, weight: float = WEIGHT, k: int = K,
