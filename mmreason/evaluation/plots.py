@@ -350,15 +350,20 @@ def baselines_ablations(results: dict, metrics=ABLATION_METRICS) -> Figure:
     x = np.arange(len(systems))
     w = 0.8 / len(splits)
     for ax, (label, key, higher) in zip(axes, metrics):
+        marks = np.full((len(splits), len(systems)), "", dtype=object)
         for i, split in enumerate(splits):
             vals = [res[split][s].get(key, np.nan) for s in systems]
             vals = [np.nan if v is None else v for v in vals]
             xs = x + (i - (len(splits) - 1) / 2) * w
             ax.bar(xs, vals, w, color=COLOURS[i], label=f"{split} test")
-            for xi, v in zip(xs, vals):  # say so where there is no bar to see
-                if np.isnan(v) or v == 0:
-                    ax.text(xi, 0.02, "n/a" if np.isnan(v) else "0", ha="center", va="bottom", fontsize=8,
-                            color=GREY, transform=ax.get_xaxis_transform())
+            marks[i] = ["n/a" if np.isnan(v) else "0" if v == 0 else "" for v in vals]
+        for j, col in enumerate(marks.T):  # say so where there is no bar to see: once per system where all agree
+            spots = [(x[j], col[0])] if len(set(col)) == 1 else [
+                (x[j] + (i - (len(splits) - 1) / 2) * w, m) for i, m in enumerate(col)]
+            for xi, m in spots:
+                if m:
+                    ax.text(xi, 0.02, m, ha="center", va="bottom", fontsize=7, rotation=90, color=GREY,
+                            transform=ax.get_xaxis_transform())
         ax.set_xticks(x, systems, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
