@@ -397,8 +397,9 @@ def detail_agreement(copies: Sequence[str], refs: Sequence[str]) -> dict[str, fl
 
     Per facet and pooled, precision: of the values a copy states in a facet that the article's copy also
     states, the share it states too or implies ("woven fabric" for a satin blouse, ``implied_details``; a
-    facet either leaves out is not scored, as the grounding metrics skip a missing attribute). ``detail_contradiction``: the share of all copies that state at least one value
-    the article's copy contradicts; ``detail_scored``: the share with at least one scored value.
+    facet either leaves out is not scored, as the grounding metrics skip a missing attribute).
+    ``detail_contradiction``: the share of all copies that state at least one value the article's copy
+    contradicts; ``detail_scored``: the share with at least one scored value.
     """
     _check_pairs(copies, refs)
     ok, n, wrong, scored = Counter(), Counter(), 0, 0
