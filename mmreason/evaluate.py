@@ -62,7 +62,6 @@ from mmreason.evaluation.systems import (
     baseline_parts,
     drop_attributes,
     dropout_scores,
-    first_sentence_split,
     frame_articles,
     histories,
     load_variant,
@@ -261,9 +260,9 @@ def main(argv=None) -> int:
             else:
                 parts = baseline_parts(system, frame, items, art.photo_lookup, store)
                 hyps = [f"{hook} {copy}".strip() for hook, copy in parts]
-            m = score(hyps, frame, items, hist, vocab, with_embedding=args.embedding, parts=parts)
-            wrote = [c for _, c in (parts if parts is not None else map(first_sentence_split, hyps))]
-            per_copy[system] = M.cider_scores(wrote, frame["item_copy"].tolist())  # its copy CIDEr, per example
+            each = {}
+            m = score(hyps, frame, items, hist, vocab, with_embedding=args.embedding, parts=parts, per_example=each)
+            per_copy[system] = each["copy_cider"]  # its copy CIDEr, per example
             if report:
                 m["retrieved_copy_share"] = report.pop("retrieved_copy_share")
                 m["evidence_hook_share"] = report.pop("evidence_hook_share")

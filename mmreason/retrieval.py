@@ -55,9 +55,10 @@ def compare(store: Datastore, items, examples, interactions, photo_lookup, n: in
         frame = E.test_frame(examples, split, n, seed, stage=frame_stage)
         sets.append((stage, split, frame, E.histories(frame, interactions, items)))
 
-    def scored(copies, frame, hist) -> dict:
+    def scored(copies, frame, hist, per_example=None) -> dict:
         parts = [("", c) for c in copies]
-        m = E.score([c.strip() for c in copies], frame, items, hist, vocab, with_embedding=False, parts=parts)
+        m = E.score([c.strip() for c in copies], frame, items, hist, vocab, with_embedding=False, parts=parts,
+                    per_example=per_example)
         return m | {"identical_copy": float(np.mean([c == r for c, r in zip(copies, frame["item_copy"])]))}
 
     photo = probe is not None
@@ -93,8 +94,9 @@ def compare(store: Datastore, items, examples, interactions, photo_lookup, n: in
                     copies, _ = vetted_copies(store, arts, probe, photo_features, cand=reorder(cand, cos, weight))
                 else:
                     copies = best_of(cand, frame["item_copy"].tolist())
-            m = scored(copies, frame, hist)
-            per[stage, split, system] = M.cider_scores([c.strip() for c in copies], frame["item_copy"].tolist())
+            each = {}
+            m = scored(copies, frame, hist, each)
+            per[stage, split, system] = each["copy_cider"]
             # the share the photo moved off the text's nearest copy (own type first)
             m["vetoed"] = (float(np.mean([c != cs[0] for c, cs in zip(copies, cands[stage, split][1].copies)]))
                            if system in (VETTED, RERANKED, RERANKED_VETTED) else float("nan"))

@@ -270,8 +270,11 @@ def test_the_report_chooses_the_photo_weight_on_validation_and_scores_every_set_
     def frame(examples, split, n, seed, stage):
         return pd.DataFrame({"article_id": [1, 2], "item_copy": ["r", "r"], "stage": stage})
 
-    def score(hyps, frame, items, hist, vocab, with_embedding, parts):
+    def score(hyps, frame, items, hist, vocab, with_embedding, parts, per_example):
         good, worth = ("B", 1.0) if frame["stage"].iloc[0] == "val" else ("A", 2.0)
+        # per-example copy CIDEr: 1 for a copy "A", 2 for "B" (the real one needs a corpus); the ratio is M.paired_ratio's
+        if per_example is not None:
+            per_example["copy_cider"] = np.array([1.0 if h == "A" else 2.0 for h in hyps])
         return {k: 0.0 for _, k in command.COLUMNS} | {"copy_cider": worth * float(np.mean([h == good for h in hyps]))}
 
     cand = Candidates(copies=[["A", "B"], ["A", "B"]], rows=[[0, 1], [0, 1]], text=[[1.0, 0.93], [1.0, 0.93]])
@@ -292,8 +295,6 @@ def test_the_report_chooses_the_photo_weight_on_validation_and_scores_every_set_
         return [cs[0] for cs in cand.copies], 0.0
 
     monkeypatch.setattr(command, "vetted_copies", vetted)
-    # per-example copy CIDEr: 1 for a copy "A", 2 for "B" (the real one needs a corpus); the ratio is M.paired_ratio's
-    monkeypatch.setattr(command.M, "cider_scores", lambda hyps, refs: np.array([1.0 if h == "A" else 2.0 for h in hyps]))
     report = command.compare(None, None, None, None, None, photo_features={}, probe=object())
     assert report["rerank"]["chosen"] == 0.1
     assert report["rerank"]["weights"] == {"0.05": 0.0, "0.1": 1.0, "0.25": 1.0, "0.5": 1.0, "1.0": 1.0}

@@ -159,9 +159,11 @@ def first_sentence_split(text: str) -> tuple[str, str]:
     return parts[0], parts[1] if len(parts) > 1 else ""
 
 
-def score(hyps, frame, items, hist, vocab, with_embedding=True, parts=None) -> dict:
+def score(hyps, frame, items, hist, vocab, with_embedding=True, parts=None, per_example: dict | None = None) -> dict:
     """Metrics of ``hyps`` against the silver reasons; the hook / copy metrics score ``parts``, (hook, copy)
-    per hyp as the system wrote them, or by default each hyp split at its first sentence (the generators)."""
+    per hyp as the system wrote them, or by default each hyp split at its first sentence (the generators).
+    ``per_example``: a dict that receives each example's copy CIDEr ("copy_cider", (N,)), whose mean is
+    ``copy_cider`` (for paired comparisons: ``metrics.paired_ratio``)."""
     refs = frame["reason"].tolist()
     arts = items.set_index("article_id").loc[frame["article_id"]]
     # grounding is scored on specific values only (the filter's list): a generic truth ("unknown") counts as
@@ -192,7 +194,10 @@ def score(hyps, frame, items, hist, vocab, with_embedding=True, parts=None) -> d
     for part, hyp, ref in (("hook", hooks, frame["hook"]), ("copy", copies, frame["item_copy"])):
         out[f"{part}_bleu4"] = M.bleu(list(hyp), ref.tolist(), 4)
         out[f"{part}_rougeL"] = M.rouge(list(hyp), ref.tolist())["rougeL"]
-        out[f"{part}_cider"] = M.cider(list(hyp), ref.tolist())
+        scores = M.cider_scores(list(hyp), ref.tolist())
+        out[f"{part}_cider"] = float(np.mean(scores)) if len(scores) else float("nan")  # M.cider
+        if part == "copy" and per_example is not None:
+            per_example["copy_cider"] = scores
     return out
 
 
