@@ -123,6 +123,23 @@ def test_hook_rules_in_their_order_on_values_the_article_has():
     assert h.kind == "section" and "Ponce top" in h.facts and "once" not in h.facts
 
 
+def test_hook_reads_grammatically_and_never_cites_an_unrecorded_value():
+    # "an" before a vowel: "You went for a all over pattern design" was 213 targets of the H&M data
+    allover = ARTICLE | {"graphical_appearance_name": "All over pattern"}
+    h = build_hook(allover, [_p(1, 3, product_type_name="Top", colour_group_name="Red",
+                                graphical_appearance_name="All over pattern")])
+    assert h.kind == "pattern" and h.text.startswith("You went for an all over pattern design"), h.text
+    stripe = build_hook(allover | {"graphical_appearance_name": "Stripe"},
+                        [_p(1, 3, product_type_name="Top", colour_group_name="Red", graphical_appearance_name="Stripe")])
+    assert stripe.text.startswith("You went for a stripe design"), stripe.text
+    # the catalogue's "Unknown" records nothing: no "More Unknown" hook, no "another unknown"; the next rule that
+    # rests on a recorded value holds, and the evidence does not list it
+    unknown = ARTICLE | {"garment_group_name": "Unknown", "product_type_name": "Unknown", "colour_group_name": "Red"}
+    h = build_hook(unknown, [_p(1, 3, product_type_name="Unknown", garment_group_name="Unknown")])
+    assert h.kind == "section" and "unknown" not in h.text.lower(), h.text
+    assert "Unknown" not in h.evidence_text and h.evidence_text.startswith("Red, Solid, Womens Casual"), h.evidence_text
+
+
 def test_article_evidence_and_copy():
     from mmreason.datasets.reasons import article_evidence, product_copy
     a = ARTICLE | {"perceived_colour_master_name": "black"}  # the same value twice, in other cases: once
@@ -351,6 +368,8 @@ def test_real_slice_of_hm(tmp_path, real_hm, capsys):
     items = t["items"].set_index("article_id")
     cols = {"type": "product_type_name", "colour": "colour_group_name", "pattern": "graphical_appearance_name",
             "garment_group": "garment_group_name", "section": "section_name"}
+    # no hook names an unrecorded value or puts "a" before a vowel ("a all over pattern", "More Unknown")
+    assert not ex["hook"].str.contains(r"\bunknown\b|\ba [aeiou]", case=False).any()
     for r in ex[ex.personalised].itertuples():
         for aid in r.hook_evidence:
             for f in r.hook_fields:

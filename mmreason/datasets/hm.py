@@ -50,7 +50,7 @@ from mmreason.datasets.reasons import Purchase, build_hook, product_copy
 from mmreason.datasets.splits import temporal_split, unseen_product_split
 from mmreason.io import DataError, Report, atomic_dir, fingerprint, sha256_file
 
-VERSION = 6  # bump when the tables' content changes, so stale tables are rebuilt
+VERSION = 7  # bump when the tables' content changes, so stale tables are rebuilt (7: hooks say "an", skip "Unknown")
 
 TEXT_COLUMNS = [
     "prod_name", "product_type_name", "product_group_name", "graphical_appearance_name",

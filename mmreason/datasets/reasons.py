@@ -31,6 +31,9 @@ HOOK_FIELDS = {
 }
 # Appearances too common to be a taste worth mentioning on their own.
 PLAIN_PATTERNS = {"Solid", "Unknown", ""}
+# Values the catalogue uses for "not recorded": no fact about the article, so no hook or evidence names them
+# ("More Unknown, like the ..." was 22 targets until 2026-12-03).
+UNRECORDED = {"Unknown", "undefined", ""}
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,12 @@ def _lower(v: str) -> str:
     return v.lower()
 
 
+def _a(phrase: str) -> str:
+    """The indefinite article for ``phrase``: "an all over pattern", "a stripe" (by its first letter; the
+    catalogue's values hold no silent h or "you" sound). "a all over pattern" was 261 targets until 2026-12-03."""
+    return f"{'an' if phrase[:1].lower() in 'aeiou' else 'a'} {phrase}"
+
+
 def _times(n: int) -> str:
     return "once" if n == 1 else ("twice" if n == 2 else f"{n} times")
 
@@ -97,7 +106,8 @@ ARTICLE_FACT_FIELDS = ("product_type_name", "colour_group_name", "graphical_appe
 
 def article_evidence(article: dict) -> str:
     """The article's citeable values, short: "Trousers, Black, Solid, Ladies Denim"."""
-    return ", ".join(_dedupe(str(article.get(f) or "").strip() for f in ARTICLE_FACT_FIELDS))
+    values = (str(article.get(f) or "").strip() for f in ARTICLE_FACT_FIELDS)
+    return ", ".join(_dedupe(v for v in values if v not in UNRECORDED))
 
 
 def _stated(text: str, candidates) -> tuple[str, ...]:
@@ -130,7 +140,7 @@ def _build_hook(article: dict, history: list[Purchase]) -> Hook:
     section = a.get("section_name") or ""
 
     def same(*fields):
-        return [p for p in history if all(getattr(p, f) == a[f] and a[f] for f in fields)]
+        return [p for p in history if all(getattr(p, f) == a[f] and a[f] not in UNRECORDED for f in fields)]
 
     typ, col, pat = a["product_type_name"], a["colour_group_name"], a["graphical_appearance_name"]
     patterned = pat not in PLAIN_PATTERNS
@@ -160,7 +170,7 @@ def _build_hook(article: dict, history: list[Purchase]) -> Hook:
             text = (f"You bought the {name} ({_lower(typ)}) {ago}, so here is another {_lower(typ)} for you." if n == 1 else
                     f"{typ} is one of your staples: you have bought it {_times(n)}, most recently the {name} {ago}.")
         elif kind == "pattern":
-            text = (f"You went for a {_lower(pat)} design with the {name} {ago}; this one has it too." if n == 1 else
+            text = (f"You went for {_a(_lower(pat))} design with the {name} {ago}; this one has it too." if n == 1 else
                     f"{pat} is a look you come back to: {_times(n)} in your earlier buys, most recently the {name}.")
         elif kind == "colour":
             text = (f"In {_lower(col)}, like the {name} you bought {ago}." if n == 1 else
