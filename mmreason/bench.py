@@ -4,7 +4,9 @@ nanoGPT's ``bench.py`` is the model: one file that mirrors the training step, no
 the Trainer itself is measured. Every figure is measured in one run, on the same weights and batches, and
 written to ``results/bench/<device>.{json,md}``:
 
-- the machine's limit: a square fp32 and bf16 GEMM (GFLOP/s on CPU, TFLOP/s on GPU);
+- the machine's limit: a square fp32 and bf16 GEMM (GFLOP/s on CPU, TFLOP/s on GPU); bf16 (its GEMM and rows)
+  only where the CPU multiplies it in hardware, unless ``--bf16 yes`` (elsewhere it is emulated, and timing the
+  emulation takes tens of minutes: 2 cores of an AVX2 EPYC spent over 10 without finishing the untimed priming);
 - generator training, plain PyTorch loop: the settings before this bench ("before": dropout 0.1, on attention
   too, six-op GELU, per-tensor AdamW) against the default ones ("after"), fp32 against bf16 autocast, eager against
   ``torch.compile``; tokens/s (all and scored), FLOPs per token, MFU against the measured limit;
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import lightning as L
@@ -152,15 +155,15 @@ def plain_loop(model: ReasonModel, batches: list[dict], warmup: int, precision: 
     return out | ({"first_step_s (compile)": t_compile} if compiled else {})
 
 
-def prime(model: ReasonModel, batches: list[dict]) -> None:
-    """One untimed forward + backward of every batch in fp32 and in bf16 autocast. oneDNN builds (JIT-compiles)
+def prime(model: ReasonModel, batches: list[dict], bf16: bool = True) -> None:
+    """One untimed forward + backward of every batch in fp32 and (``bf16``) in bf16 autocast. oneDNN builds (JIT-compiles)
     a kernel for each new matmul shape; without this the first row timed at a precision pays for every batch
     length once, and whichever loop runs later looks faster (the first bench read the Trainer 9% and 15% *faster*
     than the same plain loop)."""
     m = copy.deepcopy(model).train()
     for b in batches:
-        for bf16 in (False, True):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for half in (False, True) if bf16 else (False,):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
                 loss = m.reason_loss(b["photo_embedding"], b["has_photo"], b["input_ids"], b["segment_ids"],
                                      b["attention_mask"], b["labels"])[0]
             loss.backward()
@@ -315,7 +318,7 @@ def decoding(model: ReasonModel, data, rows: list[dict], n_single: int, reps: in
 
 # ----------------------------------------------------------------------------- CLIP
 
-def clip_speed(clip_model: str, n: int, batch: int, steps: int) -> dict:
+def clip_speed(clip_model: str, n: int, batch: int, steps: int, precisions=("fp32", "bf16")) -> dict:
     """Domain-CLIP training step and photo embedding, images/s, on random uint8 photos of the model's size
     (throughput does not depend on pixel values; photo decoding is not included)."""
     from open_clip.loss import ClipLoss
@@ -327,7 +330,7 @@ def clip_speed(clip_model: str, n: int, batch: int, steps: int) -> dict:
     tokens = tokenizer(["a black jersey top with short sleeves"] * batch)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn, out = ClipLoss(), {}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         model.train()
         times = []
         for i in range(steps + 1):
@@ -377,7 +380,9 @@ def markdown(r: dict) -> str:
     lines = [f"# Speed on {r['machine']} ({r['threads']} threads, torch {r['torch']})", "",
              f"`{r['command']}`, {r['date']}. Every figure below was measured in this one run.", "",
              "## The machine's limit", "", f"| GEMM {r['gemm_n']}² | {unit} |", "| --- | --- |",
-             f"| fp32 | {f(lim['fp32'])} |", f"| bf16 | {f(lim['bf16'])} |", "",
+             f"| fp32 | {f(lim['fp32'])} |",
+             f"| bf16 | {f(lim['bf16']) if 'bf16' in lim else 'not measured (no bf16 hardware: --bf16 yes times its emulation)'} |",
+             "",
              "## Generator training", "",
              f"{r['train']['batches']} real training batches of the run (batch {r['train']['batch_size']}, "
              f"{r['train']['warmup']} warm-up steps not timed). MFU = model FLOP/s over the measured GEMM limit of "
@@ -432,12 +437,15 @@ class BenchOptions:
         tiny: a few steps and prompts (tests, smoke runs)
         compile: the torch.compile row (--no-compile skips it: it compiles for minutes)
         cuda: the CUDA 124M section where CUDA is present (--no-cuda skips it)
+        bf16: the bf16 GEMM and rows: auto = where the CPU multiplies bf16 in hardware (elsewhere bf16 is
+            emulated, and its rows time the emulation for tens of minutes), yes, no
     """
     run: Path = field(default_factory=paths.run_dir)
     out: Path = field(default_factory=lambda: paths.results_dir("bench"))
     tiny: bool = False
     compile: bool = True
     cuda: bool = True
+    bf16: Literal["auto", "yes", "no"] = "auto"
 
     def __post_init__(self):
         self.run = paths.resolve(self.run)  # artifacts/runs/<name> is under the artifacts root
@@ -461,30 +469,34 @@ def main(argv=None) -> int:
          "date": time.strftime("%Y-%m-%d %H:%M"), "run": paths.shown(args.run),
          "command": "python -m mmreason.bench" + (" " + " ".join(argv) if argv else "")}
     n = 256 if tiny else 2048
-    print(f"[bench] GEMM {n}² fp32 / bf16 ...", flush=True)
-    r["gemm_n"], r["limit"] = n, {"fp32": gemm_flops(device, torch.float32, n, 1 if tiny else 4),
-                                  "bf16": gemm_flops(device, torch.bfloat16, n, 1 if tiny else 4)}
+    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and cpu_has_bf16())
+    r["bf16_rows"] = bf16
+    print(f"[bench] GEMM {n}² fp32{' / bf16' if bf16 else ''} ...", flush=True)
+    r["gemm_n"], r["limit"] = n, {"fp32": gemm_flops(device, torch.float32, n, 1 if tiny else 4)}
+    if bf16:
+        r["limit"]["bf16"] = gemm_flops(device, torch.bfloat16, n, 1 if tiny else 4)
     batches = list(itertools.islice(data.train_dataloader(), steps))
     batches = list(itertools.islice(itertools.cycle(batches), steps))  # a tiny run has fewer batches
     before = before_settings(model)
     # the default run's precision (configs/cpu.yaml: bf16-mixed, fp32 on CPUs without bf16 hardware)
-    default = "bf16" if cpu_has_bf16() else "fp32"
+    default = "bf16" if bf16 and cpu_has_bf16() else "fp32"
     prec = {"fp32": "fp32", "bf16": "bf16 autocast"}
     runs = {}
     plan = [("plain | before | fp32", lambda: plain_loop(before, batches, warmup, "fp32", fused=False)),
             ("plain | after | fp32", lambda: plain_loop(model, batches, warmup, "fp32")),
-            ("plain | after | bf16 autocast", lambda: plain_loop(model, batches, warmup, "bf16")),
             (f"Lightning | after | {prec[default]}", lambda: lightning_loop(model, batches, warmup, default, Path(tmp),
                                                                             progress=not tiny)),
             (f"plain | after | {prec[default]} (again)", lambda: plain_loop(model, batches, warmup, default)),
             ("plain | before | fp32 (again)", lambda: plain_loop(before, batches, warmup, "fp32", fused=False))]
+    if bf16:
+        plan.insert(2, ("plain | after | bf16 autocast", lambda: plain_loop(model, batches, warmup, "bf16")))
     if args.compile and not tiny:
         plan.insert(3, ("plain | after + compile | fp32", lambda: plain_loop(model, batches, warmup, "fp32",
                                                                              compiled=True)))
     tmp = tempfile.mkdtemp(prefix="mmreason-bench-")  # the Trainer's CSV logs; not a result
     print("[bench] priming kernels for every batch shape (untimed) ...", flush=True)
-    prime(model, batches)
-    prime(before, batches)
+    prime(model, batches, bf16)
+    prime(before, batches, bf16)
     for name, fn in plan:
         print(f"[bench] training: {name} ...", flush=True)
         runs[name] = fn()
@@ -509,7 +521,7 @@ def main(argv=None) -> int:
                                         max_new=max_new)}
     print("[bench] CLIP ...", flush=True)
     r["clip"] = clip_speed(data.artifacts.clip_model, n=16 if tiny else 512, batch=8 if tiny else 128,
-                           steps=1 if tiny else 4)
+                           steps=1 if tiny else 4, precisions=("fp32", "bf16") if bf16 else ("fp32",))
     if torch.cuda.is_available() and args.cuda:
         r["cuda"] = cuda_gpt2_124m(steps=6 if tiny else 30)
     out = Path(args.out)

@@ -20,9 +20,10 @@ def test_tiny_bench_writes_every_section(tmp_path, monkeypatch):
     assert train.main([*TINY, "--data.pipeline.hm_dir", str(root / "hm"), "--trainer.max_epochs", "1",
                        "--ckpt_path", "none", "--n_report", "0"]) == 0
     out = tmp_path / "bench"
-    assert bench.main(["--run", str(root / "artifacts/runs/cpu"), "--tiny", "--out", str(out)]) == 0
+    # every section, bf16 too, whatever the CPU (auto measures bf16 only where the CPU has it in hardware)
+    assert bench.main(["--run", str(root / "artifacts/runs/cpu"), "--tiny", "--out", str(out), "--bf16", "yes"]) == 0
     r = json.loads((out / "cpu.json").read_text())
-    assert r["limit"]["fp32"] > 0 and r["limit"]["bf16"] > 0
+    assert r["limit"]["fp32"] > 0 and r["limit"]["bf16"] > 0 and r["bf16_rows"] is True
     runs = r["train"]["runs"]
     default = r["train"]["default_precision"]
     assert default == ("bf16 autocast" if cpu_has_bf16() else "fp32")
@@ -45,3 +46,12 @@ def test_tiny_bench_writes_every_section(tmp_path, monkeypatch):
     assert all(x > 0 for x in r["clip"]["images_per_s"].values())
     md = (out / "cpu.md").read_text()
     assert "GFLOP/s" in md and f"| Lightning | after | {default} |" in md and "greedy, batch 64" in md
+    assert {"train step, bf16", "embed photos, bf16"} <= set(r["clip"]["images_per_s"])
+    # --bf16 no: no bf16 GEMM, row or CLIP figure, and the report says so; the default's rows are fp32
+    out = tmp_path / "fp32"
+    assert bench.main(["--run", str(root / "artifacts/runs/cpu"), "--tiny", "--no-compile", "--out", str(out),
+                       "--bf16", "no"]) == 0
+    r = json.loads((out / "cpu.json").read_text())
+    assert set(r["limit"]) == {"fp32"} and r["bf16_rows"] is False and r["train"]["default_precision"] == "fp32"
+    assert not [n for n in r["train"]["runs"] if "bf16" in n] and not [k for k in r["clip"]["images_per_s"] if "bf16" in k]
+    assert "| bf16 | not measured" in (out / "cpu.md").read_text()
