@@ -157,9 +157,9 @@ def plain_loop(model: ReasonModel, batches: list[dict], warmup: int, precision: 
 
 def prime(model: ReasonModel, batches: list[dict], bf16: bool = True) -> None:
     """One untimed forward + backward of every batch in fp32 and (``bf16``) in bf16 autocast. oneDNN builds
-    (JIT-compiles) a kernel for each new matmul shape; without this the first row timed at a precision pays for every batch
-    length once, and whichever loop runs later looks faster (the first bench read the Trainer 9% and 15% *faster*
-    than the same plain loop)."""
+    (JIT-compiles) a kernel for each new matmul shape; without this the first row timed at a precision pays for
+    every batch length once, and whichever loop runs later looks faster (the first bench read the Trainer 9% and
+    15% *faster* than the same plain loop)."""
     m = copy.deepcopy(model).train()
     for b in batches:
         for half in (False, True) if bf16 else (False,):

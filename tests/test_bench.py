@@ -53,5 +53,6 @@ def test_tiny_bench_writes_every_section(tmp_path, monkeypatch):
                        "--bf16", "no"]) == 0
     r = json.loads((out / "cpu.json").read_text())
     assert set(r["limit"]) == {"fp32"} and r["bf16_rows"] is False and r["train"]["default_precision"] == "fp32"
-    assert not [n for n in r["train"]["runs"] if "bf16" in n] and not [k for k in r["clip"]["images_per_s"] if "bf16" in k]
+    assert not [n for n in r["train"]["runs"] if "bf16" in n]
+    assert not [k for k in r["clip"]["images_per_s"] if "bf16" in k]
     assert f"| bf16 | {bench.NO_BF16} |" in (out / "cpu.md").read_text()
