@@ -3,8 +3,10 @@ decoding gives Hugging Face ``generate``'s greedy ids on the same weights."""
 from __future__ import annotations
 
 import json
+import platform
 
 import pytest
+import torch
 
 from conftest import make_hm, work_in
 from mmreason import bench, train
@@ -56,3 +58,15 @@ def test_tiny_bench_writes_every_section(tmp_path, monkeypatch):
     assert not [n for n in r["train"]["runs"] if "bf16" in n]
     assert not [k for k in r["clip"]["images_per_s"] if "bf16" in k]
     assert f"| bf16 | {bench.NO_BF16} |" in (out / "cpu.md").read_text()
+
+
+def test_the_report_names_the_cpu_model_and_its_bf16():
+    """The header's machine: the CPU's model name from /proc/cpuinfo's text (``platform.processor()`` is empty or
+    only the architecture on Linux), its architecture once, and whether it has bf16 hardware (``cpu_has_bf16``)."""
+    cpu = torch.device("cpu")
+    xeon = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx512f amx_bf16 avx512_bf16\n"
+    epyc = "processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu avx avx2 fma\n"
+    arch = platform.machine()
+    assert bench.device_name(cpu, xeon) == f"Intel(R) Xeon(R) Platinum 8480+, {arch}, bf16 in hardware"
+    assert bench.device_name(cpu, epyc) == f"AMD EPYC 9B14, {arch}, no bf16 hardware"
+    assert bench.device_name(cpu, "").endswith(", no bf16 hardware") and arch in bench.device_name(cpu, "")
