@@ -160,15 +160,15 @@ def plain_loop(model: ReasonModel, batches: list[dict], warmup: int, precision: 
     return out | ({"first_step_s (compile)": t_compile} if compiled else {})
 
 
-def prime(model: ReasonModel, batches: list[dict], bf16: bool = True) -> None:
-    """One untimed forward + backward of every batch in fp32 and (``bf16``) in bf16 autocast. oneDNN builds
+def prime(model: ReasonModel, batches: list[dict], precisions=("fp32", "bf16")) -> None:
+    """One untimed forward + backward of every batch in each of ``precisions`` (fp32, bf16 autocast). oneDNN builds
     (JIT-compiles) a kernel for each new matmul shape; without this the first row timed at a precision pays for
     every batch length once, and whichever loop runs later looks faster (the first bench read the Trainer 9% and
     15% *faster* than the same plain loop)."""
     m = copy.deepcopy(model).train()
     for b in batches:
-        for half in (False, True) if bf16 else (False,):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+        for precision in precisions:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = m.reason_loss(b["photo_embedding"], b["has_photo"], b["input_ids"], b["segment_ids"],
                                      b["attention_mask"], b["labels"])[0]
             loss.backward()
@@ -473,11 +473,14 @@ def main(argv=None) -> int:
     model = module.model.cpu()
     data.setup("fit")
     device = torch.device("cpu")
-    r = {"machine": device_name(device), "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-         "date": time.strftime("%Y-%m-%d %H:%M"), "run": paths.shown(args.run),
+    info = cpu_info()  # read once: the header's CPU and whether bf16 is measured
+    hw_bf16 = cpu_has_bf16(info)
+    r = {"machine": device_name(device, info), "device": "cpu", "threads": torch.get_num_threads(),
+         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "run": paths.shown(args.run),
          "command": "python -m mmreason.bench" + (" " + " ".join(argv) if argv else "")}
     n = 256 if tiny else 2048
-    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and cpu_has_bf16())
+    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and hw_bf16)
+    precisions = ("fp32", "bf16") if bf16 else ("fp32",)
     r["bf16_rows"] = bf16
     print(f"[bench] GEMM {n}² fp32{' / bf16' if bf16 else ''} ...", flush=True)
     r["gemm_n"], r["limit"] = n, {"fp32": gemm_flops(device, torch.float32, n, 1 if tiny else 4)}
@@ -487,24 +490,22 @@ def main(argv=None) -> int:
     batches = list(itertools.islice(itertools.cycle(batches), steps))  # a tiny run has fewer batches
     before = before_settings(model)
     # the default run's precision (configs/cpu.yaml: bf16-mixed, fp32 on CPUs without bf16 hardware)
-    default = "bf16" if bf16 and cpu_has_bf16() else "fp32"
+    default = "bf16" if bf16 and hw_bf16 else "fp32"
     prec = {"fp32": "fp32", "bf16": "bf16 autocast"}
     runs = {}
     plan = [("plain | before | fp32", lambda: plain_loop(before, batches, warmup, "fp32", fused=False)),
             ("plain | after | fp32", lambda: plain_loop(model, batches, warmup, "fp32")),
+            *([("plain | after | bf16 autocast", lambda: plain_loop(model, batches, warmup, "bf16"))] if bf16 else []),
+            *([("plain | after + compile | fp32", lambda: plain_loop(model, batches, warmup, "fp32", compiled=True))]
+              if args.compile and not tiny else []),
             (f"Lightning | after | {prec[default]}", lambda: lightning_loop(model, batches, warmup, default, Path(tmp),
                                                                             progress=not tiny)),
             (f"plain | after | {prec[default]} (again)", lambda: plain_loop(model, batches, warmup, default)),
             ("plain | before | fp32 (again)", lambda: plain_loop(before, batches, warmup, "fp32", fused=False))]
-    if bf16:
-        plan.insert(2, ("plain | after | bf16 autocast", lambda: plain_loop(model, batches, warmup, "bf16")))
-    if args.compile and not tiny:  # right after the eager fp32 (and bf16) rows
-        plan.insert(3 if bf16 else 2, ("plain | after + compile | fp32",
-                                       lambda: plain_loop(model, batches, warmup, "fp32", compiled=True)))
     tmp = tempfile.mkdtemp(prefix="mmreason-bench-")  # the Trainer's CSV logs; not a result
     print("[bench] priming kernels for every batch shape (untimed) ...", flush=True)
-    prime(model, batches, bf16)
-    prime(before, batches, bf16)
+    prime(model, batches, precisions)
+    prime(before, batches, precisions)
     for name, fn in plan:
         print(f"[bench] training: {name} ...", flush=True)
         runs[name] = fn()
@@ -529,7 +530,7 @@ def main(argv=None) -> int:
                                         max_new=max_new)}
     print("[bench] CLIP ...", flush=True)
     r["clip"] = clip_speed(data.artifacts.clip_model, n=16 if tiny else 512, batch=8 if tiny else 128,
-                           steps=1 if tiny else 4, precisions=("fp32", "bf16") if bf16 else ("fp32",))
+                           steps=1 if tiny else 4, precisions=precisions)
     if torch.cuda.is_available() and args.cuda:
         r["cuda"] = cuda_gpt2_124m(steps=6 if tiny else 30)
     out = Path(args.out)
