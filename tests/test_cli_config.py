@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import sys
+import warnings
 
 import pytest
 import yaml
@@ -110,6 +112,21 @@ def test_help_and_train_print_config(capsys):
         train.main(["--print_config"])
     assert e.value.code in (0, None)
     assert yaml.safe_load(capsys.readouterr().out)["trainer"]["default_root_dir"] == "artifacts/runs/cpu"
+
+
+def test_train_does_not_warn_about_the_command_line_it_reads_itself(monkeypatch, capsys):
+    # fit hands LightningCLI the command line it read (plus the default config), or evaluate's own argv for a
+    # variant while sys.argv holds evaluate's: Lightning's "args beside sys.argv" warning is noise in both
+    from mmreason import train
+
+    for sys_argv, argv in ((["mmreason.train", "--print_config"], None),
+                           (["mmreason.evaluate", "--train"], ["--print_config"])):
+        monkeypatch.setattr(sys, "argv", sys_argv)
+        with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit):
+            warnings.simplefilter("always")
+            train.main(argv)
+        capsys.readouterr()
+        assert not [w for w in caught if "args parameter" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_flags_keep_their_argparse_spellings():

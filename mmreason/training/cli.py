@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -127,8 +128,12 @@ def fit(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--config" or a.startswith("--config=") or a in ("-c",) for a in argv) and "-h" not in argv and "--help" not in argv:
         argv = ["--config", str(CONFIG_DIR / "cpu.yaml")] + argv
-    cli = ReasonCLI(ReasonModule, ReasonDataModule, args=argv, run=False, save_config_kwargs={"overwrite": True},
-                    parser_kwargs={"prog": "python -m mmreason.train"})
+    with warnings.catch_warnings():
+        # args is the command line read above (plus the default config) or a caller's own argv (evaluate trains its
+        # variants so), never both: Lightning's warning against passing args beside sys.argv does not apply
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = ReasonCLI(ReasonModule, ReasonDataModule, args=argv, run=False, save_config_kwargs={"overwrite": True},
+                        parser_kwargs={"prog": "python -m mmreason.train"})
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     ckpt = resolve_ckpt(cli.config.get("ckpt_path"), trainer, module, data)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)
