@@ -38,6 +38,8 @@ def test_the_four_notebooks_are_stored_without_outputs_and_with_a_parameters_cel
     for path in found:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
+        # nbformat 4.5 cells carry an id; reading adds a missing one with only a warning (to be an error)
+        assert all("id" in c for c in json.loads(path.read_text())["cells"]), f"{path.name}: a cell without an id"
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(c.outputs == [] and c.execution_count is None for c in code), f"{path.name} has outputs"
         params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
