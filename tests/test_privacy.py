@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mmreason import membership, pii, train
+from mmreason import membership, paths, pii, train
 from mmreason.datasets import pii as personal_data
 from mmreason.model.network import ModelConfig, ReasonModel
 from mmreason.training import cli, privacy
@@ -433,3 +433,11 @@ def test_utility_scores_what_the_model_decoded_not_the_offered_retrieved_copy(mo
     out = membership.utility(SimpleNamespace(model=None), SimpleNamespace(artifacts=art), 2, 0)
     assert calls == {"constrain": False, "offer_retrieved": 0, "strategy": "greedy"}
     assert scored["hyps"] == ["Model hook. Its own copy."] * 2 and out["val_ppl"] == 2.0
+
+
+def test_the_readme_shows_the_committed_membership_table():
+    # the README's Privacy section copies results/privacy/cpu.md's table; a rerun that leaves it behind is caught here
+    report = (paths.REPO_ROOT / "results" / "privacy" / "cpu.md").read_text()
+    table = [line for line in report.splitlines() if line.startswith("| ")]
+    readme = (paths.REPO_ROOT / "README.md").read_text().splitlines()
+    assert len(table) > 2 and [line for line in table if line not in readme] == []
