@@ -21,6 +21,8 @@ Systems, on two test sets (``temporal``: each user's last purchase day, products
   does (the deployed offer before the photo chose it): what the photo's choice of copy changes;
 * ``full_vetted`` (ablation, not in the default list) the copy the photo vetted in the text's order, without
   re-ranking (``features.photodetails.vetted_copies``, weight 0).
+* ``retrieval_k1``, ``retrieval_k1_generated`` (ablation) one retrieved copy in the prompt instead of 2, as
+  deployed and its generated copy alone (``--versus full_generated``: paired against two copies').
 
 Reasons from the generators come from the one shown-reason path (``shown.py``): beam search with the
 decoding constraint (``constraints.py``; ``--no-constrain`` turns it off for the ablation), then the
@@ -104,8 +106,16 @@ TABLES = {
 
 
 # issue 13 asks full's copy CIDEr to be 15% above text_only's: each system's ratio, with its 95% paired interval
+# (--versus names another system to compare with, e.g. an ablation's own reference row)
 BASE = "text_only"
-VS_BASE = ("copy_cider_vs_text_only", "copy_cider_vs_text_only_low", "copy_cider_vs_text_only_high")
+
+
+def vs_keys(base: str = BASE) -> tuple[str, str, str]:
+    """The results' keys of the copy CIDEr ratio against ``base`` and its interval's ends."""
+    return f"copy_cider_vs_{base}", f"copy_cider_vs_{base}_low", f"copy_cider_vs_{base}_high"
+
+
+VS_BASE = vs_keys(BASE)
 
 
 def fmt(v) -> str:
@@ -127,14 +137,16 @@ def markdown(results: dict, dropout: dict, meta: dict) -> str:
             for system, m in systems.items():
                 lines.append(f"| {split} | {system} | " + " | ".join(fmt(m.get(k)) for _, k in cols) + " |")
         lines.append("")
-    if any(VS_BASE[0] in m for systems in results.values() for m in systems.values()):
-        lines += [f"## Copy CIDEr against {BASE}'s on the same examples", "",
-                  f"mean(copy CIDEr) / mean({BASE}'s) - 1, with its 95% paired bootstrap interval (2,000 resamples "
+    base = meta.get("versus", BASE)
+    keys = vs_keys(base)
+    if any(keys[0] in m for systems in results.values() for m in systems.values()):
+        lines += [f"## Copy CIDEr against {base}'s on the same examples", "",
+                  f"mean(copy CIDEr) / mean({base}'s) - 1, with its 95% paired bootstrap interval (2,000 resamples "
                   "of the examples, `metrics.paired_ratio`).", "",
-                  f"| split | system | copy CIDEr | vs {BASE} | 95% interval |", "|---|---|---|---|---|"]
+                  f"| split | system | copy CIDEr | vs {base} | 95% interval |", "|---|---|---|---|---|"]
         for split, systems in results.items():
             for system, m in systems.items():
-                r, low, high = (m.get(k, np.nan) for k in VS_BASE)
+                r, low, high = (m.get(k, np.nan) for k in keys)
                 lines.append(f"| {split} | {system} | {fmt(m.get('copy_cider'))} | "
                              + ("– | – |" if np.isnan(r) else f"{r:+.1%} | [{low:+.1%}, {high:+.1%}] |"))
         lines.append("")
@@ -169,6 +181,8 @@ class EvaluateOptions:
         stage: the test sets, or the validation sets (for choices made before looking at the test sets)
         decode: decoding for the generators (default beam; greedy+beam: serving's cascade)
         systems: the systems to score (see the module docstring)
+        versus: each system's copy CIDEr against this one's on the same examples, with a paired interval
+            (when it is among the systems scored)
         constrain: decode with the constraint (constraints.py); --no-constrain: the ablation's unconstrained rows
         train: train the model variants that have no checkpoint yet
         train_args: extra flags for mmreason.train (every word after --train-args)
@@ -181,6 +195,7 @@ class EvaluateOptions:
     stage: Literal["test", "val"] = "test"
     decode: Decoding = "beam"
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    versus: str = BASE
     constrain: bool = True
     train: bool = False
     train_args: list[str] = field(default_factory=list)
@@ -188,7 +203,7 @@ class EvaluateOptions:
     out: str | None = None
 
     def __post_init__(self):
-        bad = [s for s in self.systems if s not in SYSTEMS + ABLATION]
+        bad = [s for s in [*self.systems, self.versus] if s not in SYSTEMS + ABLATION]
         if bad:
             raise ValueError(f"unknown system(s) {', '.join(bad)}; choose from {', '.join(SYSTEMS + ABLATION)}")
 
@@ -277,10 +292,10 @@ def main(argv=None) -> int:
             results[split][system] = m
             samples += [{"split": split, "system": system, "article_id": int(a), "generated": h, "silver": r}
                         for a, h, r in list(zip(frame["article_id"], hyps, frame["reason"]))[:5]]
-        if BASE in per_copy:  # each system's copy CIDEr against text_only's, on the same examples
+        if args.versus in per_copy:  # each system's copy CIDEr against text_only's (--versus), on the same examples
             for system, scores in per_copy.items():
-                ratio = M.paired_ratio(scores, per_copy[BASE])
-                results[split][system].update(zip(VS_BASE, ratio))
+                ratio = M.paired_ratio(scores, per_copy[args.versus])
+                results[split][system].update(zip(vs_keys(args.versus), ratio))
         if split == "unseen":  # attribute dropout: does the photo prefix recover colour and pattern?
             dropped = frame["product"].map(drop_attributes).tolist()
             for system in ("text_only", "full"):
@@ -292,7 +307,7 @@ def main(argv=None) -> int:
                                                 constrain=False)
                         dropout[f"{system}, {label}"] = dropout_scores(hyps, frame, items, vocab)
     meta = {"run": args.run, "n": args.n, "seed": args.seed, "stage": args.stage, "decode": args.decode,
-            "constrain": args.constrain,
+            "constrain": args.constrain, "versus": args.versus,
             "seconds": round(time.time() - t0)}
     out = Path(args.out or paths.results_dir(args.run))
     table = markdown(results, dropout, meta)

@@ -70,6 +70,19 @@ def test_first_sentence_split():
 
 
 @pytest.mark.slow
+def test_every_derived_system_decodes_with_a_trainable_variant_and_is_accepted():
+    # --train trains OFFERED's and VETTED's runs by their VARIANTS name: a system naming another run could not
+    # be evaluated; and the ablation's systems must pass the command's check
+    for system, (run, _) in {**systems.OFFERED, **systems.VETTED}.items():
+        assert run in systems.VARIANTS, system
+        assert system in systems.SYSTEMS + systems.ABLATION, system
+        evaluate.EvaluateOptions(systems=[system])
+    assert systems.OFFERED["retrieval_k1_generated"] == ("retrieval_k1", 0)  # k, scored on the generated copy
+    for bad in (dict(systems=["retrieval_k3"]), dict(versus="retrieval_k3")):
+        with pytest.raises(ValueError, match="unknown system"):
+            evaluate.EvaluateOptions(**bad)
+
+
 def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
     make_hm(tmp_path / "hm")
     work_in(monkeypatch, tmp_path)
@@ -167,7 +180,7 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(evaluate, "vetted_copies", own_copies)
     vet = tmp_path / "vetted"
     assert evaluate.main(["--out", str(vet), "--n", "0", "--decode", "greedy", "--no-embedding",
-                          "--systems", "full_vetted", "full_nearest"]) == 0
+                          "--systems", "full_vetted", "full_nearest", "--versus", "full_nearest"]) == 0
     assert weights == [0.0] * 2  # full_vetted keeps the text's order (full re-ranks by the photo first)
     fv = json.loads((vet / "metrics.json").read_text())
     for split in ("temporal", "unseen"):
@@ -178,11 +191,18 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
                                          offer_copies=copies)
         got = [s["generated"] for s in fv["samples"] if (s["split"], s["system"]) == (split, "full_vetted")]
         assert got == hyps[:5] and fv["results"][split]["full_vetted"]["vetoed"] == 0.5
+        vetted = M.cider_scores([systems.first_sentence_split(h)[1] for h in hyps], frame["item_copy"].tolist())
         assert got != [s["generated"] for s in m["samples"] if (s["split"], s["system"]) == (split, "full")]
         # full_nearest: the prompt's first retrieved copy, as text_only offers it (explicitly 1)
         hyps, _ = systems.model_reasons(*loaded["full"], frame, items, hist, filt, preset("greedy"), progress=False,
                                          offer_retrieved=1)
         assert [s["generated"] for s in fv["samples"] if (s["split"], s["system"]) == (split, "full_nearest")] == hyps[:5]
+        # --versus full_nearest: each system's copy CIDEr against full_nearest's, on the same examples
+        nearest = M.cider_scores([systems.first_sentence_split(h)[1] for h in hyps], frame["item_copy"].tolist())
+        got = tuple(fv["results"][split]["full_vetted"][k] for k in evaluate.vs_keys("full_nearest"))
+        assert got == pytest.approx(M.paired_ratio(vetted, nearest), abs=1e-9, nan_ok=True)
+        assert evaluate.VS_BASE[0] not in fv["results"][split]["full_vetted"]
+    assert "## Copy CIDEr against full_nearest's" in (vet / "metrics.md").read_text()
     # the table of the photo's copies that full offers (shown.photo_offer) holds every article of the run's tables
     assert set(art.photo_offers) == set(items["article_id"].astype(int))
 

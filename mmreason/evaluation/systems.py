@@ -43,11 +43,14 @@ SYSTEMS = ["template", "retrieval", "retrieval_text", "retrieval_both", "retriev
            "photo_only", "full", "full_nearest", "full_generated"]
 RETRIEVERS = {"retrieval": "photo", "retrieval_text": "text", "retrieval_both": "both",  # system -> nearest's by
               "retrieval_text_type": "text_type"}
-ABLATION = ["no_evidence", "names", "retrieval_k1", "full_vetted"]
+ABLATION = ["no_evidence", "names", "retrieval_k1", "retrieval_k1_generated", "full_vetted"]
 # system -> (the run it decodes with, retrieved copies offered ahead of the generated ones: shown.shown_reasons);
 # the variants themselves decode as deployed (shown.OFFER_RETRIEVED where their prompt retrieves)
 OFFERED = {"full_generated": ("full", 0),  # the generator's own copy, no retrieved copy offered
-           "full_nearest": ("full", 1)}   # the prompt's first retrieved copy (the text's nearest), not the photo's
+           "full_nearest": ("full", 1),   # the prompt's first retrieved copy (the text's nearest), not the photo's
+           # issue 14's k, scored on what the generator wrote: as deployed, both k offer the photo's copy (chosen
+           # among the text's 8 nearest, whatever k), so only the generated copy shows what k changes
+           "retrieval_k1_generated": ("retrieval_k1", 0)}
 # system -> (the run it decodes with, the photo cosine's weight): offering the copy the photo vetted
 # (features.photodetails.vetted_copies) among the text's candidates, first re-ranked by the photo where the weight is
 # not 0, in place of its prompt's first retrieved one; the prompt is the run's own
