@@ -22,7 +22,8 @@ Systems, on two test sets (``temporal``: each user's last purchase day, products
 * ``full_vetted`` (ablation, not in the default list) the copy the photo vetted in the text's order, without
   re-ranking (``features.photodetails.vetted_copies``, weight 0).
 * ``retrieval_k1``, ``retrieval_k1_generated`` (ablation) one retrieved copy in the prompt instead of 2, as
-  deployed and its generated copy alone (``--versus full_generated``: paired against two copies').
+  deployed and its generated copy alone (with ``--versus full_generated`` each row is paired with the default
+  run's generated copy).
 
 Reasons from the generators come from the one shown-reason path (``shown.py``): beam search with the
 decoding constraint (``constraints.py``; ``--no-constrain`` turns it off for the ablation), then the

@@ -69,7 +69,6 @@ def test_first_sentence_split():
         "In black, like the Top.", "Jersey top. Straps.")
 
 
-@pytest.mark.slow
 def test_every_derived_system_decodes_with_a_trainable_variant_and_is_accepted():
     # --train trains OFFERED's and VETTED's runs by their VARIANTS name: a system naming another run could not
     # be evaluated; and the ablation's systems must pass the command's check
@@ -83,6 +82,7 @@ def test_every_derived_system_decodes_with_a_trainable_variant_and_is_accepted()
             evaluate.EvaluateOptions(**bad)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
     make_hm(tmp_path / "hm")
     work_in(monkeypatch, tmp_path)
