@@ -116,9 +116,6 @@ def vs_keys(base: str = BASE) -> tuple[str, str, str]:
     return f"copy_cider_vs_{base}", f"copy_cider_vs_{base}_low", f"copy_cider_vs_{base}_high"
 
 
-VS_BASE = vs_keys(BASE)
-
-
 def fmt(v) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "–"
@@ -293,7 +290,7 @@ def main(argv=None) -> int:
             results[split][system] = m
             samples += [{"split": split, "system": system, "article_id": int(a), "generated": h, "silver": r}
                         for a, h, r in list(zip(frame["article_id"], hyps, frame["reason"]))[:5]]
-        if args.versus in per_copy:  # each system's copy CIDEr against text_only's (--versus), on the same examples
+        if args.versus in per_copy:  # each system's copy CIDEr against --versus's (text_only's), on the same examples
             for system, scores in per_copy.items():
                 ratio = M.paired_ratio(scores, per_copy[args.versus])
                 results[split][system].update(zip(vs_keys(args.versus), ratio))

@@ -141,9 +141,9 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
         base = M.cider_scores(copies_of["text_only"], ref_copy)
         for system, r in m["results"][split].items():
             want = M.paired_ratio(M.cider_scores(copies_of[system], ref_copy), base)
-            got = tuple(r[k] for k in evaluate.VS_BASE)
+            got = tuple(r[k] for k in evaluate.vs_keys())
             assert got == pytest.approx(want, abs=1e-9, nan_ok=True), system
-        assert m["results"][split]["text_only"][evaluate.VS_BASE[0]] in (0.0, pytest.approx(float("nan"), nan_ok=True))
+        assert m["results"][split]["text_only"][evaluate.vs_keys()[0]] in (0.0, pytest.approx(float("nan"), nan_ok=True))
     # some retrieved copy shares words with its reference, so the checks above would see a cut one
     assert max(m["results"][split]["retrieval"]["copy_rougeL"] for split in ("temporal", "unseen")) > 0, \
         {split: m["results"][split]["retrieval"]["copy_rougeL"] for split in ("temporal", "unseen")}
@@ -201,7 +201,7 @@ def test_evaluate_cli_end_to_end(tmp_path, monkeypatch, capsys):
         nearest = M.cider_scores([systems.first_sentence_split(h)[1] for h in hyps], frame["item_copy"].tolist())
         got = tuple(fv["results"][split]["full_vetted"][k] for k in evaluate.vs_keys("full_nearest"))
         assert got == pytest.approx(M.paired_ratio(vetted, nearest), abs=1e-9, nan_ok=True)
-        assert evaluate.VS_BASE[0] not in fv["results"][split]["full_vetted"]
+        assert evaluate.vs_keys()[0] not in fv["results"][split]["full_vetted"]
     assert "## Copy CIDEr against full_nearest's" in (vet / "metrics.md").read_text()
     # the table of the photo's copies that full offers (shown.photo_offer) holds every article of the run's tables
     assert set(art.photo_offers) == set(items["article_id"].astype(int))
