@@ -27,6 +27,7 @@ from mmreason.policy.reinforce import (
     deployed_scores,
     load_feedback,
     resumable,
+    reward_code_sha256,
     rl_step,
     same_run,
     sampled_reward,
@@ -146,7 +147,8 @@ def main(argv=None) -> int:
         ck = torch.load(last, map_location="cpu", weights_only=False)
         same = {k: v for k, v in ck.get("rl", {}).get("config", {}).items() if k != "steps"} == resumable(config)
         same = (same and same_run(ck["rl"].get("supervised_run", ""), base_path)
-                and ck["rl"].get("supervised_sha256") == base_sha and ck["rl"].get("reward_version") == REWARD_VERSION)
+                and ck["rl"].get("supervised_sha256") == base_sha and ck["rl"].get("reward_version") == REWARD_VERSION
+                and ck["rl"].get("reward_code_sha256") == reward_code_sha256())
         if same and ck["rl"]["step"] <= config.steps:
             policy.load_state_dict(ck["state_dict"])
             optimizer.load_state_dict(ck["rl"]["optimizer"])
@@ -159,7 +161,8 @@ def main(argv=None) -> int:
     before_path = out / "before.json"  # the supervised model's scores; reused while the settings match
     key = {"run": paths.shown(base_path), "sha256": base_sha, "n_eval": args.n_eval, "n_val": args.n_val,
            "decode": args.decode, "config": resumable(config), "reward": REWARD_VERSION,
-           "metrics": KEY_METRICS, "scoring": scoring_code_sha256()}  # what it reports and how, too
+           "reward_code": reward_code_sha256(), "metrics": KEY_METRICS,
+           "scoring": scoring_code_sha256()}  # what it reports and how, too
     before = json.loads(before_path.read_text()) if before_path.exists() else None
     if not before or before.get("key", {}) | {"run": key["run"]} != key or not same_run(before["key"]["run"], base_path):
         print("[rl] scoring the supervised model (before)")

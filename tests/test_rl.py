@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -294,6 +295,13 @@ def test_rl_cli_runs_resumes_exactly_and_reports(in_work, capsys, monkeypatch):
     assert rl.main(args) == 0
     out = capsys.readouterr().out
     assert "another reward" in out and "starting afresh" in out and "scoring the supervised model" in out
+    # The same for reward code edited without a bump (reinforce.reward_code_sha256 moves with it)
+    assert rl.main(args) == 0 and "resuming" in capsys.readouterr().out
+    monkeypatch.setattr(rl, "reward_code_sha256", lambda: "filters.py as edited")
+    monkeypatch.setattr(reinforce, "reward_code_sha256", lambda: "filters.py as edited")
+    assert rl.main(args) == 0
+    out = capsys.readouterr().out
+    assert "another reward" in out and "starting afresh" in out and "scoring the supervised model" in out
     # Code that reports another metric rescores before.json, so both sides of the table report it, and keeps the
     # RL checkpoint: the metrics are no input of its training
     assert rl.main(args) == 0 and "scoring the supervised model" not in capsys.readouterr().out
@@ -324,6 +332,32 @@ def test_the_scoring_code_fingerprint_moves_with_each_of_its_files(tmp_path, mon
         seen.add(reinforce.scoring_code_sha256())
     assert len(seen) == 1 + len(reinforce.SCORING_CODE)
     assert {"metrics.py", "evaluation/systems.py"} <= set(reinforce.SCORING_CODE)
+
+
+def test_the_reward_code_fingerprint_moves_with_the_filter_the_metrics_and_reward_only(tmp_path, monkeypatch):
+    for rel in reinforce.REWARD_CODE:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes((reinforce.PACKAGE / rel).read_bytes())
+    module = tmp_path / "policy" / "reinforce.py"
+    module.parent.mkdir(exist_ok=True)
+    module.write_bytes(Path(reinforce.__file__).read_bytes())
+    monkeypatch.setattr(reinforce, "PACKAGE", tmp_path)
+    seen = {reinforce.reward_code_sha256()}
+    for rel in reinforce.REWARD_CODE:
+        (tmp_path / rel).write_text((tmp_path / rel).read_text() + "\n# a rule changed\n")
+        seen.add(reinforce.reward_code_sha256())
+
+    class EditedReward(reinforce.Reward):  # another source for the class
+        def grounding(self, text, article, causes):
+            return 0.0
+
+    monkeypatch.setattr(reinforce, "Reward", EditedReward)
+    seen.add(reinforce.reward_code_sha256())
+    assert len(seen) == 2 + len(reinforce.REWARD_CODE)
+    assert {"decoding/filters.py", "metrics.py"} <= set(reinforce.REWARD_CODE)
+    # an edit elsewhere in reinforce.py (the training step, the prompts) is no edit of the reward
+    module.write_text(module.read_text() + "\n# the training step changed\n")
+    assert reinforce.reward_code_sha256() in seen
 
 
 def test_rl_cli_errors_in_one_line(in_work, tmp_path, capsys):

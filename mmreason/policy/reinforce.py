@@ -35,6 +35,8 @@ and ``results/cpu/rl.{json,md}`` (``--results``). A rerun resumes from the last 
 from __future__ import annotations
 
 import csv
+import hashlib
+import inspect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,11 +93,12 @@ class RLConfig:
 
 # --------------------------------------------------------------------------- reward
 
-# What a reward of this code means: rl.main continues a checkpoint, and reuses the supervised model's scores,
-# only when they were computed with the same. Bump it whenever the reward or the filter scores other text
-# (2: the catalogue's slash values are named by their parts, metrics.VALUE_ALIASES; 3: a part in a cited
-# purchase's name backs a claim, and the evidence's own hook is not held to the history's sets; 4: a hook whose
-# cited name has an unspaced full stop, "Aza.Low", is its evidence's after cleaning too).
+# What a reward of this code means, for people: the number the README and rl.json report. Bump it whenever the
+# reward or the filter scores other text (2: the catalogue's slash values are named by their parts,
+# metrics.VALUE_ALIASES; 3: a part in a cited purchase's name backs a claim, and the evidence's own hook is not
+# held to the history's sets; 4: a hook whose cited name has an unspaced full stop, "Aza.Low", is its evidence's
+# after cleaning too). rl.main continues a checkpoint, and reuses the supervised model's scores, only when both
+# this number and reward_code_sha256() are the same: a forgotten bump cannot continue a run under another reward.
 REWARD_VERSION = 4
 
 
@@ -318,8 +321,21 @@ PACKAGE = paths.REPO_ROOT / "mmreason"
 SCORING_CODE = ("metrics.py", "evaluation/systems.py")
 
 
+# The code a reward is computed by, besides Reward itself: the filter (and its vocabulary) and the metrics'
+# value matching. An RL checkpoint, and the supervised model's scores, are reused only while it is the same
+REWARD_CODE = ("decoding/filters.py", "metrics.py")
+
+
 def scoring_code_sha256() -> str:
     return fingerprint({rel: sha256_file(PACKAGE / rel) for rel in SCORING_CODE})
+
+
+def reward_code_sha256() -> str:
+    """Moves with any edit of ``REWARD_CODE``'s files or of the ``Reward`` class (its source, so an edit elsewhere
+    in this module, e.g. to the training step, keeps a run resumable)."""
+    files = {rel: sha256_file(PACKAGE / rel) for rel in REWARD_CODE}
+    return fingerprint(files | {"Reward": hashlib.sha256(inspect.getsource(Reward).encode()).hexdigest(),
+                                "GROUNDED_FIELDS": GROUNDED_FIELDS})
 
 
 def deployed_scores(module, data, prompts: Prompts, reward: Reward, items: pd.DataFrame, n_decode: str = "beam",
@@ -359,7 +375,8 @@ def save(path: Path, module, base_ckpt: dict, optimizer, config: RLConfig, step:
     ckpt["state_dict"] = module.state_dict()
     ckpt["rl"] = {"config": asdict(config), "step": step, "optimizer": optimizer.state_dict(), "log": log,
                   "supervised_run": run, "supervised_sha256": run_sha256,  # rl.main resumes only from the same weights
-                  "reward_version": REWARD_VERSION}                        # and the same reward
+                  "reward_version": REWARD_VERSION,                        # and the same reward
+                  "reward_code_sha256": reward_code_sha256()}
     tmp = path.with_suffix(".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, tmp)
