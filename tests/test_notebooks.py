@@ -162,7 +162,7 @@ def test_case_study_figure_with_missing_photos(tmp_path):
             "article": {"prod_name": "Skinny jeans", "product_type_name": "Trousers", "colour_group_name": "Black",
                         "photo_path": ""},
             "example": {"hook_kind": "colour", "user_profile": "age 25-34; 2 earlier purchases", "product": "name: x",
-                        "item_copy": "Skinny jeans in stretch denim."},
+                        "item_copy": "Skinny jeans in stretch denim.", "evidence": "Trousers, Black. black bought twice"},
             "decoders": {"greedy": {"candidates": ["x"], "chosen": None, "rejected": [("Red jeans.", ["wrong_colour"])]},
                          "beam": {"candidates": ["a", "b"], "chosen": "Black jeans.", "rejected": []},
                          # a shown copy that says satin where the article's own copy says denim: flagged below it
@@ -173,6 +173,7 @@ def test_case_study_figure_with_missing_photos(tmp_path):
     assert photos.count((48, 32, 3)) == 1 and len(photos) == 3  # the one readable photo; two grey boxes
     text = _texts(fig)
     assert text.count("no photo") == 2 and "3 days ago" in text and "RECOMMENDED: Skinny jeans" in text
+    assert "evidence: Trousers, Black. black bought twice" in text  # what the hook rests on, to check it by
     for line in ("greedy: no candidate passed the filter", "rejected (wrong_colour): Red jeans.", "beam: shown",
                  "Black jeans.", "details its own copy states otherwise: fabric satin (its own copy: denim)"):
         assert line in text, line

@@ -443,8 +443,9 @@ def detail_note(reason: str, own_copy: str) -> str:
 
 
 def case_study(case: dict, width: int = 190) -> Figure:
-    """A user's recent purchases and the recommended article as photos; below, the silver reason and each
-    decoder's reasons: the one shown (or that none passed) and the candidates the filter rejected, with why."""
+    """A user's recent purchases and the recommended article as photos, beside them the prompt's profile, product
+    and evidence (what the hook rests on); below, the silver reason and each decoder's reasons: the one shown (or
+    that none passed) and the candidates the filter rejected, with why."""
     recent = case["recent"].to_dict("records")
     art = case["article"]
     lines = []  # (text, colour, bold)
@@ -483,7 +484,9 @@ def case_study(case: dict, width: int = 190) -> Figure:
     ex = case["example"]
     info.text(0, 1, "\n".join([f"user {case['customer_id'][:10]}…  on {pd.Timestamp(case['day']).date()}",
                                *textwrap.wrap(f"profile: {ex['user_profile']}", 64)[:7],
-                               *textwrap.wrap(f"product: {ex['product']}", 64)[:5]]),
+                               *textwrap.wrap(f"product: {ex['product']}", 64)[:5],
+                               # what the hook rests on, so a reader can check its claim
+                               *textwrap.wrap(f"evidence: {ex.get('evidence') or 'none'}", 64)[:4]]),
               va="top", fontsize=7, family="monospace", transform=info.transAxes)
     fig.text(0.01, 1 - photo_h - 0.005, "recent purchases (most recent first)", fontsize=9, va="bottom", color=GREY)
     step = 0.19 / (2.9 + text_h)
