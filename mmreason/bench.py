@@ -44,6 +44,7 @@ from transformers import GPT2LMHeadModel
 from transformers.activations import ACT2FN
 
 from mmreason import cli, paths
+from mmreason.io import DataError
 from mmreason.model.collate import EOS, collate, encode_example, token_id
 from mmreason.decoding.generate import DecodeConfig, decode
 from mmreason.training.module import ReasonModule, cpu_has_bf16, cpu_info
@@ -469,7 +470,11 @@ def main(argv=None) -> int:
     tiny = args.tiny
     steps, warmup = (6, 2) if tiny else (40, 5)
     torch.manual_seed(0)
-    module, data = load_run(args.run)
+    try:
+        module, data = load_run(args.run)
+    except (FileNotFoundError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model = module.model.cpu()
     data.setup("fit")
     device = torch.device("cpu")

@@ -60,6 +60,14 @@ def test_tiny_bench_writes_every_section(tmp_path, monkeypatch):
     assert f"| bf16 | {bench.NO_BF16} |" in (out / "cpu.md").read_text()
 
 
+def test_a_run_without_a_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench.main(["--run", str(tmp_path / "nothing"), "--tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: no checkpoint in {tmp_path / 'nothing'}") and "\n" not in err
+    assert not out.exists()
+
+
 def test_the_report_names_the_cpu_model_and_its_bf16():
     """The header's machine: the CPU's model name from /proc/cpuinfo's text (``platform.processor()`` is empty or
     only the architecture on Linux), its architecture once, and whether it has bf16 hardware (``cpu_has_bf16``)."""

@@ -280,6 +280,18 @@ def test_missing_column_and_corrupt_parquet_are_clear(tmp_path, clean_hm_dir, ca
     assert rc == 2 and "articles.parquet: unreadable parquet" in capsys.readouterr().err
 
 
+def test_a_missing_input_file_or_folder_is_one_line_and_writes_nothing(tmp_path, clean_hm_dir, capsys):
+    (clean_hm_dir / "customers.csv").unlink()
+    rc, out = run(tmp_path, clean_hm_dir)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"error: {clean_hm_dir / 'customers.csv'}: file not found (--hm-dir: the H&M sample's folder)"
+    assert not out.exists()
+    rc, out = run(tmp_path, tmp_path / "nothing")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: {tmp_path / 'nothing' / 'articles.parquet'}: file not found")
+    assert not out.exists() and not (tmp_path / "nothing").exists()
+
+
 def test_failed_rebuild_keeps_previous_tables_whole(tmp_path, clean_hm_dir, monkeypatch):
     rc, out = run(tmp_path, clean_hm_dir)
     assert rc == 0

@@ -333,7 +333,11 @@ def input_fingerprint(hm_dir: Path, args) -> str:
     photo by its absolute path: data moved elsewhere is prepared again, not reused with paths that are gone),
     VERSION and the settings."""
     hm_dir = Path(os.path.abspath(hm_dir))
-    files = [(f, sha256_file(hm_dir / f)) for f in ("articles.parquet", "customers.csv", "transactions.csv")]
+    names = ("articles.parquet", "customers.csv", "transactions.csv")
+    for f in names:  # read here first: a missing one is bad input, said in one line
+        if not (hm_dir / f).is_file():
+            raise DataError(f"{hm_dir / f}: file not found (--hm-dir: the H&M sample's folder)")
+    files = [(f, sha256_file(hm_dir / f)) for f in names]
     images, photos = hm_dir / "images", hashlib.sha256()
     for p in sorted(images.rglob("*.jpg")) if images.exists() else []:  # ~1 s for the sample's 181 MB
         photos.update(p.relative_to(images).as_posix().encode() + b"\0" + p.read_bytes())
