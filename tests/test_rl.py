@@ -364,6 +364,12 @@ def test_rl_cli_errors_in_one_line(in_work, tmp_path, capsys):
     assert rl.main(["--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no supervised checkpoint") and "\n" not in err
+    # a feedback model named but missing: said in one line, and none trained beside the name (it was, before)
+    missing = tmp_path / "typo" / "model.pkl"
+    assert rl.main(rl_args(in_work, tmp_path / "o", "--steps", "1", "--feedback", str(missing))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {missing}: no feedback model (python -m mmreason.feedback --out DIR writes DIR/model.pkl)"
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "o").exists()
     with pytest.raises(ValueError):
         reinforce.RLConfig(samples=1)
 

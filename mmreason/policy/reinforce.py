@@ -396,6 +396,10 @@ def write_log(path: Path, log: list[dict]) -> None:
 
 
 def load_feedback(path, data_dir: Path):
+    """The feedback model at ``path``; without one, the default's, trained first if missing (a path the user
+    names is never trained into: a typo would write a model beside it)."""
+    if path and not Path(path).is_file():
+        raise DataError(f"{path}: no feedback model (python -m mmreason.feedback --out DIR writes DIR/model.pkl)")
     path = Path(path) if path else paths.artifacts_dir() / "feedback" / "model.pkl"
     if not path.exists():
         print(f"[rl] no feedback model at {path}: training one (python -m mmreason.feedback)")
