@@ -333,6 +333,15 @@ class ServeOptions:
     duration: float = 30.0
     out: str = field(default_factory=lambda: str(paths.results_dir("serve")))
 
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port {self.port}: a port is 0-65535 (0: any free one)")
+        for name in ("max_batch", "threads", "batch_threads", "parallel_from"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: at least 1")
+        if self.max_wait_ms < 0 or self.duration <= 0:
+            raise ValueError("--max-wait-ms must be >= 0 and --duration > 0")
+
 
 def get_parser() -> cli.ArgumentParser:
     return cli.parser(ServeOptions, TwoTowerConfig, prog="python -m mmreason.serve", description=__doc__.split("\n")[0])

@@ -100,6 +100,23 @@ def test_bad_value_is_one_line_exit_2_and_writes_nothing(name, roots, capsys):
     assert list(roots.iterdir()) == []  # not even the artifacts or results roots
 
 
+@pytest.mark.parametrize("name,argv,words", [
+    ("serve", ["--port", "-5"], "--port -5: a port is 0-65535"),
+    ("serve", ["--port", "70000"], "--port 70000: a port is 0-65535"),
+    ("serve", ["--max-batch", "0"], "--max-batch 0: at least 1"),
+    ("recommend", ["--user", "x", "-k", "0"], "--k 0: show at least one article"),
+])
+def test_an_out_of_range_value_is_one_line_exit_2_and_writes_nothing(name, argv, words, roots, capsys):
+    # values of the right type that the command cannot use: before, a traceback from deep inside (uvicorn's bind,
+    # numpy's max of no scores)
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"mmreason.{name}").main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and words in err, err
+    assert list(roots.iterdir()) == []
+
+
 def test_help_and_train_print_config(capsys):
     for name in COMMANDS:
         with pytest.raises(SystemExit) as e:
