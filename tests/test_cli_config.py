@@ -105,6 +105,10 @@ def test_bad_value_is_one_line_exit_2_and_writes_nothing(name, roots, capsys):
     ("serve", ["--port", "70000"], "--port 70000: a port is 0-65535"),
     ("serve", ["--max-batch", "0"], "--max-batch 0: at least 1"),
     ("recommend", ["--user", "x", "-k", "0"], "--k 0: show at least one article"),
+    ("data", ["--unseen-test-frac", "2"], "shares in [0, 1)"),  # before: tables written with no training codes
+    ("data", ["--unseen-test-frac", "0.6", "--unseen-val-frac", "0.4"], "shares in [0, 1)"),
+    ("data", ["--n-behaviour", "-1"], "neither below 0"),  # before: all purchases but the last listed
+    ("data", ["--workers", "0"], "--workers 0: at least 1"),
 ])
 def test_an_out_of_range_value_is_one_line_exit_2_and_writes_nothing(name, argv, words, roots, capsys):
     # values of the right type that the command cannot use: before, a traceback from deep inside (uvicorn's bind,

@@ -50,6 +50,16 @@ class PrepareConfig:
     workers: int = 4
     force: bool = False
 
+    def __post_init__(self):
+        if self.n_behaviour < 0 or self.limit_users < 0:
+            raise ValueError(f"--n-behaviour {self.n_behaviour} / --limit-users {self.limit_users}: neither below 0")
+        fracs = (self.unseen_test_frac, self.unseen_val_frac)
+        if not all(0 <= f < 1 for f in fracs) or sum(fracs) >= 1:
+            raise ValueError(f"--unseen-test-frac {fracs[0]} and --unseen-val-frac {fracs[1]}: shares in [0, 1) "
+                             "that leave product codes to train on")
+        if self.workers < 1:
+            raise ValueError(f"--workers {self.workers}: at least 1")
+
 
 def prepare_tables(config: PrepareConfig | None = None) -> Path:
     """``python -m mmreason.data`` as a function: the folder of the prepared tables; ``DataError`` on bad input."""
