@@ -109,6 +109,11 @@ def test_bad_value_is_one_line_exit_2_and_writes_nothing(name, roots, capsys):
     ("data", ["--unseen-test-frac", "0.6", "--unseen-val-frac", "0.4"], "shares in [0, 1)"),
     ("data", ["--n-behaviour", "-1"], "neither below 0"),  # before: all purchases but the last listed
     ("data", ["--workers", "0"], "--workers 0: at least 1"),
+    ("evaluate", ["--n", "-5"], "--n -5: examples per test set"),  # before: pandas' sample(n=-5), deep inside
+    ("rl", ["--save-every", "0"], "--save-every 0"),  # before: a modulo by zero after the first training step
+    ("rl", ["--n-eval", "-1"], "--n-eval -1 (0: all)"),
+    ("rl", ["--prompts", "0"], "--prompts 0"),
+    ("rl", ["--temperature", "0"], "--temperature 0.0 and"),
 ])
 def test_an_out_of_range_value_is_one_line_exit_2_and_writes_nothing(name, argv, words, roots, capsys):
     # values of the right type that the command cannot use: before, a traceback from deep inside (uvicorn's bind,

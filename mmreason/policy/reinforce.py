@@ -89,6 +89,12 @@ class RLConfig:
             raise ValueError(f"baseline must be 'loo' or 'greedy', not {self.baseline!r}")
         if self.baseline == "loo" and self.samples < 2:
             raise ValueError("the leave-one-out baseline needs --samples >= 2")
+        if self.steps < 0 or min(self.prompts, self.samples, self.max_new_tokens) < 1:
+            raise ValueError(f"--steps {self.steps} (0: score only), --prompts {self.prompts}, --samples {self.samples} "
+                             f"and --max-new-tokens {self.max_new_tokens}: none below 0, the last three at least 1")
+        if self.temperature <= 0 or self.grad_clip <= 0 or self.lr < 0 or self.kl_coef < 0:
+            raise ValueError(f"--temperature {self.temperature} and --grad-clip {self.grad_clip} must be > 0, "
+                             f"--lr {self.lr} and --kl-coef {self.kl_coef} >= 0")
 
 
 # --------------------------------------------------------------------------- reward
