@@ -43,6 +43,9 @@ class EmbedOptions:
     retrain_clip: bool = False
     eval: bool = True
 
+    def __post_init__(self):
+        cli.check_ranges(self, batch_size_embed=">=1")
+
 
 def get_parser() -> cli.ArgumentParser:
     return cli.parser(EmbedOptions, ClipTrainConfig, skip={"model"}, prog="python -m mmreason.embed",

@@ -204,8 +204,7 @@ class EvaluateOptions:
         bad = [s for s in [*self.systems, self.versus] if s not in SYSTEMS + ABLATION]
         if bad:
             raise ValueError(f"unknown system(s) {', '.join(bad)}; choose from {', '.join(SYSTEMS + ABLATION)}")
-        if self.n < 0:
-            raise ValueError(f"--n {self.n}: examples per test set, 0 for all")
+        cli.check_ranges(self, n=">=0", seed=">=0")
 
 
 def get_parser() -> cli.ArgumentParser:

@@ -39,6 +39,9 @@ class ExplainOptions:
     offer_retrieved: int | None = None
     out: str | None = None
 
+    def __post_init__(self):
+        cli.check_ranges(self, offer_retrieved=">=0")
+
 
 def get_parser() -> cli.ArgumentParser:
     return cli.parser(ExplainOptions, prog="python -m mmreason.explain", description=ExplainOptions.__doc__.split("\n")[0])

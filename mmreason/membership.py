@@ -288,6 +288,9 @@ class MembershipOptions:
     seed: int = 0
     out: str | None = None
 
+    def __post_init__(self):
+        cli.check_ranges(self, holdout="(0,1)", customers=">=1", per_customer=">=1", n_gen=">=0", seed=">=0")
+
 
 def get_parser() -> cli.ArgumentParser:
     return cli.parser(MembershipOptions, prog="python -m mmreason.membership",

@@ -69,6 +69,9 @@ class NotebooksOptions:
     out: Path | None = None
     timeout: int = 1800
 
+    def __post_init__(self):
+        cli.check_ranges(self, timeout=">=1")
+
 
 def get_parser() -> cli.ArgumentParser:
     return cli.parser(NotebooksOptions, prog="python -m mmreason.notebooks", description=__doc__.split("\n")[0])

@@ -121,8 +121,7 @@ class RecommendOptions:
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"--model {self.model!r}: choose from {', '.join(MODELS)}")
-        if self.k < 1:
-            raise ValueError(f"--k {self.k}: show at least one article")
+        cli.check_ranges(self, k=">=1")
 
 
 def get_parser() -> cli.ArgumentParser:

@@ -190,6 +190,9 @@ class RetrievalOptions:
     compare: bool = True
     photo_veto: bool = True
 
+    def __post_init__(self):
+        cli.check_ranges(self, n=">=0", seed=">=0")
+
 
 def get_parser() -> cli.ArgumentParser:
     return cli.parser(RetrievalOptions, prog="python -m mmreason.retrieval", description=__doc__.split("\n")[0])

@@ -97,9 +97,7 @@ class RLOptions:
 
     def __post_init__(self):  # artifacts/runs/<name> is under the artifacts root, whatever the working folder
         self.run, self.out = paths.resolve(self.run), paths.resolve(self.out)
-        if self.n_eval < 0 or min(self.n_val, self.eval_every, self.save_every) < 1:
-            raise ValueError(f"--n-eval {self.n_eval} (0: all), --n-val {self.n_val}, --eval-every {self.eval_every} "
-                             f"and --save-every {self.save_every}: none below 0, the last three at least 1")
+        cli.check_ranges(self, n_eval=">=0", n_val=">=1", eval_every=">=1", save_every=">=1")
 
 
 def get_parser() -> cli.ArgumentParser:

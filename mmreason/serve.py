@@ -334,13 +334,8 @@ class ServeOptions:
     out: str = field(default_factory=lambda: str(paths.results_dir("serve")))
 
     def __post_init__(self):
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"--port {self.port}: a port is 0-65535 (0: any free one)")
-        for name in ("max_batch", "threads", "batch_threads", "parallel_from"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: at least 1")
-        if self.max_wait_ms < 0 or self.duration <= 0:
-            raise ValueError("--max-wait-ms must be >= 0 and --duration > 0")
+        cli.check_ranges(self, port="port", max_batch=">=1", max_wait_ms=">=0", threads=">=1", batch_threads=">=1",
+                         parallel_from=">=1", duration=">0")
 
 
 def get_parser() -> cli.ArgumentParser:

@@ -14,6 +14,7 @@ from mmreason.features.tokenizer import (
     CATALOGUE_TEXT_COLUMNS,
     DEFAULT_VOCAB_SIZE,
     EXAMPLE_TEXT_COLUMNS,
+    MIN_VOCAB,
     build_or_load,
     build_or_load_trained,
     held_out_product_codes,
@@ -41,6 +42,10 @@ class TokenizerOptions:
     examples: Path = field(default_factory=lambda: paths.artifacts_dir() / "data" / "hm" / "examples.parquet")
     catalogue: Path = field(default_factory=lambda: paths.hm_dir() / "catalogue.parquet")
     force: bool = False
+
+    def __post_init__(self):  # loading checks a tokenizer has as many (the offline trap of an empty one)
+        if self.vocab_size < MIN_VOCAB:
+            raise ValueError(f"--vocab-size {self.vocab_size}: at least {MIN_VOCAB}")
 
 
 def get_parser() -> cli.ArgumentParser:

@@ -19,8 +19,9 @@ REQUIRED = {"explain": ["--articles", "new.csv", "--customer", "c1"]}  # flags w
 
 @pytest.fixture
 def roots(tmp_path, monkeypatch):
-    """Empty artifacts and results roots and working folder: what a command writes would land here."""
-    for name in ("MMREASON_ARTIFACTS", "MMREASON_RESULTS"):
+    """Empty artifacts, results and figures roots and working folder: what a command writes would land here; and
+    no H&M data, so a command that wrongly starts work stops soon (the notebooks would otherwise redraw figures/)."""
+    for name in ("MMREASON_ARTIFACTS", "MMREASON_RESULTS", "MMREASON_FIGURES", "MMREASON_HM_DIR"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -100,20 +101,42 @@ def test_bad_value_is_one_line_exit_2_and_writes_nothing(name, roots, capsys):
     assert list(roots.iterdir()) == []  # not even the artifacts or results roots
 
 
+FREE_SIGN = {"w_feedback", "w_grounding", "w_reference", "w_filter"}  # RL's reward weights: any sign is an experiment
+
+
+def numeric_fields(name: str) -> list[str]:
+    parser = importlib.import_module(f"mmreason.{name}").get_parser()
+    return [f.name for cls, skip in parser.configs for f in dataclasses.fields(cls)
+            if f.name not in skip and f.name not in FREE_SIGN
+            and str(f.type).replace(" ", "") in ("int", "float", "int|None", "float|None")]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_numeric_option_refuses_minus_one_in_one_line(name, roots, capsys):
+    # no count, size, rate, share, seed or port of any command is -1: each stops before any work (cli.check_ranges)
+    mod = importlib.import_module(f"mmreason.{name}")
+    for field in numeric_fields(name):
+        flag = "--" + field.replace("_", "-")
+        with pytest.raises(SystemExit) as e:
+            mod.main([*REQUIRED.get(name, []), flag, "-1"])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "\n" not in err and f"{flag} -1" in err, (flag, err)
+    assert list(roots.iterdir()) == []
+
+
 @pytest.mark.parametrize("name,argv,words", [
-    ("serve", ["--port", "-5"], "--port -5: a port is 0-65535"),
     ("serve", ["--port", "70000"], "--port 70000: a port is 0-65535"),
     ("serve", ["--max-batch", "0"], "--max-batch 0: at least 1"),
-    ("recommend", ["--user", "x", "-k", "0"], "--k 0: show at least one article"),
-    ("data", ["--unseen-test-frac", "2"], "shares in [0, 1)"),  # before: tables written with no training codes
-    ("data", ["--unseen-test-frac", "0.6", "--unseen-val-frac", "0.4"], "shares in [0, 1)"),
-    ("data", ["--n-behaviour", "-1"], "neither below 0"),  # before: all purchases but the last listed
-    ("data", ["--workers", "0"], "--workers 0: at least 1"),
-    ("evaluate", ["--n", "-5"], "--n -5: examples per test set"),  # before: pandas' sample(n=-5), deep inside
-    ("rl", ["--save-every", "0"], "--save-every 0"),  # before: a modulo by zero after the first training step
-    ("rl", ["--n-eval", "-1"], "--n-eval -1 (0: all)"),
-    ("rl", ["--prompts", "0"], "--prompts 0"),
-    ("rl", ["--temperature", "0"], "--temperature 0.0 and"),
+    ("recommend", ["--user", "x", "-k", "0"], "--k 0: at least 1"),
+    ("data", ["--unseen-test-frac", "2"], "--unseen-test-frac 2.0: in [0, 1)"),  # before: tables, none to train on
+    ("data", ["--unseen-test-frac", "0.6", "--unseen-val-frac", "0.4"], "below 1, to leave product codes"),
+    ("evaluate", ["--n", "-5"], "--n -5: 0 or more"),  # before: pandas' sample(n=-5), deep inside
+    ("rl", ["--save-every", "0"], "--save-every 0: at least 1"),  # before: a modulo by zero after the first step
+    ("rl", ["--temperature", "0"], "--temperature 0.0: above 0"),
+    ("membership", ["--holdout", "1"], "--holdout 1.0: in (0, 1)"),
+    ("recommend", ["--user", "x", "--dropout", "1"], "--dropout 1.0: in [0, 1)"),
+    ("clip", ["--batch-size", "1"], "--batch-size 1: at least 2"),
+    ("tokenizer", ["--vocab-size", "300"], "--vocab-size 300: at least 1000"),
 ])
 def test_an_out_of_range_value_is_one_line_exit_2_and_writes_nothing(name, argv, words, roots, capsys):
     # values of the right type that the command cannot use: before, a traceback from deep inside (uvicorn's bind,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from mmreason import paths
+from mmreason import cli, paths
 from mmreason.datasets import amazon
 from mmreason.datasets.hm import prepare
 
@@ -51,14 +51,11 @@ class PrepareConfig:
     force: bool = False
 
     def __post_init__(self):
-        if self.n_behaviour < 0 or self.limit_users < 0:
-            raise ValueError(f"--n-behaviour {self.n_behaviour} / --limit-users {self.limit_users}: neither below 0")
-        fracs = (self.unseen_test_frac, self.unseen_val_frac)
-        if not all(0 <= f < 1 for f in fracs) or sum(fracs) >= 1:
-            raise ValueError(f"--unseen-test-frac {fracs[0]} and --unseen-val-frac {fracs[1]}: shares in [0, 1) "
-                             "that leave product codes to train on")
-        if self.workers < 1:
-            raise ValueError(f"--workers {self.workers}: at least 1")
+        cli.check_ranges(self, n_behaviour=">=0", seed=">=0", unseen_test_frac="[0,1)", unseen_val_frac="[0,1)",
+                         limit_users=">=0", workers=">=1")
+        if self.unseen_test_frac + self.unseen_val_frac >= 1:
+            raise ValueError(f"--unseen-test-frac {self.unseen_test_frac} + --unseen-val-frac {self.unseen_val_frac}: "
+                             "below 1, to leave product codes to train on")
 
 
 def prepare_tables(config: PrepareConfig | None = None) -> Path:

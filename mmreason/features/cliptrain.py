@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmreason import paths
+from mmreason import cli, paths
 from mmreason.features.clip import (
     CHECKPOINT_NAME,
     DEFAULT_MODEL,
@@ -73,6 +73,10 @@ class ClipTrainConfig:
     threads: int = 2
     workers: int = 2             # photo-decoding processes
     max_train: int | None = None  # cap on training pairs (tests, smoke runs)
+
+    def __post_init__(self):  # a contrastive batch needs a negative: 2 pairs at least
+        cli.check_ranges(self, epochs=">=1", batch_size=">=2", lr=">0", weight_decay=">=0", warmup_steps=">=0",
+                         desc_words=">=0", seed=">=0", threads=">=1", workers=">=0", max_train=">=1")
 
 
 def get_default_config() -> ClipTrainConfig:

@@ -34,6 +34,8 @@ PROMPT_TOKENS = SPECIAL_TOKENS[1:]
 RETRIEVED_SEPARATOR = " | "  # between the retrieved copies in the "retrieved" part (retrieval.neighbour_texts)
 
 DEFAULT_VOCAB_SIZE = 8000
+# the fewest tokens a loaded tokenizer may have (an offline hub can hand back an empty one without raising)
+MIN_VOCAB = 1000
 FINGERPRINT_FILE = "mmreason_tokenizer.json"
 EXAMPLE_TEXT_COLUMNS = ["user_profile", "behaviour", "product", "reason"]
 CATALOGUE_TEXT_COLUMNS = ["prod_name", "detail_desc"]
@@ -69,7 +71,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, 
     return _wrap(tok)
 
 
-def check_tokenizer(tokenizer, source: str, min_vocab: int = 1000) -> None:
+def check_tokenizer(tokenizer, source: str, min_vocab: int = MIN_VOCAB) -> None:
     """Raise one clear line when a tokenizer is empty (offline Hugging Face can return one silently)."""
     n = len(tokenizer)
     if n < min_vocab or not tokenizer.encode("hello", add_special_tokens=False):
@@ -94,7 +96,7 @@ def add_special_tokens(tokenizer):
     return tokenizer
 
 
-def load_tokenizer(name_or_dir: str | os.PathLike, min_vocab: int = 1000):
+def load_tokenizer(name_or_dir: str | os.PathLike, min_vocab: int = MIN_VOCAB):
     """Option A (or a tokenizer saved by option B): a hub name or a local directory.
 
     Raises ``TokenizerLoadError`` (one line) if loading fails or yields an empty tokenizer.
@@ -154,7 +156,7 @@ def trained_dir(texts: Sequence[str], vocab_size: int) -> Path:
                        io_fingerprint(fingerprint(texts, vocab_size))[:10])
 
 
-def build_or_load_trained(texts: Sequence[str], vocab_size: int = DEFAULT_VOCAB_SIZE, min_vocab: int = 1000,
+def build_or_load_trained(texts: Sequence[str], vocab_size: int = DEFAULT_VOCAB_SIZE, min_vocab: int = MIN_VOCAB,
                           force: bool = False):
     """Our BPE for these texts from its keyed folder (trained first if missing); ``bpe-<vocab>`` points to it."""
     out_dir = trained_dir(texts, vocab_size)
@@ -165,7 +167,7 @@ def build_or_load_trained(texts: Sequence[str], vocab_size: int = DEFAULT_VOCAB_
 
 def build_or_load(out_dir: str | os.PathLike, texts: Sequence[str] | None = None,
                   vocab_size: int = DEFAULT_VOCAB_SIZE, pretrained: str | None = None,
-                  force: bool = False, min_vocab: int = 1000):
+                  force: bool = False, min_vocab: int = MIN_VOCAB):
     """Return the tokenizer saved in ``out_dir`` if its fingerprint matches, else build and save it.
 
     ``pretrained`` (option A) loads a real GPT-2 tokenizer instead of training; ``texts`` are needed

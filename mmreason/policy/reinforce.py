@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmreason import cli, paths
 from mmreason import metrics as M
-from mmreason import paths
 from mmreason.decoding.filters import Filter, vocab_from_items
 from mmreason.decoding.generate import DecodeConfig, decode
 from mmreason.decoding.shown import decoding, evidence_names, fill_slots, offered, photo_offer
@@ -87,14 +87,11 @@ class RLConfig:
             raise ValueError(f"part must be one of {', '.join(PARTS)}, not {self.part!r}")
         if self.baseline not in ("loo", "greedy"):
             raise ValueError(f"baseline must be 'loo' or 'greedy', not {self.baseline!r}")
+        # the reward's weights may take any sign (an experiment); steps 0 scores the supervised model only
+        cli.check_ranges(self, steps=">=0", prompts=">=1", samples=">=1", temperature=">0", max_new_tokens=">=1",
+                         lr=">=0", weight_decay=">=0", grad_clip=">0", kl_coef=">=0", seed=">=0")
         if self.baseline == "loo" and self.samples < 2:
             raise ValueError("the leave-one-out baseline needs --samples >= 2")
-        if self.steps < 0 or min(self.prompts, self.samples, self.max_new_tokens) < 1:
-            raise ValueError(f"--steps {self.steps} (0: score only), --prompts {self.prompts}, --samples {self.samples} "
-                             f"and --max-new-tokens {self.max_new_tokens}: none below 0, the last three at least 1")
-        if self.temperature <= 0 or self.grad_clip <= 0 or self.lr < 0 or self.kl_coef < 0:
-            raise ValueError(f"--temperature {self.temperature} and --grad-clip {self.grad_clip} must be > 0, "
-                             f"--lr {self.lr} and --kl-coef {self.kl_coef} >= 0")
 
 
 # --------------------------------------------------------------------------- reward

@@ -43,7 +43,7 @@ from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from mmreason import paths
+from mmreason import cli, paths
 from mmreason.io import DataError, atomic_write_bytes
 from mmreason.metrics import tokenize
 from mmreason.recsys.context import ALLOWED, ATTRIBUTES, Context, UnknownUser, day_number, load_context
@@ -64,6 +64,9 @@ class FeedbackConfig:
     hash_features: int = 2 ** 12  # hashed unigrams of the reason (bigrams overfit here)
     C: float = 0.01  # inverse L2 strength; chosen on val AUC among 1, 0.1, 0.01 (text features overfit at 1)
     seed: int = 0
+
+    def __post_init__(self):
+        cli.check_ranges(self, negatives=">=1", hash_features=">=1", C=">0", seed=">=0")
 
 
 class AsOf:
