@@ -109,14 +109,17 @@ class ArgumentParser(jsonargparse.ArgumentParser):
 RANGES = {">=0": (lambda v: v >= 0, "0 or more"), ">=1": (lambda v: v >= 1, "at least 1"),
           ">=2": (lambda v: v >= 2, "at least 2"), ">0": (lambda v: v > 0, "above 0"),
           "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"), "(0,1)": (lambda v: 0 < v < 1, "in (0, 1)"),
+          "[0,1]": (lambda v: 0 <= v <= 1, "in [0, 1]"),
           "port": (lambda v: 0 <= v <= 65535, "a port is 0-65535 (0: any free one)")}
 
 
-def check_ranges(obj, **rules: str) -> None:
+def check_ranges(obj, flag_prefix: str | None = None, **rules: str) -> None:
     """For a ``__post_init__``: ``ValueError`` naming, as flags, every field of ``obj`` outside its range (``rules``:
     field name -> a key of ``RANGES``), so ``parse`` stops in one line before the command does anything. None passes
-    (a field whose None means "the default" or "none")."""
-    bad = [f"--{name.replace('_', '-')} {v}: {RANGES[rule][1]}" for name, rule in rules.items()
+    (a field whose None means "the default" or "none"). ``flag_prefix``: LightningCLI's spelling, e.g. "--data."
+    for ``--data.batch_size`` (default: ``--batch-size``)."""
+    flag = (lambda n: flag_prefix + n) if flag_prefix else (lambda n: "--" + n.replace("_", "-"))
+    bad = [f"{flag(name)} {v}: {RANGES[rule][1]}" for name, rule in rules.items()
            if (v := getattr(obj, name)) is not None and not RANGES[rule][0](v)]
     if bad:
         raise ValueError("; ".join(bad))

@@ -160,12 +160,16 @@ def markdown(results: dict, dropout: dict, meta: dict) -> str:
 
 # ----------------------------------------------------------------------------- CLI
 
-def train_missing(variants, extra: list[str]) -> None:
+def train_missing(variants, extra: list[str]) -> bool:
+    """Train each variant without a checkpoint; False at the first whose training refused (it said why)."""
     for name in variants:
         if load_variant(name) is None:
             root, overrides = VARIANTS[name]
             print(f"[evaluate] training {name} -> {paths.resolve(root)}")  # train resolves it the same way
-            fit(["--config", str(CONFIG), "--trainer.default_root_dir", root, *overrides, "--n_report", "0", *extra])
+            if fit(["--config", str(CONFIG), "--trainer.default_root_dir", root, *overrides, "--n_report", "0",
+                    *extra]) != 0:
+                return False
+    return True
 
 
 @dataclass
@@ -219,8 +223,8 @@ def main(argv=None) -> int:
     variants = list(dict.fromkeys([s for s in args.systems if s in VARIANTS] +
                                   [OFFERED[s][0] for s in args.systems if s in OFFERED] +
                                   [VETTED[s][0] for s in args.systems if s in VETTED]))
-    if args.train:
-        train_missing(variants, args.train_args)
+    if args.train and not train_missing(variants, args.train_args):
+        return 2
     loaded = {name: load_variant(name) for name in variants}
     missing = [n for n, v in loaded.items() if v is None]
     if missing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import subprocess
 import sys
 import warnings
 
@@ -146,6 +147,22 @@ def test_an_out_of_range_value_is_one_line_exit_2_and_writes_nothing(name, argv,
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and words in err, err
+    assert list(roots.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--data.batch_size", "0"], "error: --data.batch_size 0: at least 1"),
+    (["--model.lr", "-1"], "error: --model.lr -1.0: above 0"),  # checked before any data is prepared
+    (["--data.split", "foo"], "error: split must be 'temporal' or 'unseen', not 'foo'"),
+    ([], "articles.parquet: file not found"),  # no H&M data where $MMREASON_HM_DIR points
+])
+def test_train_refuses_bad_settings_and_missing_data_in_one_line(argv, words, roots):
+    # before: a traceback from inside LightningCLI's instantiation. A process of its own, as a user runs it (in this
+    # one, Lightning's log handler would keep the stream of an earlier test's capture)
+    r = subprocess.run([sys.executable, "-m", "mmreason.train", *argv], cwd=roots, capture_output=True, text=True)
+    err = r.stderr.strip()  # Lightning logs "Seed set to 0" before it: the error is the last line
+    assert r.returncode == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith("error: ") and words in err.splitlines()[-1], err
     assert list(roots.iterdir()) == []
 
 

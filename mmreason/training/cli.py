@@ -26,8 +26,9 @@ from mmreason import paths
 from mmreason.datasets import pii
 from mmreason.decoding.generate import DecodeConfig
 from mmreason.decoding.shown import sample_reasons
+from mmreason.io import DataError
 from mmreason.training.datamodule import ReasonDataModule
-from mmreason.training.module import ReasonModule, cpu_has_bf16
+from mmreason.training.module import SETTING_RANGES, ReasonModule, check_settings, cpu_has_bf16
 from mmreason.training.pipeline import same_content
 
 CONFIG_DIR = paths.REPO_ROOT / "configs"
@@ -49,6 +50,8 @@ class ReasonCLI(LightningCLI):
             print(f"[train] this CPU has no bf16 matmul (AVX512-BF16 or AMX): precision {trainer['precision']} "
                   "-> 32-true")
             trainer["precision"] = "32-true"
+        model = self.config["model"]  # before the data module prepares any data (the link to vocab_size needs it)
+        check_settings(**{k: model.get(k) for k in SETTING_RANGES if model.get(k) is not None})
         # artifacts/runs/<name> (the configs' form) is under the artifacts root, whatever the working folder
         root = str(paths.resolve(trainer["default_root_dir"] or "artifacts/runs/default"))
         trainer["default_root_dir"] = root
@@ -128,12 +131,16 @@ def fit(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--config" or a.startswith("--config=") or a in ("-c",) for a in argv) and "-h" not in argv and "--help" not in argv:
         argv = ["--config", str(CONFIG_DIR / "cpu.yaml")] + argv
-    with warnings.catch_warnings():
-        # args is the command line read above (plus the default config) or a caller's own argv (evaluate trains its
-        # variants so), never both: Lightning's warning against passing args beside sys.argv does not apply
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = ReasonCLI(ReasonModule, ReasonDataModule, args=argv, run=False, save_config_kwargs={"overwrite": True},
-                        parser_kwargs={"prog": "python -m mmreason.train"})
+    try:
+        with warnings.catch_warnings():
+            # args is the command line read above (plus the default config) or a caller's own argv (evaluate trains
+            # its variants so), never both: Lightning's warning against passing args beside sys.argv does not apply
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            cli = ReasonCLI(ReasonModule, ReasonDataModule, args=argv, run=False, save_config_kwargs={"overwrite": True},
+                            parser_kwargs={"prog": "python -m mmreason.train"})
+    except (DataError, ValueError) as e:  # settings out of range, or inputs missing, found while instantiating
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     ckpt = resolve_ckpt(cli.config.get("ckpt_path"), trainer, module, data)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)

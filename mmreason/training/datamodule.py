@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mmreason import cli
 from mmreason.io import DataError
 from mmreason.model.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, NAME_SLOT, collate, encode_example
 from mmreason.training import privacy
@@ -126,6 +127,11 @@ class ReasonDataModule(L.LightningDataModule):
         self.max_prompt_tokens = dict(max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS)
         self.max_reason_tokens, self.prompt_fields = max_reason_tokens, list(prompt_fields)
         self.limit_train, self.limit_val, self.seed, self.slots = limit_train, limit_val, seed, slots
+        cli.check_ranges(self, flag_prefix="--data.", batch_size=">=1", eval_batch_size=">=1", num_workers=">=0",
+                         max_reason_tokens=">=1", limit_train=">=0", limit_val=">=0", seed=">=0",
+                         holdout_customers="[0,1)")
+        if any(not isinstance(v, int) or v < 1 for v in self.max_prompt_tokens.values()):
+            raise ValueError(f"--data.max_prompt_tokens {self.max_prompt_tokens}: each at least 1")
         self.pipeline_config = pipeline or PipelineConfig()
         self._artifacts = None
         self.recorded: dict | None = None  # set by load_run: the exact artifacts a trained run used

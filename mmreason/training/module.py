@@ -11,11 +11,13 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from mmreason import cli
 from mmreason.decoding.generate import DecodeConfig
 from mmreason.decoding.shown import sample_reasons
 from mmreason.model.network import ModelConfig, ReasonModel
@@ -57,6 +59,17 @@ class Checkpoint(ModelCheckpoint):
 
 # ----------------------------------------------------------------------------- module
 
+# ReasonModule's numeric settings and their ranges; train checks them before it prepares any data
+SETTING_RANGES = {"lr": ">0", "min_lr_ratio": "[0,1]", "weight_decay": ">=0", "warmup_steps": ">=0",
+                  "lr_decay_steps": ">=1", "n_samples": ">=0", "sample_max_new_tokens": ">=1"}
+
+
+def check_settings(**settings) -> None:
+    """``ValueError`` in one line for a ``ReasonModule`` setting out of its range (``SETTING_RANGES``)."""
+    cli.check_ranges(SimpleNamespace(**settings), flag_prefix="--model.",
+                     **{k: r for k, r in SETTING_RANGES.items() if k in settings})
+
+
 class ReasonModule(L.LightningModule):
     """AdamW with linear warm-up and cosine decay; logs loss, perplexity, tokens/s (and MFU on GPU)."""
 
@@ -67,6 +80,8 @@ class ReasonModule(L.LightningModule):
                  sample_max_new_tokens: int = 64, compile: bool = False, fused_adamw: bool = True,
                  dp: privacy.DPConfig | None = None):
         super().__init__()
+        check_settings(lr=lr, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                       lr_decay_steps=lr_decay_steps, n_samples=n_samples, sample_max_new_tokens=sample_max_new_tokens)
         config = config or ModelConfig()
         self.dp = privacy.DPConfig(**dp) if isinstance(dp, dict) else dp  # DP-SGD when set (privacy.py)
         if model is None:
