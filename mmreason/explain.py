@@ -4,6 +4,7 @@ The command; the library is ``mmreason.serving.explainer``, whose docstring says
 """
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +42,11 @@ class ExplainOptions:
 
     def __post_init__(self):
         cli.check_ranges(self, offer_retrieved=">=0")
+        if self.day is not None:
+            try:
+                dt.date.fromisoformat(self.day)
+            except ValueError:
+                raise ValueError(f"--day {self.day}: not a day (YYYY-MM-DD)") from None
 
 
 def get_parser() -> cli.ArgumentParser:

@@ -138,6 +138,7 @@ def test_every_numeric_option_refuses_minus_one_in_one_line(name, roots, capsys)
     ("recommend", ["--user", "x", "--dropout", "1"], "--dropout 1.0: in [0, 1)"),
     ("clip", ["--batch-size", "1"], "--batch-size 1: at least 2"),
     ("tokenizer", ["--vocab-size", "300"], "--vocab-size 300: at least 1000"),
+    ("explain", [*REQUIRED["explain"], "--day", "notadate"], "--day notadate: not a day (YYYY-MM-DD)"),
 ])
 def test_an_out_of_range_value_is_one_line_exit_2_and_writes_nothing(name, argv, words, roots, capsys):
     # values of the right type that the command cannot use: before, a traceback from deep inside (uvicorn's bind,
