@@ -105,6 +105,11 @@ class ArgumentParser(jsonargparse.ArgumentParser):
         sys.exit(2)
 
 
+class SettingError(ValueError):
+    """A setting the command cannot use (``check_ranges``): ``train``, whose options LightningCLI instantiates
+    together with the data pipeline, says these in one line and lets any other error keep its traceback."""
+
+
 # The ranges a numeric option may be given (``check_ranges``): the test, and how the error says it
 RANGES = {">=0": (lambda v: v >= 0, "0 or more"), ">=1": (lambda v: v >= 1, "at least 1"),
           ">=2": (lambda v: v >= 2, "at least 2"), ">0": (lambda v: v > 0, "above 0"),
@@ -114,7 +119,7 @@ RANGES = {">=0": (lambda v: v >= 0, "0 or more"), ">=1": (lambda v: v >= 1, "at 
 
 
 def check_ranges(obj, flag_prefix: str | None = None, **rules: str) -> None:
-    """For a ``__post_init__``: ``ValueError`` naming, as flags, every field of ``obj`` outside its range (``rules``:
+    """For a ``__post_init__``: ``SettingError`` (a ``ValueError``) naming, as flags, every field of ``obj`` outside its range (``rules``:
     field name -> a key of ``RANGES``), so ``parse`` stops in one line before the command does anything. None passes
     (a field whose None means "the default" or "none"). ``flag_prefix``: LightningCLI's spelling, e.g. "--data."
     for ``--data.batch_size`` (default: ``--batch-size``)."""
@@ -122,7 +127,7 @@ def check_ranges(obj, flag_prefix: str | None = None, **rules: str) -> None:
     bad = [f"{flag(name)} {v}: {RANGES[rule][1]}" for name, rule in rules.items()
            if (v := getattr(obj, name)) is not None and not RANGES[rule][0](v)]
     if bad:
-        raise ValueError("; ".join(bad))
+        raise SettingError("; ".join(bad))
 
 
 def parser(*configs: type, prog: str, description: str | None = None, skip: set[str] = frozenset(),

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from mmreason import paths
+from mmreason.cli import SettingError
 from mmreason.datasets import pii
 from mmreason.decoding.generate import DecodeConfig
 from mmreason.decoding.shown import sample_reasons
@@ -138,7 +139,7 @@ def fit(argv=None) -> int:
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             cli = ReasonCLI(ReasonModule, ReasonDataModule, args=argv, run=False, save_config_kwargs={"overwrite": True},
                             parser_kwargs={"prog": "python -m mmreason.train"})
-    except (DataError, ValueError) as e:  # settings out of range, or inputs missing, found while instantiating
+    except (DataError, SettingError) as e:  # settings out of range, or inputs missing, found while instantiating
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     trainer, module, data = cli.trainer, cli.model, cli.datamodule

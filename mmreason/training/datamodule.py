@@ -119,10 +119,10 @@ class ReasonDataModule(L.LightningDataModule):
         self.save_hyperparameters(ignore=[k for k, v, d in (("sampling", sampling, "bucket"),
                                                              ("holdout_customers", holdout_customers, 0.0)) if v == d])
         if sampling not in ("bucket", "poisson", "customer"):
-            raise ValueError(f"sampling must be 'bucket', 'poisson' or 'customer', not {sampling!r}")
+            raise cli.SettingError(f"sampling must be 'bucket', 'poisson' or 'customer', not {sampling!r}")
         self.sampling, self.holdout_customers = sampling, holdout_customers
         if split not in ("temporal", "unseen"):
-            raise ValueError(f"split must be 'temporal' or 'unseen', not {split!r}")
+            raise cli.SettingError(f"split must be 'temporal' or 'unseen', not {split!r}")
         self.split, self.batch_size, self.eval_batch_size, self.num_workers = split, batch_size, eval_batch_size, num_workers
         self.max_prompt_tokens = dict(max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS)
         self.max_reason_tokens, self.prompt_fields = max_reason_tokens, list(prompt_fields)
@@ -131,7 +131,7 @@ class ReasonDataModule(L.LightningDataModule):
                          max_reason_tokens=">=1", limit_train=">=0", limit_val=">=0", seed=">=0",
                          holdout_customers="[0,1)")
         if any(not isinstance(v, int) or v < 1 for v in self.max_prompt_tokens.values()):
-            raise ValueError(f"--data.max_prompt_tokens {self.max_prompt_tokens}: each at least 1")
+            raise cli.SettingError(f"--data.max_prompt_tokens {self.max_prompt_tokens}: each at least 1")
         self.pipeline_config = pipeline or PipelineConfig()
         self._artifacts = None
         self.recorded: dict | None = None  # set by load_run: the exact artifacts a trained run used

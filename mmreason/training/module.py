@@ -65,7 +65,7 @@ SETTING_RANGES = {"lr": ">0", "min_lr_ratio": "[0,1]", "weight_decay": ">=0", "w
 
 
 def check_settings(**settings) -> None:
-    """``ValueError`` in one line for a ``ReasonModule`` setting out of its range (``SETTING_RANGES``)."""
+    """``cli.SettingError`` in one line for a ``ReasonModule`` setting out of its range (``SETTING_RANGES``)."""
     cli.check_ranges(SimpleNamespace(**settings), flag_prefix="--model.",
                      **{k: r for k, r in SETTING_RANGES.items() if k in settings})
 
