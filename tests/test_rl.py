@@ -302,6 +302,19 @@ def test_rl_cli_runs_resumes_exactly_and_reports(in_work, capsys, monkeypatch):
     assert rl.main(args) == 0
     out = capsys.readouterr().out
     assert "another reward" in out and "starting afresh" in out and "scoring the supervised model" in out
+    # and for a feedback model trained anew (another P(buy)); the same model copied elsewhere is the same reward
+    fb = in_work / "artifacts" / "feedback"
+    shutil.copytree(fb, in_work / "feedback_copy")
+    assert rl.main([*args, "--feedback", str(in_work / "feedback_copy" / "model.pkl")]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert FB.main(["--data", str(in_work / "artifacts" / "data" / "hm"), "--out", str(in_work / "feedback_new"),
+                    "--negatives", "3", "--no-progress"]) == 0
+    assert (in_work / "feedback_new" / "model.pkl").read_bytes() != (fb / "model.pkl").read_bytes()
+    assert rl.main([*args, "--feedback", str(in_work / "feedback_new" / "model.pkl")]) == 0
+    out = capsys.readouterr().out
+    assert "another reward" in out and "starting afresh" in out and "scoring the supervised model" in out
+    assert rl.main(args) == 0  # back to the default feedback model (the checkpoint now holds the new one's run)
+    capsys.readouterr()
     # Code that reports another metric rescores before.json, so both sides of the table report it, and keeps the
     # RL checkpoint: the metrics are no input of its training
     assert rl.main(args) == 0 and "scoring the supervised model" not in capsys.readouterr().out

@@ -372,14 +372,14 @@ def same_run(recorded: str, base_path: Path) -> bool:
 
 
 def save(path: Path, module, base_ckpt: dict, optimizer, config: RLConfig, step: int, log: list[dict], run: str,
-         run_sha256: str) -> None:
+         run_sha256: str, feedback_sha256: str | None = None) -> None:
     # settings and the recorded artifacts (ReasonDataModule's state) of the supervised run
     ckpt = {k: v for k, v in base_ckpt.items() if k in ("hyper_parameters", "datamodule_hyper_parameters", "ReasonDataModule")}
     ckpt["state_dict"] = module.state_dict()
     ckpt["rl"] = {"config": asdict(config), "step": step, "optimizer": optimizer.state_dict(), "log": log,
                   "supervised_run": run, "supervised_sha256": run_sha256,  # rl.main resumes only from the same weights
-                  "reward_version": REWARD_VERSION,                        # and the same reward
-                  "reward_code_sha256": reward_code_sha256()}
+                  "reward_version": REWARD_VERSION,                        # and the same reward:
+                  "reward_code_sha256": reward_code_sha256(), "feedback_sha256": feedback_sha256}  # code, P(buy) model
     tmp = path.with_suffix(".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, tmp)
@@ -398,12 +398,17 @@ def write_log(path: Path, log: list[dict]) -> None:
     tmp.replace(path)
 
 
+def feedback_path(path) -> Path:
+    """The feedback model's file: ``path``, or the default's (``python -m mmreason.feedback``'s)."""
+    return Path(path) if path else paths.artifacts_dir() / "feedback" / "model.pkl"
+
+
 def load_feedback(path, data_dir: Path):
     """The feedback model at ``path``; without one, the default's, trained first if missing (a path the user
     names is never trained into: a typo would write a model beside it)."""
     if path and not Path(path).is_file():
         raise DataError(f"{path}: no feedback model (python -m mmreason.feedback --out DIR writes DIR/model.pkl)")
-    path = Path(path) if path else paths.artifacts_dir() / "feedback" / "model.pkl"
+    path = feedback_path(path)
     if not path.exists():
         print(f"[rl] no feedback model at {path}: training one (python -m mmreason.feedback)")
         if train_feedback(FeedbackRun(data=str(data_dir), out=str(path.parent), progress=False)) != 0:  # embeddings: auto
