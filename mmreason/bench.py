@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,9 +44,10 @@ from transformers.activations import ACT2FN
 
 from mmreason import cli, paths
 from mmreason.io import DataError
+from mmreason.machine import cpu_has_bf16, cpu_info, cpu_name
 from mmreason.model.collate import EOS, collate, encode_example, token_id
 from mmreason.decoding.generate import DecodeConfig, decode
-from mmreason.training.module import ReasonModule, cpu_has_bf16, cpu_info
+from mmreason.training.module import ReasonModule
 from mmreason.training.runs import load_run
 from mmreason.model.network import SEG_REASON, ModelConfig, ReasonModel
 from mmreason.features.clip import load_clip
@@ -57,14 +57,10 @@ ANCHORS = {"llm.c (GPT-2 124M, H100)": 468e3, "modded-nanogpt (GPT-2 124M, H100)
 
 
 def device_name(device: torch.device, cpuinfo: str | None = None) -> str:
-    """The GPU's name, or the CPU's model name from ``/proc/cpuinfo`` (or ``cpuinfo``; ``platform.processor()``
-    is empty or just the architecture on Linux), its architecture and whether it multiplies bf16 in hardware."""
+    """The GPU's name, or the CPU's (``machine.cpu_name``: model, architecture, bf16 in hardware or not)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpuinfo = cpu_info() if cpuinfo is None else cpuinfo
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
-    names = dict.fromkeys(n for n in (model or platform.processor(), platform.machine()) if n)  # once each, in order
-    return ", ".join([*names, "bf16 in hardware" if cpu_has_bf16(cpuinfo) else "no bf16 hardware"])
+    return cpu_name(cpuinfo)
 
 
 def _sync(device):

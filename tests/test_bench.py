@@ -10,7 +10,7 @@ import torch
 
 from conftest import make_hm, work_in
 from mmreason import bench, train
-from mmreason.training.module import cpu_has_bf16
+from mmreason.machine import cpu_has_bf16
 from test_train import TINY
 
 

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mmreason import serve, train
+from mmreason.machine import cpu_name
 from mmreason.recsys.twotower import TwoTowerConfig
 from mmreason.serving.service import Batcher, Service
 
@@ -347,6 +348,8 @@ def test_the_load_report_divides_with_by_without_batching_and_fails_on_errors(tm
     on, off = json.loads((tmp_path / "cpu.json").read_text())["rows"]
     assert on["batching"] and on["speedup_rps"] == 2.5 and "speedup_rps" not in off
     assert "| POST /explain (1 article) | 4 | on | 10 | 20.0 |" in (tmp_path / "cpu.md").read_text()
+    # the machine it ran on, named as the bench names it (machine-bound numbers; before: "2 CPUs (unknown)")
+    assert f"CPUs ({cpu_name()})" in (tmp_path / "cpu.md").read_text()
 
 
 def test_a_load_cell_reports_the_latencies_it_timed(monkeypatch):

@@ -22,6 +22,7 @@ from dataclasses import asdict
 import numpy as np
 
 from mmreason.io import write_report
+from mmreason.machine import cpu_name
 from mmreason.recsys.twotower import TwoTowerConfig
 
 EXPLAIN_CONCURRENCY = (1, 8, 32)
@@ -164,7 +165,7 @@ def run(args, defaults: dict | None = None, two_tower: TwoTowerConfig | None = N
     off = {(r["endpoint"], r["concurrency"]): r for r in rows if not r["batching"]}
     for key, r in on.items():
         r["speedup_rps"] = round(r["rps"] / off[key]["rps"], 2) if off[key]["rps"] else None
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+    machine = {"cpus": os.cpu_count(), "cpu": cpu_name(), "platform": platform.platform(),
                "torch_threads": args.threads, "batch_threads": args.batch_threads,
                "parallel_from": args.parallel_from, "load_avg_before": [round(x, 2) for x in load_before],
                "load_avg_after": [round(x, 2) for x in load_after]}
@@ -184,7 +185,7 @@ def run(args, defaults: dict | None = None, two_tower: TwoTowerConfig | None = N
           f"{args.model} recommender, torch threads {args.threads}, {args.batch_threads} for batches of {args.parallel_from}+ articles), a closed-loop client in another process; "
           f"{args.duration:g} s per row; real customers and the articles the recommender gives them. "
           f"Dynamic batching: up to {args.max_batch} articles or {args.max_wait_ms:g} ms. `speedup_rps`: requests/s "
-          f"with batching over without. Machine: {machine['cpus']} CPUs ({machine['processor'] or 'unknown'}), "
+          f"with batching over without. Machine: {machine['cpus']} CPUs ({machine['cpu']}), "
           f"load average {machine['load_avg_before'][0]} before and {machine['load_avg_after'][0]} after "
           f"(other processes share these cores).\n\n{table}\n")
     write_report(args.out, "cpu", payload, md)

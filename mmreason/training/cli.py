@@ -28,8 +28,9 @@ from mmreason.datasets import pii
 from mmreason.decoding.generate import DecodeConfig
 from mmreason.decoding.shown import sample_reasons
 from mmreason.io import DataError
+from mmreason.machine import cpu_has_bf16
 from mmreason.training.datamodule import ReasonDataModule
-from mmreason.training.module import SETTING_RANGES, ReasonModule, check_settings, cpu_has_bf16
+from mmreason.training.module import SETTING_RANGES, ReasonModule, check_settings
 from mmreason.training.pipeline import same_content
 
 CONFIG_DIR = paths.REPO_ROOT / "configs"

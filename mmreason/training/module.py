@@ -10,7 +10,6 @@ import math
 import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -25,21 +24,6 @@ from mmreason.training import privacy
 
 # Peak dense bf16 throughput of the cards we are lent, for model-FLOPs utilisation.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def cpu_info() -> str:
-    """``/proc/cpuinfo``'s text ("" where there is none)."""
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU (or the one ``cpuinfo`` describes) multiplies bf16 in hardware (AVX512-BF16 or AMX):
-    there bf16 autocast pays (results/bench/cpu.md); elsewhere bf16 is emulated and slower than fp32."""
-    flags = cpu_info() if cpuinfo is None else cpuinfo
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 class Checkpoint(ModelCheckpoint):
