@@ -4,6 +4,7 @@ The command; the library is ``mmreason.features.clip``, whose docstring says wha
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def get_parser() -> cli.ArgumentParser:
 def main(argv=None):
     opts, train = get_parser().parse(argv)
     if not opts.items.exists():
-        raise SystemExit(f"missing {opts.items}: run `python -m mmreason.data` first")
+        print(f"error: missing {opts.items}: run `python -m mmreason.data` first", file=sys.stderr)
+        return 2
     return ensure_domain_clip(pd.read_parquet(opts.items), replace(train, model=opts.clip_model), opts.out,
                               retrain=True)
 

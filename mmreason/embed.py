@@ -4,6 +4,7 @@ The command; the library is ``mmreason.features.embed``, whose docstring says wh
 """
 from __future__ import annotations
 
+import sys
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,7 +56,8 @@ def get_parser() -> cli.ArgumentParser:
 def main(argv=None):
     args, train = get_parser().parse(argv)
     if not args.items.exists():
-        raise SystemExit(f"missing {args.items}: run `python -m mmreason.data` first")
+        print(f"error: missing {args.items}: run `python -m mmreason.data` first", file=sys.stderr)
+        return 2
     items = pd.read_parquet(args.items)
     torch.set_num_threads(train.threads)
 

@@ -4,6 +4,7 @@ The command; the library is ``mmreason.features.tokenizer``, whose docstring say
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def main(argv=None):
     if args.pretrained is None:
         for f in (args.items, args.examples):
             if not f.exists():
-                raise SystemExit(f"missing {f}: run `python -m mmreason.data` first")
+                print(f"error: missing {f}: run `python -m mmreason.data` first", file=sys.stderr)
+                return 2
         items = pd.read_parquet(args.items, columns=["product_code", "split_unseen"])
         examples = pd.read_parquet(args.examples, columns=EXAMPLE_TEXT_COLUMNS + ["split_temporal", "split_unseen"])
         catalogue = pd.read_parquet(args.catalogue, columns=["product_code"] + CATALOGUE_TEXT_COLUMNS)

@@ -167,6 +167,15 @@ def test_train_refuses_bad_settings_and_missing_data_in_one_line(argv, words, ro
     assert list(roots.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["tokenizer", "clip", "embed"])
+def test_a_command_before_the_tables_says_so_in_one_line(name, roots, capsys):
+    # before: a bare message (no "error:") and exit status 1
+    assert importlib.import_module(f"mmreason.{name}").main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: missing ") and "run `python -m mmreason.data` first" in err, err
+    assert list(roots.iterdir()) == []
+
+
 def test_help_and_train_print_config(capsys):
     for name in COMMANDS:
         with pytest.raises(SystemExit) as e:
