@@ -11,7 +11,7 @@ parser; ``parser.parse(argv)`` returns one instance of each class. Every command
 Flags are the field names with dashes (``hm_dir`` -> ``--hm-dir``); a boolean is ``--flag``, ``--no-flag``
 or ``--flag true|false``; a list is ``--systems a b``. The fields of all classes share one flat namespace
 (no ``--rl.steps``), so the spellings that argparse had stay. A bad value, or a ``__post_init__`` that refuses
-the settings (``check_ranges`` for a number out of its range), stops with one line on stderr and exit status 2,
+the settings (``io.check_ranges`` for a number out of its range), stops with one line on stderr and exit status 2,
 before the command does anything.
 """
 from __future__ import annotations
@@ -103,31 +103,6 @@ class ArgumentParser(jsonargparse.ArgumentParser):
             super().error(message, ex)
         sys.stderr.write(f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
         sys.exit(2)
-
-
-class SettingError(ValueError):
-    """A setting the command cannot use (``check_ranges``): ``train``, whose options LightningCLI instantiates
-    together with the data pipeline, says these in one line and lets any other error keep its traceback."""
-
-
-# The ranges a numeric option may be given (``check_ranges``): the test, and how the error says it
-RANGES = {">=0": (lambda v: v >= 0, "0 or more"), ">=1": (lambda v: v >= 1, "at least 1"),
-          ">=2": (lambda v: v >= 2, "at least 2"), ">0": (lambda v: v > 0, "above 0"),
-          "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"), "(0,1)": (lambda v: 0 < v < 1, "in (0, 1)"),
-          "[0,1]": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-          "port": (lambda v: 0 <= v <= 65535, "a port is 0-65535 (0: any free one)")}
-
-
-def check_ranges(obj, flag_prefix: str | None = None, **rules: str) -> None:
-    """For a ``__post_init__``: ``SettingError`` (a ``ValueError``) naming, as flags, every field of ``obj`` outside its range (``rules``:
-    field name -> a key of ``RANGES``), so ``parse`` stops in one line before the command does anything. None passes
-    (a field whose None means "the default" or "none"). ``flag_prefix``: LightningCLI's spelling, e.g. "--data."
-    for ``--data.batch_size`` (default: ``--batch-size``)."""
-    flag = (lambda n: flag_prefix + n) if flag_prefix else (lambda n: "--" + n.replace("_", "-"))
-    bad = [f"{flag(name)} {v}: {RANGES[rule][1]}" for name, rule in rules.items()
-           if (v := getattr(obj, name)) is not None and not RANGES[rule][0](v)]
-    if bad:
-        raise SettingError("; ".join(bad))
 
 
 def parser(*configs: type, prog: str, description: str | None = None, skip: set[str] = frozenset(),

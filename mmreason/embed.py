@@ -16,7 +16,7 @@ from mmreason import cli, paths
 from mmreason.features.clip import DEFAULT_MODEL, META_NAME, load_clip
 from mmreason.features.cliptrain import ClipTrainConfig, ensure_domain_clip
 from mmreason.features.embed import evaluate, format_evaluation, load_embeddings, model_id
-from mmreason.io import atomic_write_json
+from mmreason.io import atomic_write_json, check_ranges
 
 
 @dataclass
@@ -45,7 +45,7 @@ class EmbedOptions:
     eval: bool = True
 
     def __post_init__(self):
-        cli.check_ranges(self, batch_size_embed=">=1")
+        check_ranges(self, batch_size_embed=">=1")
 
 
 def get_parser() -> cli.ArgumentParser:

@@ -74,7 +74,7 @@ from mmreason.evaluation.systems import (
     test_frame,
 )
 from mmreason.features import retrieval
-from mmreason.io import DataError, write_report
+from mmreason.io import DataError, check_ranges, write_report
 from mmreason.training.cli import fit
 from mmreason.training.datamodule import ReasonDataModule
 
@@ -208,7 +208,7 @@ class EvaluateOptions:
         bad = [s for s in [*self.systems, self.versus] if s not in SYSTEMS + ABLATION]
         if bad:
             raise ValueError(f"unknown system(s) {', '.join(bad)}; choose from {', '.join(SYSTEMS + ABLATION)}")
-        cli.check_ranges(self, n=">=0", seed=">=0")
+        check_ranges(self, n=">=0", seed=">=0")
 
 
 def get_parser() -> cli.ArgumentParser:

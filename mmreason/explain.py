@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mmreason import cli
 from mmreason.decoding.shown import Decoding
-from mmreason.io import DataError, atomic_write_json
+from mmreason.io import DataError, atomic_write_json, check_ranges
 from mmreason.serving.explainer import Explainer, read_new_articles
 
 
@@ -41,7 +41,7 @@ class ExplainOptions:
     out: str | None = None
 
     def __post_init__(self):
-        cli.check_ranges(self, offer_retrieved=">=0")
+        check_ranges(self, offer_retrieved=">=0")
         if self.day is not None:
             try:
                 dt.date.fromisoformat(self.day)

@@ -42,7 +42,7 @@ from mmreason.decoding.filters import vocab_from_items
 from mmreason.decoding.generate import preset
 from mmreason.decoding.shown import sample_reasons
 from mmreason.evaluation.systems import histories, score, test_frame
-from mmreason.io import DataError, write_report
+from mmreason.io import DataError, check_ranges, write_report
 from mmreason.model.collate import EOS, encode_example
 from mmreason.training.datamodule import Collator, ReasonDataset
 from mmreason.training.privacy import epsilon, held_out_customers
@@ -289,7 +289,7 @@ class MembershipOptions:
     out: str | None = None
 
     def __post_init__(self):
-        cli.check_ranges(self, holdout="(0,1)", customers=">=1", per_customer=">=1", n_gen=">=0", seed=">=0")
+        check_ranges(self, holdout="(0,1)", customers=">=1", per_customer=">=1", n_gen=">=0", seed=">=0")
 
 
 def get_parser() -> cli.ArgumentParser:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmreason import cli, paths
+from mmreason.io import check_ranges
 
 NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
 
@@ -70,7 +71,7 @@ class NotebooksOptions:
     timeout: int = 1800
 
     def __post_init__(self):
-        cli.check_ranges(self, timeout=">=1")
+        check_ranges(self, timeout=">=1")
 
 
 def get_parser() -> cli.ArgumentParser:

@@ -36,7 +36,7 @@ from typing import Callable, Literal
 import pandas as pd
 
 from mmreason import cli, paths
-from mmreason.io import DataError, atomic_write_bytes, atomic_write_json
+from mmreason.io import DataError, atomic_write_bytes, atomic_write_json, check_ranges
 from mmreason.recsys.api import LEARNED, MODELS, recommend_for_user
 from mmreason.recsys.baselines import BASELINES, repurchase_then
 from mmreason.recsys.context import ALLOWED, UnknownUser, load_context
@@ -121,7 +121,7 @@ class RecommendOptions:
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"--model {self.model!r}: choose from {', '.join(MODELS)}")
-        cli.check_ranges(self, k=">=1")
+        check_ranges(self, k=">=1")
 
 
 def get_parser() -> cli.ArgumentParser:

@@ -20,7 +20,7 @@ from mmreason.features import photonet
 from mmreason.features.photochoice import best_of, candidates, photo_cosines, photo_nearest, reorder, reranked
 from mmreason.features.photodetails import K, TAU, DetailProbe, store_probe, vetted_copies
 from mmreason.features.retrieval import Datastore, ensure_store
-from mmreason.io import DataError, write_report
+from mmreason.io import DataError, check_ranges, write_report
 from mmreason.training.runs import find_checkpoint, load_run
 
 # ----------------------------------------------------------------------------- the comparison (CLI)
@@ -191,7 +191,7 @@ class RetrievalOptions:
     photo_veto: bool = True
 
     def __post_init__(self):
-        cli.check_ranges(self, n=">=0", seed=">=0")
+        check_ranges(self, n=">=0", seed=">=0")
 
 
 def get_parser() -> cli.ArgumentParser:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from mmreason import cli, paths
 from mmreason.decoding.shown import Decoding, uses_photo_offers
 from mmreason.evaluation.systems import test_frame
-from mmreason.io import DataError, atomic_write_json, sha256_file, write_report
+from mmreason.io import DataError, atomic_write_json, check_ranges, sha256_file, write_report
 from mmreason.policy.reinforce import (
     KEY_METRICS,
     REWARD_VERSION,
@@ -98,7 +98,7 @@ class RLOptions:
 
     def __post_init__(self):  # artifacts/runs/<name> is under the artifacts root, whatever the working folder
         self.run, self.out = paths.resolve(self.run), paths.resolve(self.out)
-        cli.check_ranges(self, n_eval=">=0", n_val=">=1", eval_every=">=1", save_every=">=1")
+        check_ranges(self, n_eval=">=0", n_val=">=1", eval_every=">=1", save_every=">=1")
 
 
 def get_parser() -> cli.ArgumentParser:

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmreason import cli, paths
 from mmreason.decoding.shown import Decoding
-from mmreason.io import DataError
+from mmreason.io import DataError, check_ranges
 from mmreason.recsys.twotower import TwoTowerConfig
 from mmreason.serving import loadtest
 from mmreason.serving.service import Batcher, NotFound, Service
@@ -334,7 +334,7 @@ class ServeOptions:
     out: str = field(default_factory=lambda: str(paths.results_dir("serve")))
 
     def __post_init__(self):
-        cli.check_ranges(self, port="port", max_batch=">=1", max_wait_ms=">=0", threads=">=1", batch_threads=">=1",
+        check_ranges(self, port="port", max_batch=">=1", max_wait_ms=">=0", threads=">=1", batch_threads=">=1",
                          parallel_from=">=1", duration=">0")
 
 

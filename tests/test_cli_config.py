@@ -114,7 +114,7 @@ def numeric_fields(name: str) -> list[str]:
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_numeric_option_refuses_minus_one_in_one_line(name, roots, capsys):
-    # no count, size, rate, share, seed or port of any command is -1: each stops before any work (cli.check_ranges)
+    # no count, size, rate, share, seed or port of any command is -1: each stops before any work (io.check_ranges)
     mod = importlib.import_module(f"mmreason.{name}")
     for field in numeric_fields(name):
         flag = "--" + field.replace("_", "-")

@@ -6,9 +6,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from mmreason import cli, paths
+from mmreason import paths
 from mmreason.datasets import amazon
 from mmreason.datasets.hm import prepare
+from mmreason.io import check_ranges
 
 
 def print_summary(info: dict, out: Path) -> None:
@@ -51,7 +52,7 @@ class PrepareConfig:
     force: bool = False
 
     def __post_init__(self):
-        cli.check_ranges(self, n_behaviour=">=0", seed=">=0", unseen_test_frac="[0,1)", unseen_val_frac="[0,1)",
+        check_ranges(self, n_behaviour=">=0", seed=">=0", unseen_test_frac="[0,1)", unseen_val_frac="[0,1)",
                          limit_users=">=0", workers=">=1")
         if self.unseen_test_frac + self.unseen_val_frac >= 1:
             raise ValueError(f"--unseen-test-frac {self.unseen_test_frac} + --unseen-val-frac {self.unseen_val_frac}: "

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmreason import cli, paths
+from mmreason import paths
 from mmreason.features.clip import (
     CHECKPOINT_NAME,
     DEFAULT_MODEL,
@@ -30,7 +30,7 @@ from mmreason.features.clip import (
     product_texts,
     save_checkpoint,
 )
-from mmreason.io import fingerprint
+from mmreason.io import check_ranges, fingerprint
 
 
 def items_fingerprint(items: pd.DataFrame) -> str:
@@ -75,7 +75,7 @@ class ClipTrainConfig:
     max_train: int | None = None  # cap on training pairs (tests, smoke runs)
 
     def __post_init__(self):  # a contrastive batch needs a negative: 2 pairs at least
-        cli.check_ranges(self, epochs=">=1", batch_size=">=2", lr=">0", weight_decay=">=0", warmup_steps=">=0",
+        check_ranges(self, epochs=">=1", batch_size=">=2", lr=">0", weight_decay=">=0", warmup_steps=">=0",
                          desc_words=">=0", seed=">=0", threads=">=1", workers=">=0", max_train=">=1")
 
 

@@ -45,13 +45,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmreason import cli, paths
 from mmreason import metrics as M
+from mmreason import paths
 from mmreason.decoding.filters import Filter, vocab_from_items
 from mmreason.decoding.generate import DecodeConfig, decode
 from mmreason.decoding.shown import decoding, evidence_names, fill_slots, offered, photo_offer
 from mmreason.evaluation.systems import histories, model_reasons, score
-from mmreason.io import DataError, fingerprint, sha256_file
+from mmreason.io import DataError, check_ranges, fingerprint, sha256_file
 from mmreason.metrics import split_sentences
 from mmreason.model.collate import EOS, RETRIEVED_SEPARATOR, collate, encode_example, token_id
 from mmreason.model.network import SEG_REASON
@@ -88,7 +88,7 @@ class RLConfig:
         if self.baseline not in ("loo", "greedy"):
             raise ValueError(f"baseline must be 'loo' or 'greedy', not {self.baseline!r}")
         # the reward's weights may take any sign (an experiment); steps 0 scores the supervised model only
-        cli.check_ranges(self, steps=">=0", prompts=">=1", samples=">=1", temperature=">0", max_new_tokens=">=1",
+        check_ranges(self, steps=">=0", prompts=">=1", samples=">=1", temperature=">0", max_new_tokens=">=1",
                          lr=">=0", weight_decay=">=0", grad_clip=">0", kl_coef=">=0", seed=">=0")
         if self.baseline == "loo" and self.samples < 2:
             raise ValueError("the leave-one-out baseline needs --samples >= 2")

@@ -43,8 +43,8 @@ from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from mmreason import cli, paths
-from mmreason.io import DataError, atomic_write_bytes
+from mmreason import paths
+from mmreason.io import DataError, atomic_write_bytes, check_ranges
 from mmreason.metrics import tokenize
 from mmreason.recsys.context import ALLOWED, ATTRIBUTES, Context, UnknownUser, day_number, load_context
 from mmreason.recsys.twotower import photo_key, photo_matrix
@@ -66,7 +66,7 @@ class FeedbackConfig:
     seed: int = 0
 
     def __post_init__(self):
-        cli.check_ranges(self, negatives=">=1", hash_features=">=1", C=">0", seed=">=0")
+        check_ranges(self, negatives=">=1", hash_features=">=1", C=">0", seed=">=0")
 
 
 class AsOf:

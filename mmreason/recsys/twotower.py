@@ -17,8 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mmreason import cli
-from mmreason.io import DataError, atomic_write_bytes
+from mmreason.io import DataError, atomic_write_bytes, check_ranges
 from mmreason.recsys.context import ALLOWED, ATTRIBUTES, USER_FIELDS, Context, Task
 
 PhotoEmbeddings = dict | tuple  # {article_id: vector} or (article_ids (N,), matrix (N, D))
@@ -89,7 +88,7 @@ class TwoTowerConfig:
     seed: int = 0
 
     def __post_init__(self):  # in-batch negatives: 2 pairs at least
-        cli.check_ranges(self, dim=">=1", max_history=">=1", epochs=">=1", batch_size=">=2", lr=">0",
+        check_ranges(self, dim=">=1", max_history=">=1", epochs=">=1", batch_size=">=2", lr=">0",
                          weight_decay=">=0", dropout="[0,1)", temperature=">0", id_dropout="[0,1)", seed=">=0")
 
 

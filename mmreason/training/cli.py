@@ -23,11 +23,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from mmreason import paths
-from mmreason.cli import SettingError
 from mmreason.datasets import pii
 from mmreason.decoding.generate import DecodeConfig
 from mmreason.decoding.shown import sample_reasons
-from mmreason.io import DataError
+from mmreason.io import DataError, SettingError
 from mmreason.machine import cpu_has_bf16
 from mmreason.training.datamodule import ReasonDataModule
 from mmreason.training.module import SETTING_RANGES, ReasonModule, check_settings

@@ -11,8 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mmreason import cli
-from mmreason.io import DataError
+from mmreason.io import DataError, SettingError, check_ranges
 from mmreason.model.collate import DEFAULT_MAX_PROMPT_TOKENS, EOS, NAME_SLOT, collate, encode_example
 from mmreason.training import privacy
 from mmreason.training.pipeline import PipelineConfig, load_recorded
@@ -119,19 +118,19 @@ class ReasonDataModule(L.LightningDataModule):
         self.save_hyperparameters(ignore=[k for k, v, d in (("sampling", sampling, "bucket"),
                                                              ("holdout_customers", holdout_customers, 0.0)) if v == d])
         if sampling not in ("bucket", "poisson", "customer"):
-            raise cli.SettingError(f"sampling must be 'bucket', 'poisson' or 'customer', not {sampling!r}")
+            raise SettingError(f"sampling must be 'bucket', 'poisson' or 'customer', not {sampling!r}")
         self.sampling, self.holdout_customers = sampling, holdout_customers
         if split not in ("temporal", "unseen"):
-            raise cli.SettingError(f"split must be 'temporal' or 'unseen', not {split!r}")
+            raise SettingError(f"split must be 'temporal' or 'unseen', not {split!r}")
         self.split, self.batch_size, self.eval_batch_size, self.num_workers = split, batch_size, eval_batch_size, num_workers
         self.max_prompt_tokens = dict(max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS)
         self.max_reason_tokens, self.prompt_fields = max_reason_tokens, list(prompt_fields)
         self.limit_train, self.limit_val, self.seed, self.slots = limit_train, limit_val, seed, slots
-        cli.check_ranges(self, flag_prefix="--data.", batch_size=">=1", eval_batch_size=">=1", num_workers=">=0",
+        check_ranges(self, flag_prefix="--data.", batch_size=">=1", eval_batch_size=">=1", num_workers=">=0",
                          max_reason_tokens=">=1", limit_train=">=0", limit_val=">=0", seed=">=0",
                          holdout_customers="[0,1)")
         if any(not isinstance(v, int) or v < 1 for v in self.max_prompt_tokens.values()):
-            raise cli.SettingError(f"--data.max_prompt_tokens {self.max_prompt_tokens}: each at least 1")
+            raise SettingError(f"--data.max_prompt_tokens {self.max_prompt_tokens}: each at least 1")
         self.pipeline_config = pipeline or PipelineConfig()
         self._artifacts = None
         self.recorded: dict | None = None  # set by load_run: the exact artifacts a trained run used

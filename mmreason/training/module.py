@@ -16,9 +16,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from mmreason import cli
 from mmreason.decoding.generate import DecodeConfig
 from mmreason.decoding.shown import sample_reasons
+from mmreason.io import check_ranges
 from mmreason.model.network import ModelConfig, ReasonModel
 from mmreason.training import privacy
 
@@ -49,8 +49,8 @@ SETTING_RANGES = {"lr": ">0", "min_lr_ratio": "[0,1]", "weight_decay": ">=0", "w
 
 
 def check_settings(**settings) -> None:
-    """``cli.SettingError`` in one line for a ``ReasonModule`` setting out of its range (``SETTING_RANGES``)."""
-    cli.check_ranges(SimpleNamespace(**settings), flag_prefix="--model.",
+    """``io.SettingError`` in one line for a ``ReasonModule`` setting out of its range (``SETTING_RANGES``)."""
+    check_ranges(SimpleNamespace(**settings), flag_prefix="--model.",
                      **{k: r for k, r in SETTING_RANGES.items() if k in settings})
 
 
