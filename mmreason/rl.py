@@ -127,7 +127,9 @@ def main(argv=None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    feedback_sha = sha256_file(feedback_path(args.feedback))  # P(buy) is part of the reward
+    # what the reward is computed with, read once: a checkpoint or before.json of another is not reused
+    reward_inputs = {"reward_code_sha256": reward_code_sha256(),
+                     "feedback_sha256": sha256_file(feedback_path(args.feedback))}  # P(buy) is part of the reward
     reward = Reward(feedback, items, config)
     tok = data.tokenizer
 
@@ -151,8 +153,7 @@ def main(argv=None) -> int:
         same = {k: v for k, v in ck.get("rl", {}).get("config", {}).items() if k != "steps"} == resumable(config)
         same = (same and same_run(ck["rl"].get("supervised_run", ""), base_path)
                 and ck["rl"].get("supervised_sha256") == base_sha and ck["rl"].get("reward_version") == REWARD_VERSION
-                and ck["rl"].get("reward_code_sha256") == reward_code_sha256()
-                and ck["rl"].get("feedback_sha256") == feedback_sha)
+                and all(ck["rl"].get(k) == v for k, v in reward_inputs.items()))
         if same and ck["rl"]["step"] <= config.steps:
             policy.load_state_dict(ck["state_dict"])
             optimizer.load_state_dict(ck["rl"]["optimizer"])
@@ -164,9 +165,8 @@ def main(argv=None) -> int:
 
     before_path = out / "before.json"  # the supervised model's scores; reused while the settings match
     key = {"run": paths.shown(base_path), "sha256": base_sha, "n_eval": args.n_eval, "n_val": args.n_val,
-           "decode": args.decode, "config": resumable(config), "reward": REWARD_VERSION,
-           "reward_code": reward_code_sha256(), "feedback": feedback_sha, "metrics": KEY_METRICS,
-           "scoring": scoring_code_sha256()}  # what it reports and how, too
+           "decode": args.decode, "config": resumable(config), "reward": REWARD_VERSION, **reward_inputs,
+           "metrics": KEY_METRICS, "scoring": scoring_code_sha256()}  # what it reports and how, too
     before = json.loads(before_path.read_text()) if before_path.exists() else None
     if not before or before.get("key", {}) | {"run": key["run"]} != key or not same_run(before["key"]["run"], base_path):
         print("[rl] scoring the supervised model (before)")
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
                   f"{row['grounding']:.3f}, ROUGE-L {row['reference']:.3f}, passes {row['passed']:.2f}, "
                   f"kl {row['kl']:.4f}, {row['seconds']:.1f}s")
         if step % args.save_every == 0 or step == config.steps:
-            save(last, policy, base_ckpt, optimizer, config, step, log, str(base_path), base_sha, feedback_sha)
+            save(last, policy, base_ckpt, optimizer, config, step, log, str(base_path), base_sha, reward_inputs)
             write_log(out / "log.csv", log)
     bar.close()
 

@@ -372,14 +372,14 @@ def same_run(recorded: str, base_path: Path) -> bool:
 
 
 def save(path: Path, module, base_ckpt: dict, optimizer, config: RLConfig, step: int, log: list[dict], run: str,
-         run_sha256: str, feedback_sha256: str | None = None) -> None:
+         run_sha256: str, reward: dict[str, str]) -> None:
+    """``reward``: what the reward was computed with, ``{"reward_code_sha256", "feedback_sha256"}`` (rl.main's)."""
     # settings and the recorded artifacts (ReasonDataModule's state) of the supervised run
     ckpt = {k: v for k, v in base_ckpt.items() if k in ("hyper_parameters", "datamodule_hyper_parameters", "ReasonDataModule")}
     ckpt["state_dict"] = module.state_dict()
     ckpt["rl"] = {"config": asdict(config), "step": step, "optimizer": optimizer.state_dict(), "log": log,
                   "supervised_run": run, "supervised_sha256": run_sha256,  # rl.main resumes only from the same weights
-                  "reward_version": REWARD_VERSION,                        # and the same reward:
-                  "reward_code_sha256": reward_code_sha256(), "feedback_sha256": feedback_sha256}  # code, P(buy) model
+                  "reward_version": REWARD_VERSION, **reward}              # and the same reward (code, P(buy))
     tmp = path.with_suffix(".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, tmp)
