@@ -36,7 +36,7 @@ from typing import Callable, Literal
 import pandas as pd
 
 from mmreason import cli, paths
-from mmreason.io import DataError, atomic_write_bytes, atomic_write_json, check_ranges
+from mmreason.io import DataError, SettingError, atomic_write_bytes, atomic_write_json, check_ranges
 from mmreason.recsys.api import LEARNED, MODELS, recommend_for_user
 from mmreason.recsys.baselines import BASELINES, repurchase_then
 from mmreason.recsys.context import ALLOWED, UnknownUser, load_context
@@ -64,13 +64,20 @@ def load_explainer(generator) -> ExplainFn:
     return Explainer(generator)
 
 
+def _check_generator(generator: str) -> None:
+    from mmreason.training.runs import find_checkpoint  # the generator stack (LAZY_IMPORTS in tests/test_layout.py)
+
+    if find_checkpoint(generator) is None:
+        raise DataError(f"--generator {generator}: no checkpoint there (train one with `python -m mmreason.train`)")
+
+
 def _explain(args, cid: str, frame: pd.DataFrame, explain_fn: ExplainFn | None) -> pd.DataFrame:
     from mmreason.training.runs import find_checkpoint  # the generator stack (LAZY_IMPORTS in tests/test_layout.py)
 
     run = paths.resolve(args.generator) if args.generator else paths.run_dir()  # the default `mmreason.train` run
     if explain_fn is None:
-        if find_checkpoint(run) is None:
-            print(f"[recommend] reasons need a trained reason generator (no checkpoint at {run}; "
+        if find_checkpoint(run) is None:  # only the default run can be missing here (a named one was checked)
+            print(f"[recommend] reasons need a trained reason generator (no checkpoint at {paths.shown(run)}; "
                   "see `python -m mmreason.train`)")
             return frame
         explain_fn = load_explainer(run)
@@ -122,6 +129,10 @@ class RecommendOptions:
         if self.model not in MODELS:
             raise ValueError(f"--model {self.model!r}: choose from {', '.join(MODELS)}")
         check_ranges(self, k=">=1")
+        if self.generator is not None and not self.explain:
+            raise SettingError("--generator names the model that writes reasons: use it with --explain")
+        if self.explain and self.user is None:
+            raise SettingError("--explain writes reasons for one customer's top-K: use it with --user")
 
 
 def get_parser() -> cli.ArgumentParser:
@@ -141,6 +152,8 @@ def main(argv=None, explain_fn: ExplainFn | None = None) -> int:
         if args.user is not None:
             cid = ctx.resolve_user(args.user)
             split = args.split or "next"
+            if args.explain and explain_fn is None and args.generator is not None:
+                _check_generator(args.generator)  # a run the user named must exist, before any ranking
             if args.model in LEARNED and args.retrain:
                 two_tower(ctx, cfg, photo_matrix(photos, ctx.items["article_id"]), out_dir, split, retrain=True,
                           progress=args.progress, fit_on=args.two_tower_fit)

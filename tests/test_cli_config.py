@@ -136,6 +136,8 @@ def test_every_numeric_option_refuses_minus_one_in_one_line(name, roots, capsys)
     ("rl", ["--temperature", "0"], "--temperature 0.0: above 0"),
     ("membership", ["--holdout", "1"], "--holdout 1.0: in (0, 1)"),
     ("recommend", ["--user", "x", "--dropout", "1"], "--dropout 1.0: in [0, 1)"),
+    ("recommend", ["--explain"], "--explain writes reasons for one customer's top-K: use it with --user"),
+    ("recommend", ["--user", "x", "--generator", "run"], "--generator names the model that writes reasons: use it with"),
     ("clip", ["--batch-size", "1"], "--batch-size 1: at least 2"),
     ("tokenizer", ["--vocab-size", "300"], "--vocab-size 300: at least 1000"),
     ("explain", [*REQUIRED["explain"], "--day", "notadate"], "--day notadate: not a day (YYYY-MM-DD)"),
