@@ -84,10 +84,18 @@ def main(argv=None) -> int:
     out = args.out or paths.artifacts_dir() / ("notebooks_fast" if args.fast else "notebooks")
     todo = notebooks(args.only)
     if not todo:
-        print(f"no notebooks matching {args.only} in {NOTEBOOK_DIR}", file=sys.stderr)
+        print(f"error: no notebooks matching {args.only} in {NOTEBOOK_DIR.relative_to(paths.REPO_ROOT)}/", file=sys.stderr)
         return 2
+    from nbclient.exceptions import CellExecutionError
+
     for path in todo:
-        execute(path, out, args.timeout, env=env)
+        try:
+            execute(path, out, args.timeout, env=env)
+        except CellExecutionError as e:  # the later notebooks build on this one: stop here, in one line
+            evalue = (e.evalue.strip().splitlines() or [""])[0]
+            print(f"error: {path.name} stopped in a cell with {e.ename}: {evalue} (traceback in the executed copy, "
+                  f"{paths.shown(out / path.name)})", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -183,6 +183,22 @@ def test_case_study_figure_with_missing_photos(tmp_path):
 
 # ----------------------------------------------------------------------------- the notebooks, fast mode
 
+def test_a_notebook_that_stops_in_a_cell_is_one_line_naming_the_error_and_the_executed_copy(tmp_path, monkeypatch,
+                                                                                             capsys):
+    # 04 before 02 has trained a run: before, nbclient's whole traceback and exit 1 after a page of kernel output
+    for var, sub in (("MMREASON_ARTIFACTS", "artifacts"), ("MMREASON_FIGURES", "figures"), ("MMREASON_HM_DIR", "hm")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    assert notebooks.main(["--fast", "--only", "04"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: 04-case-studies.ipynb stopped in a cell with FileNotFoundError: "
+                                              "no checkpoint in "), err
+    assert err.endswith("(traceback in the executed copy, artifacts/notebooks_fast/04-case-studies.ipynb)"), err
+    assert (tmp_path / "artifacts" / "notebooks_fast" / "04-case-studies.ipynb").exists()
+    assert notebooks.main(["--only", "99"]) == 2
+    assert capsys.readouterr().err.strip() == "error: no notebooks matching ['99'] in notebooks/"
+
+
+
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     """Run 01 -> 04 in fast mode in fresh kernels on a tiny H&M fixture with its own artifacts and figures."""
