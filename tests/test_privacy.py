@@ -162,6 +162,15 @@ def test_accountant_epsilon_grows_with_steps_and_falls_with_noise():
         privacy.DPConfig(target_epsilon=None, noise_multiplier=None)
 
 
+@pytest.mark.parametrize("n,target", [(17_000, 8.0), (1_100, 1.0)])  # the README's per-example and per-customer runs
+def test_noise_search_spends_the_target_without_the_far_orders_warning(n, target, recwarn):
+    # before: Opacus warned "Optimal order is the largest alpha" from the search's first, far too noisy tries
+    sigma = privacy.noise_for(target, 1 / n, 64 / n, 150)
+    assert [str(w.message) for w in recwarn] == []
+    assert target - 0.005 <= privacy.epsilon(sigma, 64 / n, 150, 1 / n) <= target  # and its own order is in range
+    assert [str(w.message) for w in recwarn] == []
+
+
 @pytest.mark.parametrize("noise", [None, 0.7])
 def test_the_optimizer_adds_the_noise_and_clips_at_the_norm_the_accounting_reports(noise):
     """epsilon is computed from Accounting's noise and clip: the DP optimizer must use exactly those."""
