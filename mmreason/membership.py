@@ -178,6 +178,7 @@ def calibrated(frame, loss, control, closs, ref: dict | None, same: bool) -> dic
     return out
 
 
+@torch.no_grad()  # before: autograd kept every batch's graph until float(loss), and warned at each
 def val_perplexity(module, data) -> float:
     """exp of the token-weighted mean reason-token loss over the run's validation set."""
     module.model.eval()
