@@ -68,7 +68,7 @@ def read_new_articles(path, images=None) -> pd.DataFrame:
             raise DataError(f"{path}: {c} {df[c][ids.isna()].iloc[0]!r} is not a number")
         df[c] = ids.astype("int64")
     text = [c for c in NEW_ARTICLE_COLUMNS if c not in ("article_id", "product_code")]
-    df[text] = df[text].fillna("").astype(str)
+    df[text] = df[text].astype(object).fillna("").astype(str)  # a blank column reads as float64: pandas 4 refuses ""
     photos = []
     for aid in df["article_id"]:
         name = f"{int(aid):010d}.jpg"
