@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mmreason import cli
+from mmreason.paths import REPO_ROOT
 
 COMMANDS = ["bench", "clip", "data", "embed", "evaluate", "explain", "feedback", "membership", "notebooks", "pii",
             "recommend", "retrieval", "rl", "serve", "tokenizer"]
@@ -175,7 +176,17 @@ def test_a_command_before_the_tables_says_so_in_one_line(name, roots, capsys):
     assert importlib.import_module(f"mmreason.{name}").main([]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: missing ") and "run `python -m mmreason.data` first" in err, err
+    # and the shell sees it, as a user runs it (before: their `__main__` dropped main's status, so exit 0)
+    r = subprocess.run([sys.executable, "-m", f"mmreason.{name}"], cwd=roots, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == err, (r.returncode, r.stderr)
     assert list(roots.iterdir()) == []
+
+
+def test_every_command_passes_its_exit_status_to_the_shell():
+    # `python -m mmreason.X` exits with what main returned: a failed command must fail a script or CI step
+    for name in [*COMMANDS, "train"]:
+        src = (REPO_ROOT / "mmreason" / f"{name}.py").read_text()
+        assert src.rstrip().endswith('if __name__ == "__main__":\n    sys.exit(main())'), name
 
 
 def test_help_and_train_print_config(capsys):
