@@ -14,13 +14,16 @@ written to ``results/bench/<device>.{json,md}``:
 - decoding: ``generate.decode`` (our KV cache) against Hugging Face ``generate`` on the same weights and
   prompts, greedy at batch 1 and 64 and beam 4 at 64; reasons/s, ms per call p50/p95; greedy ids compared;
 - the domain CLIP: training step and photo embedding, images/s;
+- the ImageNet photo features (``photonet.py``) on real photos: the network as loaded against its folded form
+  (``fold_for_inference``), images/s, and how far their features differ;
 - on CUDA only: the ``configs/gpu.yaml`` 124M model in bf16 + compile, tokens/s and MFU beside published anchors.
 
 ``--tiny`` shrinks every measurement (the tests run it on a tiny fixture run). Numbers from a loaded
 machine are not the machine's: run it alone.
 
 Longer than 400 lines: a command that measures several paths (the training step in a plain loop and in
-Lightning, decoding against Hugging Face's twin, CLIP, GPT-2 124M on CUDA) and writes one report of them.
+Lightning, decoding against Hugging Face's twin, CLIP, the ImageNet features, GPT-2 124M on CUDA) and writes one
+report of them.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader
@@ -50,6 +54,7 @@ from mmreason.decoding.generate import DecodeConfig, decode
 from mmreason.training.module import ReasonModule
 from mmreason.training.runs import load_run
 from mmreason.model.network import SEG_REASON, ModelConfig, ReasonModel
+from mmreason.features import photonet
 from mmreason.features.clip import load_clip
 
 # Published single-H100 training throughput of GPT-2 124M (bf16), for the CUDA section.
@@ -354,6 +359,33 @@ def clip_speed(clip_model: str, n: int, batch: int, steps: int, precisions=("fp3
     return {"model": clip_model, "images_per_s": out, "batch": batch, "image_size": size}
 
 
+# ----------------------------------------------------------------------------- ImageNet photo features
+
+def photonet_speed(items, n: int, batch: int = 32) -> dict:
+    """The ImageNet encoder's features (``photonet.py``: the first shown reason on a fresh checkout waits for
+    them, once per photo set) on ``n`` real photos, images/s: the network as loaded before against
+    ``photonet.fold_for_inference``, each row twice in turn; their largest feature difference; and the photos'
+    decoding alone, which the rows do not include."""
+    paths_ = items.loc[items["has_photo"].astype(bool), "photo_path"].sort_values().tolist()[:n]
+    t0 = time.perf_counter()
+    pixels = np.stack([photonet.load_pixels(p) for p in paths_])
+    decode_s = time.perf_counter() - t0
+    models = {"before": photonet.load_encoder(folded=False), "folded": photonet.load_encoder()}
+    rows, feats = {}, {}
+    for name in ("before", "folded", "before (again)", "folded (again)"):
+        model = models[name.split()[0]]
+        photonet.encode(model, pixels[:2])  # untimed: the kernels' first call
+        t0 = time.perf_counter()
+        feats[name] = torch.cat([photonet.encode(model, pixels[s:s + batch]) for s in range(0, len(pixels), batch)])
+        rows[name] = len(pixels) / (time.perf_counter() - t0)
+    mean = lambda a, b: (rows[a] + rows[b]) / 2  # noqa: E731
+    return {"model": photonet.MODEL, "photos": len(pixels), "batch": batch, "images_per_s": rows,
+            "decode_images_per_s": len(pixels) / decode_s,
+            "speedup_folded_vs_before": mean("folded", "folded (again)") / mean("before", "before (again)"),
+            "max_abs_diff": float((feats["folded"] - feats["before"]).abs().max()),
+            "mean_abs_feature": float(feats["before"].abs().mean())}
+
+
 # ----------------------------------------------------------------------------- CUDA: the 124M model
 
 def cuda_gpt2_124m(steps: int) -> dict:
@@ -422,6 +454,16 @@ def markdown(r: dict) -> str:
     c = r["clip"]
     lines += ["", f"## Domain CLIP ({c['model']}, {c['image_size']}px, batch {c['batch']})", "", "| work | images/s |",
               "| --- | --- |"] + [f"| {k} | {v:,.0f} |" for k, v in c["images_per_s"].items()]
+    p = r.get("photonet")
+    if p:
+        lines += ["", f"## ImageNet photo features ({p['model']}, {p['photos']} real photos, batch {p['batch']})", "",
+                  "The features the photo's copy is chosen by, computed once per photo set (`photonet.py`); decoding "
+                  "the photos is not included.", "", "| network | images/s |", "| --- | --- |"]
+        lines += [f"| {k} | {v:,.1f} |" for k, v in p["images_per_s"].items()]
+        lines += ["", f"- Folded (`fold_for_inference`) against as loaded before, mean of each row and its rerun: "
+                  f"**{p['speedup_folded_vs_before']:.2f}x**; largest feature difference {p['max_abs_diff']:.1e} "
+                  f"(mean feature size {p['mean_abs_feature']:.3f}).",
+                  f"- Decoding the photos alone: {p['decode_images_per_s']:,.0f} images/s."]
     lines += ["", "## CUDA: GPT-2 124M (configs/gpu.yaml)", ""]
     g = r.get("cuda")
     if g:
@@ -532,6 +574,8 @@ def main(argv=None) -> int:
     print("[bench] CLIP ...", flush=True)
     r["clip"] = clip_speed(data.artifacts.clip_model, n=16 if tiny else 512, batch=8 if tiny else 128,
                            steps=1 if tiny else 4, precisions=precisions)
+    print("[bench] ImageNet photo features ...", flush=True)
+    r["photonet"] = photonet_speed(data.artifacts.items, n=8 if tiny else 256, batch=4 if tiny else 32)
     if torch.cuda.is_available() and args.cuda:
         r["cuda"] = cuda_gpt2_124m(steps=6 if tiny else 30)
     out = Path(args.out)

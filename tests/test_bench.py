@@ -46,8 +46,12 @@ def test_tiny_bench_writes_every_section(tmp_path, monkeypatch):
             same, total = map(int, v["greedy_same_ids"].split("/"))
             assert same == total > 0, f"{name}: our greedy ids differ from Hugging Face generate's"
     assert all(x > 0 for x in r["clip"]["images_per_s"].values())
+    p = r["photonet"]  # the ImageNet encoder folded against as loaded, on the fixture's photos
+    assert p["photos"] > 0 and set(p["images_per_s"]) == {"before", "folded", "before (again)", "folded (again)"}
+    assert p["speedup_folded_vs_before"] > 0 and p["max_abs_diff"] < 1e-3 * max(p["mean_abs_feature"], 1e-3)
     md = (out / "cpu.md").read_text()
     assert "GFLOP/s" in md and f"| Lightning | after | {default} |" in md and "greedy, batch 64" in md
+    assert "## ImageNet photo features" in md and "| folded (again) |" in md
     assert {"train step, bf16", "embed photos, bf16"} <= set(r["clip"]["images_per_s"])
     # --bf16 no: no bf16 GEMM, row or CLIP figure, and the report says so; the default's rows are fp32
     out = tmp_path / "fp32"

@@ -143,6 +143,22 @@ def test_the_offers_table_is_the_reranked_vetted_copy_of_every_article_keyed_and
         photodetails.ensure_offers(store, items, cache | {"meta": {"model": "other"}}, encoder=sentence_encoder)
 
 
+def test_the_folded_encoder_computes_the_networks_features():
+    # fold_for_inference: batch norms folded into the convolutions, ReLU6 in place, symmetric pads in the convolution
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 336, 224, 3), dtype=np.uint8)
+    plain, folded = photonet.load_encoder(folded=False), photonet.load_encoder()
+    assert not [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    pads = lambda m: sum(isinstance(x, torch.nn.ZeroPad2d) for x in m.modules())  # noqa: E731
+    assert 0 < pads(folded) < pads(plain)  # the stride-2 convolutions keep TF's 0-before, 1-after pad
+    a, b = photonet.encode(plain, pixels), photonet.encode(folded, pixels)
+    # float rounding only: the batch norm's scale now multiplies the weights, not the output (seen: ~1e-5 on
+    # features of mean size ~0.2; a wrong fold, pad or bias moves them by tenths)
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), float((a - b).abs().max())
+    with torch.no_grad():
+        x = photonet.to_input(pixels)
+        assert torch.equal(plain(x).argmax(-1), folded(x).argmax(-1))  # the classifier head reads the same features
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL_HM.exists(), reason="needs ../shared/data/hm")
 def test_the_encoder_is_the_wheel_imagenet_network_and_its_cache_is_keyed(tmp_path, monkeypatch):
