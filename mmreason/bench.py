@@ -366,9 +366,9 @@ def photonet_speed(items, n: int, batch: int = 32) -> dict:
     them, once per photo set) on ``n`` real photos, images/s: the network as loaded before against
     ``photonet.fold_for_inference``, each row twice in turn; their largest feature difference; and the photos'
     decoding alone, which the rows do not include."""
-    paths_ = items.loc[items["has_photo"].astype(bool), "photo_path"].sort_values().tolist()[:n]
+    photos = items.loc[items["has_photo"].astype(bool), "photo_path"].sort_values().tolist()[:n]
     t0 = time.perf_counter()
-    pixels = np.stack([photonet.load_pixels(p) for p in paths_])
+    pixels = np.stack([photonet.load_pixels(p) for p in photos])
     decode_s = time.perf_counter() - t0
     models = {"before": photonet.load_encoder(folded=False), "folded": photonet.load_encoder()}
     rows, feats = {}, {}
