@@ -198,7 +198,6 @@ def test_a_notebook_that_stops_in_a_cell_is_one_line_naming_the_error_and_the_ex
     assert capsys.readouterr().err.strip() == "error: no notebooks matching ['99'] in notebooks/"
 
 
-
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     """Run 01 -> 04 in fast mode in fresh kernels on a tiny H&M fixture with its own artifacts and figures."""

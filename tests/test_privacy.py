@@ -162,7 +162,7 @@ def test_accountant_epsilon_grows_with_steps_and_falls_with_noise():
         privacy.DPConfig(target_epsilon=None, noise_multiplier=None)
 
 
-@pytest.mark.parametrize("n,target", [(17_000, 8.0), (1_100, 1.0)])  # the README's per-example and per-customer runs
+@pytest.mark.parametrize("n,target", [(17_000, 8.0), (1_100, 1.0)])  # about the README's per-example, per-customer N
 def test_noise_search_spends_the_target_without_the_far_orders_warning(n, target, recwarn):
     # before: Opacus warned "Optimal order is the largest alpha" from the search's first, far too noisy tries
     sigma = privacy.noise_for(target, 1 / n, 64 / n, 150)
