@@ -64,21 +64,25 @@ def load_explainer(generator) -> ExplainFn:
     return Explainer(generator)
 
 
-def _check_generator(generator: str) -> None:
+def _generator_run(generator: str | None) -> Path | None:
+    """The run ``--explain`` loads, checked once before any ranking: the one named (``DataError`` when it holds no
+    checkpoint), else the default ``mmreason.train`` run; None, with a note, while that one is not trained yet
+    (the ranking is still worth showing)."""
     from mmreason.training.runs import find_checkpoint  # the generator stack (LAZY_IMPORTS in tests/test_layout.py)
 
-    if find_checkpoint(generator) is None:
+    run = paths.resolve(generator) if generator else paths.run_dir()
+    if find_checkpoint(run) is not None:
+        return run
+    if generator:
         raise DataError(f"--generator {generator}: no checkpoint there (train one with `python -m mmreason.train`)")
+    print(f"[recommend] reasons need a trained reason generator (no checkpoint at {paths.shown(run)}; "
+          "see `python -m mmreason.train`)")
+    return None
 
 
-def _explain(args, cid: str, frame: pd.DataFrame, explain_fn: ExplainFn | None) -> pd.DataFrame:
-    from mmreason.training.runs import find_checkpoint  # the generator stack (LAZY_IMPORTS in tests/test_layout.py)
-
-    run = paths.resolve(args.generator) if args.generator else paths.run_dir()  # the default `mmreason.train` run
+def _explain(cid: str, frame: pd.DataFrame, explain_fn: ExplainFn | None, run: Path | None) -> pd.DataFrame:
     if explain_fn is None:
-        if find_checkpoint(run) is None:  # only the default run can be missing here (a named one was checked)
-            print(f"[recommend] reasons need a trained reason generator (no checkpoint at {paths.shown(run)}; "
-                  "see `python -m mmreason.train`)")
+        if run is None:  # the default run, not trained yet (``_generator_run`` said so)
             return frame
         explain_fn = load_explainer(run)
     ids, day = frame["article_id"].tolist(), frame["day"].iloc[0]
@@ -152,15 +156,14 @@ def main(argv=None, explain_fn: ExplainFn | None = None) -> int:
         if args.user is not None:
             cid = ctx.resolve_user(args.user)
             split = args.split or "next"
-            if args.explain and explain_fn is None and args.generator is not None:
-                _check_generator(args.generator)  # a run the user named must exist, before any ranking
+            run = _generator_run(args.generator) if args.explain and explain_fn is None else None
             if args.model in LEARNED and args.retrain:
                 two_tower(ctx, cfg, photo_matrix(photos, ctx.items["article_id"]), out_dir, split, retrain=True,
                           progress=args.progress, fit_on=args.two_tower_fit)
             frame = recommend_for_user(args.model, cid, args.k, split=split, data_dir=data_dir, out_dir=out_dir,
                                        photo_embeddings=photos, config=cfg, fit_on=args.two_tower_fit)
             if args.explain:
-                frame = _explain(args, cid, frame, explain_fn)
+                frame = _explain(cid, frame, explain_fn, run)
             cols = [c for c in ["rank", "article_id", "prod_name", "product_type_name", "colour_group_name", "score",
                                 "already_bought", "bought", "reason", "filter"] if c in frame]
             print(f"[recommend] {args.model} for customer {cid[:10]}… ({split} day; already-bought articles "
