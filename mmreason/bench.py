@@ -16,14 +16,17 @@ written to ``results/bench/<device>.{json,md}``:
 - the domain CLIP: training step and photo embedding, images/s;
 - the ImageNet photo features (``photonet.py``) on real photos: the network as loaded against its folded form
   (``fold_for_inference``), images/s, and how far their features differ;
+- the attribute texts the photo's copy is chosen among (``photochoice.candidates``): every article encoded
+  (``retrieval.embed_articles``, before) against the store's rows reused (``retrieval.store_text_embeddings``),
+  articles/s, and whether the candidates are the same;
 - on CUDA only: the ``configs/gpu.yaml`` 124M model in bf16 + compile, tokens/s and MFU beside published anchors.
 
 ``--tiny`` shrinks every measurement (the tests run it on a tiny fixture run). Numbers from a loaded
 machine are not the machine's: run it alone.
 
 Longer than 400 lines: a command that measures several paths (the training step in a plain loop and in
-Lightning, decoding against Hugging Face's twin, CLIP, the ImageNet features, GPT-2 124M on CUDA) and writes one
-report of them.
+Lightning, decoding against Hugging Face's twin, CLIP, the ImageNet features, the photo's copy's candidates,
+GPT-2 124M on CUDA) and writes one report of them.
 """
 from __future__ import annotations
 
@@ -48,13 +51,15 @@ from transformers.activations import ACT2FN
 
 from mmreason import cli, paths
 from mmreason.io import DataError
+from mmreason.metrics import sentence_encoder
 from mmreason.machine import cpu_has_bf16, cpu_info, cpu_name
 from mmreason.model.collate import EOS, collate, encode_example, token_id
 from mmreason.decoding.generate import DecodeConfig, decode
 from mmreason.training.module import ReasonModule
 from mmreason.training.runs import load_run
 from mmreason.model.network import SEG_REASON, ModelConfig, ReasonModel
-from mmreason.features import photonet
+from mmreason.features import photochoice, photodetails, photonet
+from mmreason.features import retrieval as R
 from mmreason.features.clip import load_clip
 
 # Published single-H100 training throughput of GPT-2 124M (bf16), for the CUDA section.
@@ -386,6 +391,30 @@ def photonet_speed(items, n: int, batch: int = 32) -> dict:
             "mean_abs_feature": float(feats["before"].abs().mean())}
 
 
+def candidates_speed(items, cache: dict, n: int) -> dict:
+    """The attribute-text embeddings of ``n`` articles of the tables (drawn with seed 0), as the photo's copy table
+    (``photodetails.ensure_offers``) computes them before choosing: every article through the sentence encoder
+    (before) against the store's rows reused (``retrieval.store_text_embeddings``), each row twice in turn,
+    articles/s; the largest difference of the vectors and whether ``photochoice.candidates`` are the same."""
+    store = R.ensure_store(items, cache, progress=False)
+    arts = items.sample(n=min(n, len(items)), random_state=0).reset_index(drop=True)
+    encoder = sentence_encoder()
+    R.encode_texts(R.article_texts(arts.iloc[:2]), encoder, progress=False)  # untimed: the kernels' first call
+    ways = {"before": lambda: R.embed_articles(arts, encoder)[0],
+            "store reused": lambda: R.store_text_embeddings(store, arts, encoder)}
+    rows, vecs = {}, {}
+    for name in ("before", "store reused", "before (again)", "store reused (again)"):
+        t0 = time.perf_counter()
+        vecs[name] = ways[name.removesuffix(" (again)")]()
+        rows[name] = len(arts) / (time.perf_counter() - t0)
+    mean = lambda a: (rows[a] + rows[f"{a} (again)"]) / 2  # noqa: E731
+    cand = {w: photochoice.candidates(store, arts, photodetails.K, text=vecs[w]).copies for w in ("before", "store reused")}
+    return {"articles": len(arts), "in_store": int(arts["article_id"].isin(store.article_id.tolist()).sum()),
+            "articles_per_s": rows, "speedup_store_reused_vs_before": mean("store reused") / mean("before"),
+            "max_abs_diff": float((vecs["store reused"] - vecs["before"]).abs().max()),
+            "same_candidates": f"{sum(a == b for a, b in zip(cand['before'], cand['store reused']))}/{len(arts)}"}
+
+
 # ----------------------------------------------------------------------------- CUDA: the 124M model
 
 def cuda_gpt2_124m(steps: int) -> dict:
@@ -464,6 +493,16 @@ def markdown(r: dict) -> str:
                   f"**{p['speedup_folded_vs_before']:.2f}x**; largest feature difference {p['max_abs_diff']:.1e} "
                   f"(mean feature size {p['mean_abs_feature']:.3f}).",
                   f"- Decoding the photos alone: {p['decode_images_per_s']:,.0f} images/s."]
+    c = r.get("candidates")
+    if c:
+        lines += ["", f"## The photo's copy: its candidates' attribute texts ({c['articles']:,} articles of the tables, "
+                  f"{c['in_store']:,} in the store)", "",
+                  "Embedded as `photodetails.ensure_offers` embeds them before choosing among the text's nearest copies "
+                  "(`photochoice.candidates`).", "", "| embedding | articles/s |", "| --- | --- |"]
+        lines += [f"| {k} | {v:,.1f} |" for k, v in c["articles_per_s"].items()]
+        lines += ["", f"- The store's rows reused against every article encoded, mean of each row and its rerun: "
+                  f"**{c['speedup_store_reused_vs_before']:.2f}x**; largest vector difference {c['max_abs_diff']:.1e}; "
+                  f"the same candidates for {c['same_candidates']} articles."]
     lines += ["", "## CUDA: GPT-2 124M (configs/gpu.yaml)", ""]
     g = r.get("cuda")
     if g:
@@ -576,6 +615,8 @@ def main(argv=None) -> int:
                            steps=1 if tiny else 4, precisions=precisions)
     print("[bench] ImageNet photo features ...", flush=True)
     r["photonet"] = photonet_speed(data.artifacts.items, n=8 if tiny else 256, batch=4 if tiny else 32)
+    print("[bench] the photo's copy's candidates ...", flush=True)
+    r["candidates"] = candidates_speed(data.artifacts.items, data.artifacts.cache, n=16 if tiny else 2000)
     if torch.cuda.is_available() and args.cuda:
         r["cuda"] = cuda_gpt2_124m(steps=6 if tiny else 30)
     out = Path(args.out)

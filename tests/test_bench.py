@@ -49,7 +49,13 @@ def test_tiny_bench_writes_every_section(tmp_path, monkeypatch):
     p = r["photonet"]  # the ImageNet encoder folded against as loaded, on the fixture's photos
     assert p["photos"] > 0 and set(p["images_per_s"]) == {"before", "folded", "before (again)", "folded (again)"}
     assert p["speedup_folded_vs_before"] > 0 and p["max_abs_diff"] < 1e-3 * max(p["mean_abs_feature"], 1e-3)
+    c = r["candidates"]  # the photo's copy's candidates: every article encoded against the store's rows reused
+    assert c["articles"] > c["in_store"] > 0 and set(c["articles_per_s"]) == {
+        "before", "store reused", "before (again)", "store reused (again)"}
+    assert c["speedup_store_reused_vs_before"] > 0 and c["max_abs_diff"] < 1e-4
+    assert c["same_candidates"] == f"{c['articles']}/{c['articles']}"
     md = (out / "cpu.md").read_text()
+    assert "## The photo's copy: its candidates" in md and "| store reused (again) |" in md
     assert "GFLOP/s" in md and f"| Lightning | after | {default} |" in md and "greedy, batch 64" in md
     assert "## ImageNet photo features" in md and "| folded (again) |" in md
     assert {"train step, bf16", "embed photos, bf16"} <= set(r["clip"]["images_per_s"])

@@ -10,7 +10,7 @@ import torch
 from test_evaluate import photo_lookup, tiny_items
 
 from mmreason.evaluation import systems as evaluate
-from mmreason.features import retrieval
+from mmreason.features import photochoice, retrieval
 from mmreason.features.clip import DEFAULT_MODEL, load_clip
 from mmreason.features.embed import compute_embeddings, lookup
 from mmreason.model.collate import RETRIEVED_SEPARATOR
@@ -147,6 +147,43 @@ def test_nearest_refuses_what_it_cannot_rank():
         retrieval.nearest(store, None, store.photo, store.product_code, by="text")
     with pytest.raises(ValueError, match="store's CLIP"):
         retrieval.nearest(store, None, torch.zeros(len(store), 3), store.product_code, by="photo")
+
+
+class CountingEncoder:
+    """The sentence encoder, counting the texts it is asked to encode."""
+
+    def __init__(self, encoder):
+        self.encoder, self.texts = encoder, []
+
+    def encode(self, texts, **kw):
+        self.texts += list(texts)
+        return self.encoder.encode(texts, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+
+def test_store_text_embeddings_encode_only_what_the_store_lacks(sentence_encoder):
+    """The photo's copy choice (``photochoice.candidates``) and the prompt's retrieved segment embed the articles'
+    attribute texts: a training product the store holds reuses its row's vector, an unseen one is encoded, and
+    both agree with a fresh encoding of every article (to float rounding: batches differ)."""
+    items = tiny_items()
+    store = retrieval.build_store(items, one_hot_lookup(items), sentence_encoder, progress=False)
+    counting = CountingEncoder(sentence_encoder)
+    got = retrieval.store_text_embeddings(store, items, counting)
+    in_store = items["article_id"].isin(store.article_id.tolist())
+    assert in_store.any() and (~in_store).any()
+    assert sorted(counting.texts) == sorted(retrieval.article_texts(items[~in_store]))  # the store's rows: none
+    fresh, _ = retrieval.embed_articles(items, sentence_encoder)
+    torch.testing.assert_close(got, fresh, atol=1e-5, rtol=0)
+    # and the candidates the photo chooses among are those of a fresh encoding
+    counting.texts = []
+    cand = photochoice.candidates(store, items, 4, encoder=counting)
+    assert len(counting.texts) == int((~in_store).sum())
+    idx, _ = retrieval.nearest(store, fresh, None, items["product_code"].to_numpy(), k=1, by="text_type",
+                               query_types=items["product_type_name"].fillna("").astype(str).tolist())
+    assert [c[0] for c in cand.copies] == [store.copy[i] if i >= 0 else retrieval.fallback_copy(store, "text_type")
+                                           for i in idx[:, 0].tolist()]
 
 
 def test_neighbour_texts_are_distinct_copies_of_other_training_products(sentence_encoder, tmp_path, monkeypatch):

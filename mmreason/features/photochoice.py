@@ -40,10 +40,12 @@ class Candidates:
 
 
 def candidates(store: R.Datastore, articles: pd.DataFrame, k: int, by: str = "text_type",
-               encoder=None) -> Candidates:
+               encoder=None, text: torch.Tensor | None = None) -> Candidates:
     """Per article its ``k`` nearest distinct copies of the nearest one's product type (fewer where the store
-    has fewer; the fallback copy where nothing can be ranked)."""
-    text, _ = R.embed_articles(articles, encoder, text=True)
+    has fewer; the fallback copy where nothing can be ranked). ``text``: the articles' attribute-text embeddings,
+    else ``retrieval.store_text_embeddings`` (the store's rows reused, the rest encoded)."""
+    if text is None and by != "photo":
+        text = R.store_text_embeddings(store, articles, encoder)
     idx, score = R.nearest(store, text, None, articles["product_code"].to_numpy(), k=k + 8, by=by,
                            query_types=articles["product_type_name"].fillna("").astype(str).tolist())
     out = Candidates([], [], [])
