@@ -51,8 +51,8 @@ from transformers.activations import ACT2FN
 
 from mmreason import cli, paths
 from mmreason.io import DataError
-from mmreason.metrics import sentence_encoder
 from mmreason.machine import cpu_has_bf16, cpu_info, cpu_name
+from mmreason.metrics import sentence_encoder
 from mmreason.model.collate import EOS, collate, encode_example, token_id
 from mmreason.decoding.generate import DecodeConfig, decode
 from mmreason.training.module import ReasonModule

@@ -184,6 +184,11 @@ def test_store_text_embeddings_encode_only_what_the_store_lacks(sentence_encoder
                                query_types=items["product_type_name"].fillna("").astype(str).tolist())
     assert [c[0] for c in cand.copies] == [store.copy[i] if i >= 0 else retrieval.fallback_copy(store, "text_type")
                                            for i in idx[:, 0].tolist()]
+    # a new articles file that reuses a stored id for another product: its own text is encoded
+    other = items[in_store].iloc[[0]].assign(product_code=999999, product="Long skirt, Red, Skirt, Stripe")
+    counting.texts = []
+    retrieval.store_text_embeddings(store, other, counting)
+    assert counting.texts == ["Long skirt, Red, Skirt, Stripe"]
 
 
 def test_neighbour_texts_are_distinct_copies_of_other_training_products(sentence_encoder, tmp_path, monkeypatch):
