@@ -220,21 +220,20 @@ def store_text_embeddings(store: Datastore, articles: pd.DataFrame, encoder=None
     """(N, 384) attribute-text embeddings of ``articles`` as ``embed_articles`` gives them, but an article the store
     holds (its id, product code and type) reuses its row's (the same text and encoder made it: ``store_meta``): only
     the rest (unseen products, new articles) go through the sentence encoder: 2,621 of the tables' 17,033 articles,
-    so the photo's copy table
-    (``photodetails.ensure_offers``) builds in 69 s instead of 290 s on 2 cores of an AMD EPYC, every copy the
-    same (the reused rows agree with a fresh encoding to 1.1e-7)."""
+    so the photo's copy table (``photodetails.ensure_offers``) builds in 69 s instead of 290 s on 2 cores of an AMD
+    EPYC, every copy the same (the reused rows agree with a fresh encoding to 1.1e-7)."""
     if store.text.shape[1] == 0:
         raise ValueError("a photo-only store holds no text embeddings to reuse or match")
-    ids = articles["article_id"].to_numpy(np.int64)
     row_of = {int(a): i for i, a in enumerate(store.article_id.tolist())}
     codes, types = store.product_code.tolist(), store.product_type
     # a new articles file may reuse a catalogue id for another product: only a row of the same product is reused
-    have = np.array([(i := row_of.get(int(a))) is not None and codes[i] == int(c) and (not types or types[i] == t)
-                     for a, c, t in zip(ids, articles["product_code"].to_numpy(np.int64),
-                                        articles["product_type_name"].fillna("").astype(str))], bool)
+    rows = [i if i is not None and codes[i] == int(c) and (not types or types[i] == t) else None
+            for i, c, t in zip((row_of.get(int(a)) for a in articles["article_id"]), articles["product_code"],
+                               articles["product_type_name"].fillna("").astype(str))]
+    have = np.array([i is not None for i in rows], bool)
     text = torch.empty(len(articles), store.text.shape[1])
     if have.any():
-        text[torch.from_numpy(have)] = store.text[[row_of[int(a)] for a in ids[have]]]
+        text[torch.from_numpy(have)] = store.text[[i for i in rows if i is not None]]
     if (~have).any():
         text[torch.from_numpy(~have)] = encode_texts(article_texts(articles[~have]), encoder, progress=progress)
     return text
